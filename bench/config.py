@@ -1,0 +1,109 @@
+"""Checks on a run's configuration and the run_id that names the experiment it defines.
+
+Everything here runs before any model or data is loaded, so bad input costs nothing and writes no
+record. The run_id hashes only what defines the experiment (method and its hyper-parameters, model,
+task, rank, lr, seed, data source, trainer settings), never paths, loggers or bookkeeping flags.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from bench.errors import ConfigError
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+GROUPS = ("method", "model", "task", "trainer", "logger", "sweep")
+DATA_SOURCES = ("hub", "offline")
+# Trainer keys that change how a run is watched or kept, not what it computes.
+BOOKKEEPING_TRAINER_KEYS = frozenset({"save_adapter", "progress_bar"})
+
+
+def group_choices(group: str) -> list[str]:
+    """The option names of a config group: the YAML files in conf/<group>/."""
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def check_choice(kind: str, value: Any, choices: Iterable[str]) -> None:
+    """Raise a one-line ConfigError when `value` is not one of `choices`."""
+    choices = list(choices)
+    if value not in choices:
+        raise ConfigError(f"unknown {kind} {value!r}; valid choices: {', '.join(choices)}")
+
+
+def check_overrides(argv: list[str]) -> None:
+    """Check command-line group overrides (`method=foo`, `task=a,b`) before Hydra sees them.
+
+    Hydra's own message for an unknown option spans several lines; this gives one.
+    """
+    for token in argv:
+        key, sep, value = token.lstrip("+~").partition("=")
+        if not sep or key not in GROUPS or value.startswith(("glob(", "choice(", "range(")):
+            continue
+        for option in value.split(","):
+            check_choice(key, option.strip(), group_choices(key))
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{name}={value!r} is not valid; give a positive integer such as 8")
+    return value
+
+
+def _positive_float(name: str, value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}={value!r} is not a number; give a positive number such as 5e-4") from None
+    if isinstance(value, bool) or not math.isfinite(number) or number <= 0:
+        raise ConfigError(f"{name}={value!r} is not valid; give a positive number such as 5e-4")
+    return number
+
+
+def normalized_axes(cfg: DictConfig, uses_rank: bool) -> dict[str, Any]:
+    """Validate and normalise the grid axes: rank, lr, seed, data. Raise ConfigError on bad input."""
+    rank = _positive_int("rank", cfg.rank) if uses_rank else None
+    lr = _positive_float("lr", cfg.lr)
+    seed = cfg.seed
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed={seed!r} is not valid; give an integer >= 0")
+    check_choice("data source", cfg.data, DATA_SOURCES)
+    return {"rank": rank, "lr": lr, "seed": seed, "data": cfg.data}
+
+
+def check_store_writable(root: str | os.PathLike) -> Path:
+    """Create the store folder if needed and make sure records can be written there."""
+    path = Path(root)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"store.root={str(root)!r} cannot be created: {exc.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"store.root={str(root)!r} is not writable; pick another with store.root=PATH")
+    return path
+
+
+def experiment_config(cfg: DictConfig, axes: dict[str, Any]) -> dict[str, Any]:
+    """The resolved fields that define the experiment (the run_id's input)."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    trainer = {k: v for k, v in container["trainer"].items() if k not in BOOKKEEPING_TRAINER_KEYS}
+    return {
+        "method": container["method"],
+        "model": container["model"],
+        "task": container["task"],
+        "trainer": trainer,
+        **axes,
+    }
+
+
+def compute_run_id(experiment: dict[str, Any]) -> str:
+    """A short, stable hash of the experiment-defining fields (12 hex digits)."""
+    canonical = json.dumps(experiment, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]

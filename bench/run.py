@@ -1,0 +1,155 @@
+"""Run one grid point: config -> task data -> model -> method -> train -> evaluate -> one record.
+
+    python -m bench.run method=lora model=minilm task=glue_sst2 rank=8 lr=5e-4 seed=0 data=offline
+    python -m bench.run sweep=demo          # a grid from conf/sweep/ (Hydra multirun)
+
+Bad input (unknown names, bad values, a missing offline asset) ends the process with one line on
+stderr, exit code 2, before anything is trained and without a record. Any other exception during a
+run is recorded as `failed` with a one-line error, and a sweep goes on with its next point.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+from transformers import set_seed
+
+from bench.config import (
+    check_overrides,
+    check_store_writable,
+    compute_run_id,
+    experiment_config,
+    normalized_axes,
+)
+from bench.errors import ConfigError, one_line
+from bench.measure import PeakMemory, Stopwatch, count_params
+from bench.models import load_classifier, load_tokenizer
+from bench.record import new_record, now
+from bench.store import RunStore
+from bench.train import optimizer_steps, train_and_evaluate, training_arguments
+from methods.base import RunContext, get_method
+from tasks.base import build_task
+
+log = logging.getLogger("peftbench")
+
+
+def run(cfg: DictConfig) -> dict[str, Any] | None:
+    """Run one grid point and write its record; None when the point already has a complete record."""
+    method = get_method(cfg.method.get("name"))
+    params = method.parse(OmegaConf.to_container(cfg.method, resolve=True))
+    axes = normalized_axes(cfg, method.uses_rank)
+    task = build_task(cfg.task)
+    task.validate(cfg.data)
+    store = RunStore(check_store_writable(cfg.store.root))
+    experiment = experiment_config(cfg, axes)
+    run_id = compute_run_id(experiment)
+    store.clean_stale_temps(cfg.sweep)
+    if store.is_done(cfg.sweep, run_id):
+        log.info("skip %s: already done (%s)", run_id, store.record_path(cfg.sweep, run_id))
+        return None
+
+    fields: dict[str, Any] = {
+        "run_id": run_id, "sweep": cfg.sweep, "method": method.name, "model": cfg.model.name,
+        "task": task.name, **axes, "primary_metric": task.primary, "started_at": now(), "resumed_from_step": None,
+        "config": {**OmegaConf.to_container(cfg, resolve=True), "rank": axes["rank"]},
+    }  # fmt: skip
+    work_dir = store.sweep_dir(cfg.sweep) / ".work" / run_id
+    try:
+        fields.update(_train_point(cfg, method, params, axes, task, store, run_id))
+    except ConfigError:
+        raise
+    except Exception as exc:  # any failure of one point is recorded; the sweep goes on
+        log.debug("run %s failed", run_id, exc_info=True)
+        fields.update(status="failed", error=one_line(exc))
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    record = new_record(**fields, finished_at=now())
+    path = store.write(record)
+    _report(record, path)
+    return record
+
+
+def _train_point(cfg, method, params, axes, task, store, run_id) -> dict[str, Any]:  # noqa: ANN001
+    """Load, adapt, train and evaluate; returns the record fields this produces."""
+    work_dir = store.sweep_dir(cfg.sweep) / ".work" / run_id
+    set_seed(axes["seed"])
+    tokenizer = load_tokenizer(cfg.model)
+    data = task.prepare(cfg.data, tokenizer)
+    model = load_classifier(cfg.model, cfg.task.num_labels, tokenizer)
+    ctx = RunContext(
+        rank=axes["rank"],
+        lr=axes["lr"],
+        seed=axes["seed"],
+        target_modules=list(getattr(params, "target_modules", None) or cfg.model.target_modules),
+        head_modules=list(cfg.model.head_modules),
+        total_steps=optimizer_steps(len(data.train), cfg.trainer),
+    )
+    method.validate(params, model, ctx)
+    set_seed(axes["seed"])  # the adapter's init depends on the seed alone, not on what loading drew
+    model = method.apply(model, params, ctx)
+    counts = count_params(model, ctx.head_modules)
+    use_bf16 = bool(cfg.trainer.bf16) and torch.cuda.is_available()
+    args = training_arguments(cfg, str(work_dir), use_bf16)
+    memory = PeakMemory()
+    memory.start()
+    with Stopwatch() as watch:
+        outcome = train_and_evaluate(model, tokenizer, task, data, method, params, ctx, args)
+    fields: dict[str, Any] = {
+        "protocol": data.protocol,
+        "trainable_params": counts.trainable_params,
+        "head_params": counts.head_params,
+        "total_params": counts.total_params,
+        "trainable_pct": counts.trainable_pct,
+        **memory.stop(),
+        "train_seconds": watch.seconds,
+        "steps": outcome.steps,
+        "final_loss": outcome.final_loss,
+        "dtypes": {"params": str(next(model.parameters()).dtype).removeprefix("torch."),
+                   "autocast": "bfloat16" if use_bf16 else None},
+    }  # fmt: skip
+    if outcome.diverged_at_step is not None:
+        return {**fields, "status": "diverged", "error": f"loss became NaN/inf at step {outcome.diverged_at_step}",
+                "metrics": {}, "final_loss": None}  # fmt: skip
+    metrics = {**outcome.metrics, "primary": outcome.metrics[task.primary]}
+    if cfg.trainer.save_adapter:
+        method.save(model, str(store.sweep_dir(cfg.sweep) / "adapters" / run_id))
+    return {**fields, "status": "ok", "metrics": metrics}
+
+
+def _report(record: dict[str, Any], path: Path) -> None:
+    primary = (record.get("metrics") or {}).get("primary")
+    result = f"{record['primary_metric']}={primary:.4f}" if primary is not None else record["error"]
+    log.info(
+        "[%s] %s %s %s rank=%s lr=%g seed=%s: %s -> %s",
+        record["status"], record["method"], record["model"], record["task"], record["rank"],
+        record["lr"], record["seed"], result, path,
+    )  # fmt: skip
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def _hydra_main(cfg: DictConfig) -> None:
+    try:
+        run(cfg)
+    except ConfigError as exc:
+        print(f"peftbench: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main() -> None:
+    try:
+        check_overrides(sys.argv[1:])
+    except ConfigError as exc:
+        print(f"peftbench: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

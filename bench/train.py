@@ -1,0 +1,149 @@
+"""Train one model with transformers' Trainer, plus the method's hooks, and evaluate it.
+
+The method contributes optimizer parameter groups, callbacks and an auxiliary loss through its
+interface (`methods.base.Method`); this module never names a method. A NaN/inf training loss stops
+training and makes the run `diverged` (it is recorded, never dropped).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
+
+from methods.base import Method, RunContext
+from tasks.base import Task, TaskData
+
+PASSED_THROUGH = (
+    "num_train_epochs",
+    "max_steps",
+    "per_device_train_batch_size",
+    "per_device_eval_batch_size",
+    "gradient_accumulation_steps",
+    "warmup_steps",
+    "weight_decay",
+    "lr_scheduler_type",
+    "max_grad_norm",
+    "logging_steps",
+)
+
+
+@dataclass
+class TrainOutcome:
+    """What training and evaluation produced; `diverged_at_step` is set when the loss went NaN/inf."""
+
+    metrics: dict[str, Any] = field(default_factory=dict)
+    steps: int = 0
+    final_loss: float | None = None
+    diverged_at_step: int | None = None
+
+
+def optimizer_steps(train_rows: int, trainer_cfg: DictConfig) -> int:
+    """The number of optimizer steps the Trainer will take (what schedules and AdaLoRA need)."""
+    if trainer_cfg.max_steps and trainer_cfg.max_steps > 0:
+        return int(trainer_cfg.max_steps)
+    batches = math.ceil(train_rows / trainer_cfg.per_device_train_batch_size)
+    per_epoch = max(batches // trainer_cfg.gradient_accumulation_steps, 1)
+    return int(math.ceil(per_epoch * trainer_cfg.num_train_epochs))
+
+
+class DivergenceGuard(TrainerCallback):
+    """Stop at the first logged NaN/inf loss and remember the step."""
+
+    def __init__(self) -> None:
+        self.diverged_at_step: int | None = None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001 (Trainer's signature)
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss) and self.diverged_at_step is None:
+            self.diverged_at_step = state.global_step
+            control.should_training_stop = True
+        return control
+
+
+class BenchTrainer(Trainer):
+    """The Trainer with the method's auxiliary loss and optimizer parameter groups."""
+
+    def __init__(self, *args: Any, method: Method, method_params: Any, ctx: RunContext, **kwargs: Any) -> None:
+        self.method, self.method_params, self.ctx = method, method_params, ctx
+        super().__init__(*args, **kwargs)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+        loss, outputs = super().compute_loss(
+            model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
+        )
+        aux = self.method.aux_loss(model)
+        if aux is not None:
+            loss = loss + aux
+        return (loss, outputs) if return_outputs else loss
+
+    def create_optimizer(self, model=None):  # noqa: ANN001
+        if self.optimizer is None:
+            groups = self.method.optimizer_param_groups(self.model, self.method_params, self.ctx)
+            if groups is not None:
+                optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model)
+                self.optimizer = optimizer_cls(groups, **kwargs)
+        return super().create_optimizer(model)
+
+
+def training_arguments(cfg: DictConfig, output_dir: str, use_bf16: bool) -> TrainingArguments:
+    """TrainingArguments from `cfg.trainer` and the run's lr and seed."""
+    trainer = cfg.trainer
+    return TrainingArguments(
+        output_dir=output_dir,
+        learning_rate=float(cfg.lr),
+        seed=int(cfg.seed),
+        data_seed=int(cfg.seed),
+        bf16=use_bf16,
+        use_cpu=not torch.cuda.is_available(),
+        label_names=["labels"],
+        logging_strategy="steps",
+        logging_nan_inf_filter=False,  # keep NaN/inf visible: they make a run `diverged`
+        eval_strategy="no",
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=not trainer.progress_bar,
+        dataloader_num_workers=0,
+        **{key: trainer[key] for key in PASSED_THROUGH},
+    )
+
+
+def train_and_evaluate(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    task: Task,
+    data: TaskData,
+    method: Method,
+    method_params: Any,
+    ctx: RunContext,
+    args: TrainingArguments,
+) -> TrainOutcome:
+    """Train, then score every eval split with the task's metric (skipped if training diverged)."""
+    guard = DivergenceGuard()
+    trainer = BenchTrainer(
+        model=model,
+        args=args,
+        train_dataset=data.train,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        callbacks=[guard, *method.callbacks(model, method_params, ctx)],
+        method=method,
+        method_params=method_params,
+        ctx=ctx,
+    )
+    result = trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    final_loss = losses[-1] if losses else result.training_loss
+    outcome = TrainOutcome(steps=trainer.state.global_step, final_loss=float(final_loss))
+    if guard.diverged_at_step is not None or not math.isfinite(result.training_loss):
+        outcome.diverged_at_step = guard.diverged_at_step or trainer.state.global_step
+        return outcome
+    for suffix, split in data.evals.items():
+        prediction = trainer.predict(split)
+        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+        outcome.metrics.update(task.score(np.asarray(logits), np.asarray(prediction.label_ids), suffix))
+    return outcome

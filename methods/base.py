@@ -1,0 +1,161 @@
+"""The method interface and registry: how the runner turns a base model into a trainable one.
+
+A method is a class registered by name with `@register`. It declares its hyper-parameters as a
+dataclass (every field with a `help` text), and overrides only what it needs; the defaults do
+nothing. The runner calls these hooks and never branches on a method's name:
+
+- `validate(params, model, ctx)`: one-line ConfigErrors before training (default: rank vs layers),
+- `apply(model, params, ctx)`: wrap/freeze the model and return it,
+- `optimizer_param_groups(model, params, ctx)`: custom groups (LoRA+), or None for the Trainer's,
+- `callbacks(model, params, ctx)`: Trainer callbacks (AdaLoRA budget, ReLoRA restarts, ramps),
+- `aux_loss(model)`: a term added to the training loss (MoE balance, regularisers),
+- `save(model, out_dir)`: write the trained adapter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, Union
+
+import torch
+from transformers import TrainerCallback
+
+from bench.errors import ConfigError
+from methods.targets import check_rank, require_targets
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a method may know about the run it is part of."""
+
+    rank: int | None
+    lr: float
+    seed: int
+    target_modules: list[str]
+    head_modules: list[str]
+    total_steps: int
+
+
+@dataclass
+class NoParams:
+    """A method without hyper-parameters."""
+
+
+class Method:
+    """Base class of every method. Subclasses set `name` and `Params` and implement `apply`."""
+
+    name: ClassVar[str]
+    Params: ClassVar[type] = NoParams
+    uses_rank: ClassVar[bool] = True
+
+    def parse(self, method_cfg: dict[str, Any]) -> Any:
+        """Build the Params dataclass from the method's config; unknown keys and bad types are errors."""
+        values = dict(method_cfg)
+        values.pop("name", None)
+        fields = {f.name: f for f in dataclasses.fields(self.Params)}
+        hints = typing.get_type_hints(self.Params)
+        for key, value in values.items():
+            if key not in fields:
+                valid = ", ".join(sorted(fields)) or "(none)"
+                raise ConfigError(f"unknown key method.{key} for method {self.name!r}; valid keys: {valid}")
+            values[key] = _coerce(f"method.{key}", value, hints[key])
+        params = self.Params(**values)
+        check = getattr(params, "check", None)
+        if check is not None:
+            check()
+        return params
+
+    def validate(self, params: Any, model: torch.nn.Module, ctx: RunContext) -> None:
+        if self.uses_rank:
+            check_rank(ctx.rank, require_targets(model, ctx.target_modules))
+
+    def apply(self, model: torch.nn.Module, params: Any, ctx: RunContext) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def optimizer_param_groups(
+        self, model: torch.nn.Module, params: Any, ctx: RunContext
+    ) -> list[dict[str, Any]] | None:
+        return None
+
+    def callbacks(self, model: torch.nn.Module, params: Any, ctx: RunContext) -> list[TrainerCallback]:
+        return []
+
+    def aux_loss(self, model: torch.nn.Module) -> torch.Tensor | None:
+        return None
+
+    def save(self, model: torch.nn.Module, out_dir: str) -> None:
+        model.save_pretrained(out_dir)
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """Check `value` against a type hint (int, float, bool, str, list[str], Literal, Optional)."""
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        for option in typing.get_args(hint):
+            try:
+                return _coerce(name, value, option)
+            except ConfigError:
+                continue
+    if hint is type(None):
+        if value is None:
+            return None
+    elif origin is Literal:
+        if value in typing.get_args(hint):
+            return value
+    elif origin is list:
+        (item,) = typing.get_args(hint)
+        if isinstance(value, list | tuple):
+            return [_coerce(name, v, item) for v in value]
+    elif hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint in (bool, str):
+        if isinstance(value, hint):
+            return value
+    else:
+        return value
+    raise ConfigError(f"{name}={value!r} is not valid; expected {_describe(hint)}")
+
+
+def _describe(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(h) for h in typing.get_args(hint))
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    if origin is list:
+        return f"a list of {_describe(typing.get_args(hint)[0])}"
+    return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
+
+
+_REGISTRY: dict[str, Method] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: make a method available under `cls.name` (its conf/method/<name>.yaml)."""
+    if cls.name in _REGISTRY:
+        raise ValueError(f"method {cls.name!r} is registered twice")
+    _REGISTRY[cls.name] = cls()
+    return cls
+
+
+def get_method(name: str) -> Method:
+    from methods import load_all
+
+    load_all()
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown method {name!r}; valid choices: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def method_names() -> list[str]:
+    from methods import load_all
+
+    load_all()
+    return sorted(_REGISTRY)

@@ -1,0 +1,95 @@
+"""GLUE (Wang et al. 2018): the 8 tasks the PEFT papers report, with their official metrics.
+
+Hub protocol (the papers'): fit on `train`, report on `validation` (MNLI: matched and mismatched).
+Metrics: CoLA Matthews corr.; STS-B Pearson and Spearman with a 1-output regression head; MRPC and
+QQP F1 and accuracy; the others accuracy. Offline protocol: see `tasks/offline.py`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from datasets import Dataset, load_dataset
+from omegaconf import OmegaConf
+from transformers import PreTrainedTokenizerBase
+
+from bench.config import CONF_DIR, check_choice
+from bench.errors import ConfigError
+from tasks.base import Task, TaskData, register_family
+from tasks.metrics import METRICS
+from tasks.offline import load_split
+
+
+def offline_glue_tasks() -> list[str]:
+    """GLUE tasks whose YAML names an offline source."""
+    entries = {p.stem: OmegaConf.load(p) for p in sorted((CONF_DIR / "task").glob("glue_*.yaml"))}
+    return [name for name, entry in entries.items() if entry.get("offline") is not None]
+
+
+@register_family
+class Glue(Task):
+    family = "glue"
+
+    def validate(self, data: str) -> None:
+        cfg = self.cfg
+        for metric in cfg.metrics:
+            check_choice("metric", metric, METRICS)
+        check_choice("primary metric", cfg.primary, list(cfg.metrics))
+        if not isinstance(cfg.num_labels, int) or cfg.num_labels < 1:
+            raise ConfigError(f"task.num_labels={cfg.num_labels!r} is not valid; give 1 (regression) or more")
+        for key in ("max_train_samples", "max_eval_samples", "max_seq_length"):
+            value = cfg.get(key)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+                raise ConfigError(f"task.{key}={value!r} is not valid; give a positive integer or null")
+        if data == "offline" and cfg.get("offline") is None:
+            load_split(cfg, offline_glue_tasks())  # raises the one-line error naming the offline tasks
+
+    def _raw_splits(self, data: str) -> tuple[Dataset, dict[str, Dataset], dict[str, Any]]:
+        cfg = self.cfg
+        if data == "offline":
+            train, held_out, protocol = load_split(cfg, offline_glue_tasks())
+            return train, {"": held_out}, protocol
+        hub = load_dataset(cfg.hub.path, cfg.hub.name)
+        evals = {suffix: hub[split] for split, suffix in cfg.eval_splits.items()}
+        protocol = {
+            "name": "paper",
+            "description": f"fit on {cfg.train_split}, report on {', '.join(cfg.eval_splits)}",
+            "source": f"{cfg.hub.path}/{cfg.hub.name}",
+        }
+        return hub[cfg.train_split], evals, protocol
+
+    def prepare(self, data: str, tokenizer: PreTrainedTokenizerBase) -> TaskData:
+        cfg = self.cfg
+        train, evals, protocol = self._raw_splits(data)
+        if cfg.max_train_samples is not None:
+            train = train.shuffle(seed=0).select(range(min(cfg.max_train_samples, len(train))))
+        if cfg.max_eval_samples is not None:
+            evals = {k: v.select(range(min(cfg.max_eval_samples, len(v)))) for k, v in evals.items()}
+        protocol["train_rows"] = len(train)
+        protocol["eval_rows"] = {suffix or "eval": len(v) for suffix, v in evals.items()}
+        return TaskData(
+            train=self._tokenize(train, tokenizer),
+            evals={suffix: self._tokenize(v, tokenizer) for suffix, v in evals.items()},
+            protocol=protocol,
+        )
+
+    def _tokenize(self, rows: Dataset, tokenizer: PreTrainedTokenizerBase) -> Dataset:
+        fields = list(self.cfg.text_fields)
+        regression = self.cfg.num_labels == 1
+
+        def encode(batch: dict[str, list]) -> dict[str, list]:
+            texts = [batch[f] for f in fields]
+            encoded = tokenizer(*texts, truncation=True, max_length=self.cfg.max_seq_length)
+            encoded["labels"] = [float(x) for x in batch["label"]] if regression else batch["label"]
+            return encoded
+
+        return rows.map(encode, batched=True, remove_columns=rows.column_names, desc=f"tokenize {self.name}")
+
+    def score(self, predictions: np.ndarray, references: np.ndarray, suffix: str = "") -> dict[str, float]:
+        predictions = np.asarray(predictions)
+        if self.cfg.num_labels == 1:
+            predicted = predictions.reshape(-1)
+        else:
+            predicted = predictions.argmax(axis=-1)
+        return {f"{m}{suffix}": METRICS[m](predicted, np.asarray(references)) for m in self.cfg.metrics}
