@@ -7,6 +7,7 @@ but reported apart (`head_params`). PEFT keeps a frozen copy of a `modules_to_sa
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import time
 from collections.abc import Iterable
@@ -79,11 +80,9 @@ class PeakMemory:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             return
-        clear_refs = Path("/proc/self/clear_refs")
-        try:
-            clear_refs.write_text("5")
-        except OSError:
-            pass  # not Linux or not permitted: the peak then covers the whole process
+        # Linux: "5" resets the peak-RSS mark. Elsewhere the peak covers the whole process.
+        with contextlib.suppress(OSError):
+            Path("/proc/self/clear_refs").write_text("5")
 
     def stop(self) -> dict[str, int | str | None]:
         if self.cuda:

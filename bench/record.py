@@ -25,7 +25,8 @@ FIELDS = (
     "train_seconds", "steps", "final_loss", "resumed_from_step", "versions", "git_commit", "git_dirty",
     "device", "dtypes", "started_at", "finished_at", "hostname",
 )  # fmt: skip
-_SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|credential)", re.IGNORECASE)
+# `hf_token`, `wandb_api_key`, `secret` match; `pad_token_id` or `max_new_tokens` do not.
+_SECRET_KEY = re.compile(r"^(.*[_-])?(api[_-]?key|token|secret|password|credentials?)$", re.IGNORECASE)
 
 
 def now() -> str:

@@ -34,22 +34,26 @@ from bench.models import load_classifier, load_tokenizer
 from bench.record import new_record, now
 from bench.store import RunStore
 from bench.train import optimizer_steps, train_and_evaluate, training_arguments
-from methods.base import RunContext, get_method
-from tasks.base import build_task
+from methods.base import Method, RunContext, get_method
+from tasks.base import Task, build_task
 
 log = logging.getLogger("peftbench")
 
 
-def run(cfg: DictConfig) -> dict[str, Any] | None:
-    """Run one grid point and write its record; None when the point already has a complete record."""
+def identify(cfg: DictConfig) -> tuple[Method, Any, dict[str, Any], Task, str]:
+    """Validate a config without loading anything heavy; returns its method, params, axes, task, run_id."""
     method = get_method(cfg.method.get("name"))
     params = method.parse(OmegaConf.to_container(cfg.method, resolve=True))
     axes = normalized_axes(cfg, method.uses_rank)
     task = build_task(cfg.task)
     task.validate(cfg.data)
+    return method, params, axes, task, compute_run_id(experiment_config(cfg, axes))
+
+
+def run(cfg: DictConfig) -> dict[str, Any] | None:
+    """Run one grid point and write its record; None when the point already has a complete record."""
+    method, params, axes, task, run_id = identify(cfg)
     store = RunStore(check_store_writable(cfg.store.root))
-    experiment = experiment_config(cfg, axes)
-    run_id = compute_run_id(experiment)
     store.clean_stale_temps(cfg.sweep)
     if store.is_done(cfg.sweep, run_id):
         log.info("skip %s: already done (%s)", run_id, store.record_path(cfg.sweep, run_id))
@@ -57,7 +61,8 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
 
     fields: dict[str, Any] = {
         "run_id": run_id, "sweep": cfg.sweep, "method": method.name, "model": cfg.model.name,
-        "task": task.name, **axes, "primary_metric": task.primary, "started_at": now(), "resumed_from_step": None,
+        "task": task.name, **axes, "primary_metric": task.primary, "started_at": now(),
+        "resumed_from_step": None,
         "config": {**OmegaConf.to_container(cfg, resolve=True), "rank": axes["rank"]},
     }  # fmt: skip
     work_dir = store.sweep_dir(cfg.sweep) / ".work" / run_id
@@ -115,8 +120,9 @@ def _train_point(cfg, method, params, axes, task, store, run_id) -> dict[str, An
                    "autocast": "bfloat16" if use_bf16 else None},
     }  # fmt: skip
     if outcome.diverged_at_step is not None:
-        return {**fields, "status": "diverged", "error": f"loss became NaN/inf at step {outcome.diverged_at_step}",
-                "metrics": {}, "final_loss": None}  # fmt: skip
+        # JSON has no NaN: a diverged run's final loss is null, its step is in the error line
+        error = f"loss became NaN/inf at step {outcome.diverged_at_step}"
+        return {**fields, "status": "diverged", "error": error, "metrics": {}, "final_loss": None}
     metrics = {**outcome.metrics, "primary": outcome.metrics[task.primary]}
     if cfg.trainer.save_adapter:
         method.save(model, str(store.sweep_dir(cfg.sweep) / "adapters" / run_id))

@@ -97,7 +97,7 @@ class RunStore:
         return target
 
     def clean_stale_temps(self, sweep: str) -> int:
-        """Remove temp files left by writers that died: this host's dead pids, or anything over an hour old."""
+        """Remove temp files of writers that died: this host's dead pids, or any over an hour old."""
         folder = self.sweep_dir(sweep)
         if not folder.is_dir():
             return 0

@@ -69,7 +69,9 @@ class DivergenceGuard(TrainerCallback):
 class BenchTrainer(Trainer):
     """The Trainer with the method's auxiliary loss and optimizer parameter groups."""
 
-    def __init__(self, *args: Any, method: Method, method_params: Any, ctx: RunContext, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, method: Method, method_params: Any, ctx: RunContext, **kwargs: Any
+    ) -> None:
         self.method, self.method_params, self.ctx = method, method_params, ctx
         super().__init__(*args, **kwargs)
 
@@ -144,6 +146,8 @@ def train_and_evaluate(
         return outcome
     for suffix, split in data.evals.items():
         prediction = trainer.predict(split)
-        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+        logits = (
+            prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+        )
         outcome.metrics.update(task.score(np.asarray(logits), np.asarray(prediction.label_ids), suffix))
     return outcome

@@ -88,8 +88,6 @@ class Glue(Task):
 
     def score(self, predictions: np.ndarray, references: np.ndarray, suffix: str = "") -> dict[str, float]:
         predictions = np.asarray(predictions)
-        if self.cfg.num_labels == 1:
-            predicted = predictions.reshape(-1)
-        else:
-            predicted = predictions.argmax(axis=-1)
+        regression = self.cfg.num_labels == 1
+        predicted = predictions.reshape(-1) if regression else predictions.argmax(axis=-1)
         return {f"{m}{suffix}": METRICS[m](predicted, np.asarray(references)) for m in self.cfg.metrics}

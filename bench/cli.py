@@ -1,0 +1,111 @@
+"""`peftbench` command line: report, status and grid of a sweep (training runs go through `bench.run`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+
+from bench.errors import ConfigError
+
+DEFAULT_STORE = "results/runs"
+
+
+def _report(args: argparse.Namespace) -> int:
+    from bench.report import write_report
+
+    written = write_report(args.store, args.sweep, args.out)
+    print(written["main.md"].read_text())
+    print(f"tables and plots for sweep {args.sweep!r} under {written['main.md'].parents[1]}")
+    return 0
+
+
+def _grid(args: argparse.Namespace) -> int:
+    from bench.grid import describe, grid_axes, sweep_config
+
+    cfg = sweep_config(args.sweep)
+    extra = {"model": cfg.model.name, "data": cfg.data, "store": f"{cfg.store.root}/{cfg.sweep}"}
+    print(describe(args.sweep, grid_axes(cfg), extra))
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from bench.store import RunStore
+
+    scan = RunStore(args.store).scan(args.sweep)
+    by_id = {r["run_id"]: r for r in scan.records}
+    counts = Counter(r["status"] for r in by_id.values())
+    print(
+        f"sweep {args.sweep!r} in {args.store}: "
+        + ", ".join(f"{counts[s]} {s}" for s in ("ok", "diverged", "failed"))
+    )
+    for path, why in scan.corrupted:
+        print(f"  unreadable (not counted): {path}: {why}")
+    for record in by_id.values():
+        if record["status"] == "failed":
+            print(f"  failed {record['run_id']} {record['method']} {record['task']} rank={record['rank']} "
+                  f"lr={record['lr']:g} seed={record['seed']}: {record['error']}")  # fmt: skip
+    if args.grid:
+        missing = _missing_points(args.sweep, by_id)
+        print(f"missing: {len(missing)} grid points without a complete record")
+        for point in missing:
+            print(
+                "  python -m bench.run sweep="
+                + args.sweep
+                + " "
+                + " ".join(f"{k}={v}" for k, v in point.items())
+            )
+    return 0
+
+
+def _missing_points(sweep: str, by_id: dict[str, dict]) -> list[dict[str, str]]:
+    """Grid points whose run_id has no ok/diverged record (duplicates of one run_id listed once)."""
+    from bench.grid import grid_axes, grid_points, sweep_config
+    from bench.run import identify
+    from bench.store import COMPLETED
+
+    missing, seen = [], set()
+    for point in grid_points(grid_axes(sweep_config(sweep))):
+        cfg = sweep_config(sweep, [f"{k}={v}" for k, v in point.items()])
+        run_id = identify(cfg)[-1]
+        if run_id in seen:
+            continue
+        seen.add(run_id)
+        if by_id.get(run_id, {}).get("status") not in COMPLETED:
+            missing.append(point)
+    return missing
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="peftbench", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    report = commands.add_parser("report", help="write a sweep's tables (md/tex/csv) and plots")
+    report.add_argument("sweep")
+    report.add_argument("--store", default=DEFAULT_STORE, help="results store root (default: %(default)s)")
+    report.add_argument("--out", default="results", help="output root: <out>/<sweep>/tables, plots")
+    report.set_defaults(handler=_report)
+
+    status = commands.add_parser("status", help="count done / diverged / failed runs of a sweep")
+    status.add_argument("sweep")
+    status.add_argument("--store", default=DEFAULT_STORE, help="results store root (default: %(default)s)")
+    status.add_argument("--grid", action="store_true", help="also list grid points with no record yet")
+    status.set_defaults(handler=_status)
+
+    grid = commands.add_parser("grid", help="print a sweep's grid and its size without running it")
+    grid.add_argument("sweep")
+    grid.set_defaults(handler=_grid)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"peftbench: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

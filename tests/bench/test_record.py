@@ -1,0 +1,33 @@
+"""The record: every schema field present, environment facts filled in, no secret inside."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.record import FIELDS, new_record, scrub_secrets
+
+
+def test_new_record_has_every_field_and_environment() -> None:
+    record = new_record(run_id="abc", status="ok", config={})
+    assert list(record) == list(FIELDS)
+    assert record["device"] == "cpu" and record["hostname"]
+    assert set(record["versions"]) == {"python", "torch", "transformers", "peft", "datasets"}
+
+
+def test_unknown_field_is_refused() -> None:
+    with pytest.raises(KeyError, match="accuracy"):
+        new_record(run_id="abc", accuracy=1.0)
+
+
+def test_secrets_are_scrubbed_but_lookalikes_kept() -> None:
+    config = {
+        "logger": {"wandb_api_key": "k", "hf_token": "t", "password": "p", "project": "x"},
+        "model": {"config": {"pad_token_id": 0}},
+        "task": {"max_new_tokens": 8, "list": [{"secret": 1, "keep": 2}]},
+    }
+    assert scrub_secrets(config) == {
+        "logger": {"project": "x"},
+        "model": {"config": {"pad_token_id": 0}},
+        "task": {"max_new_tokens": 8, "list": [{"keep": 2}]},
+    }
+    assert new_record(run_id="a", config=config)["config"]["logger"] == {"project": "x"}

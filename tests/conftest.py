@@ -1,0 +1,45 @@
+"""Shared helpers: compose a run config with Hydra (tiny model, few steps, offline data) and run it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from bench.config import CONF_DIR
+
+REPO = CONF_DIR.parent
+# A tiny randomly initialised RoBERTa, 4 optimizer steps, the offline RTE rows capped small.
+SMOKE = ["model=tiny-roberta", "trainer=smoke", "data=offline", "task=glue_rte", "task.max_eval_samples=16"]
+
+
+def compose_run(store: Path, *overrides: str) -> DictConfig:
+    """The run config a command line `python -m bench.run SMOKE... overrides...` would give."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=[*SMOKE, f"store.root={store}", *overrides])
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """Run `python -m bench.run args...` in the repo as a user would."""
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "bench.run", *args],
+        cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    return tmp_path / "runs"
+
+
+def records(store: Path, sweep: str = "adhoc") -> list[Path]:
+    folder = store / sweep
+    return sorted(folder.glob("*.json")) if folder.is_dir() else []
