@@ -25,10 +25,12 @@ test: setup
 test-slow: setup
 	$(BIN)/python -m pytest -m slow
 
-# LoRA and full FT x ranks {4, 8} x 3 learning rates on MiniLM x offline SST-2, MRPC, RTE (CPU).
+# LoRA and full FT x ranks {4, 8} x 3 learning rates, then the other methods at rank 8, on MiniLM x
+# offline SST-2, MRPC, RTE (CPU). Both grids write to the sweep "demo"; one report.
 demo: setup
 	@start=$$(date +%s); \
 	$(BIN)/python -m bench.run sweep=demo && \
+	$(BIN)/python -m bench.run sweep=demo_methods && \
 	$(BIN)/peftbench report demo && \
 	echo "demo finished in $$(( $$(date +%s) - start )) s"
 

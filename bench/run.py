@@ -33,7 +33,7 @@ from bench.measure import PeakMemory, Stopwatch, count_params
 from bench.models import load_classifier, load_tokenizer
 from bench.record import new_record, now
 from bench.store import RunStore
-from bench.train import optimizer_steps, train_and_evaluate, training_arguments
+from bench.train import batch_sampler, optimizer_steps, train_and_evaluate, training_arguments
 from methods.base import Method, RunContext, get_method
 from tasks.base import Task, build_task
 
@@ -95,6 +95,10 @@ def _train_point(cfg, method, params, axes, task, store, run_id) -> dict[str, An
         target_modules=list(getattr(params, "target_modules", None) or cfg.model.target_modules),
         head_modules=list(cfg.model.head_modules),
         total_steps=optimizer_steps(len(data.train), cfg.trainer),
+        weight_decay=float(cfg.trainer.weight_decay),
+        sample_batches=batch_sampler(
+            data.train, tokenizer, cfg.trainer.per_device_train_batch_size, axes["seed"]
+        ),
     )
     method.validate(params, model, ctx)
     set_seed(axes["seed"])  # the adapter's init depends on the seed alone, not on what loading drew

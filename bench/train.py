@@ -8,6 +8,7 @@ training and makes the run `diverged` (it is recorded, never dropped).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +51,22 @@ def optimizer_steps(train_rows: int, trainer_cfg: DictConfig) -> int:
     batches = math.ceil(train_rows / trainer_cfg.per_device_train_batch_size)
     per_epoch = max(batches // trainer_cfg.gradient_accumulation_steps, 1)
     return int(math.ceil(per_epoch * trainer_cfg.num_train_epochs))
+
+
+def batch_sampler(
+    dataset: Any, tokenizer: Any, batch_size: int, seed: int
+) -> Callable[[int], list[dict[str, torch.Tensor]]]:
+    """`n -> n` collated training batches from a seeded shuffle (for data-driven adapter inits)."""
+
+    def sample(n: int) -> list[dict[str, torch.Tensor]]:
+        rows = dataset.shuffle(seed=seed).select(range(min(n * batch_size, len(dataset))))
+        collate = DataCollatorWithPadding(tokenizer)
+        return [
+            collate([rows[j] for j in range(i, min(i + batch_size, len(rows)))])
+            for i in range(0, len(rows), batch_size)
+        ]
+
+    return sample
 
 
 class DivergenceGuard(TrainerCallback):

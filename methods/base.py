@@ -9,7 +9,8 @@ nothing. The runner calls these hooks and never branches on a method's name:
 - `optimizer_param_groups(model, params, ctx)`: custom groups (LoRA+), or None for the Trainer's,
 - `callbacks(model, params, ctx)`: Trainer callbacks (AdaLoRA budget, ReLoRA restarts, ramps),
 - `aux_loss(model)`: a term added to the training loss (MoE balance, regularisers),
-- `save(model, out_dir)`: write the trained adapter.
+- `save(model, out_dir)` / `load(base_model, out_dir, params, ctx)`: write the trained adapter and
+  put it back on a fresh base model (default: PEFT's `save_pretrained` / `PeftModel.from_pretrained`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Union
 
@@ -29,7 +31,10 @@ from methods.targets import check_rank, require_targets
 
 @dataclass(frozen=True)
 class RunContext:
-    """What a method may know about the run it is part of."""
+    """What a method may know about the run it is part of.
+
+    `sample_batches(n)` gives n collated training batches (for data-driven inits such as LoRA-GA).
+    """
 
     rank: int | None
     lr: float
@@ -37,6 +42,8 @@ class RunContext:
     target_modules: list[str]
     head_modules: list[str]
     total_steps: int
+    weight_decay: float = 0.0
+    sample_batches: Callable[[int], list[dict[str, torch.Tensor]]] | None = None
 
 
 @dataclass
@@ -88,6 +95,11 @@ class Method:
 
     def save(self, model: torch.nn.Module, out_dir: str) -> None:
         model.save_pretrained(out_dir)
+
+    def load(self, base_model: torch.nn.Module, out_dir: str, params: Any, ctx: RunContext) -> torch.nn.Module:
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(base_model, out_dir)
 
 
 def _coerce(name: str, value: Any, hint: Any) -> Any:

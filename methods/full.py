@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import torch
+from safetensors.torch import load_model, save_model
 
 from methods.base import Method, RunContext, register
+
+WEIGHTS = "model.safetensors"
 
 
 @register
@@ -12,7 +18,18 @@ class FullFineTuning(Method):
     name = "full"
     uses_rank = False
 
+    def validate(self, params: Any, model: torch.nn.Module, ctx: RunContext) -> None:
+        pass  # no target layers, no rank
+
     def apply(self, model: torch.nn.Module, params: object, ctx: RunContext) -> torch.nn.Module:
         for param in model.parameters():
             param.requires_grad_(True)
         return model
+
+    def save(self, model: torch.nn.Module, out_dir: str) -> None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        save_model(model, str(Path(out_dir) / WEIGHTS))  # handles tied weights
+
+    def load(self, base_model: torch.nn.Module, out_dir: str, params: Any, ctx: RunContext) -> torch.nn.Module:
+        load_model(base_model, str(Path(out_dir) / WEIGHTS))
+        return self.apply(base_model, params, ctx)

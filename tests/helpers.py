@@ -1,20 +1,21 @@
-"""Tiny models for method tests: built from conf/model/tiny-roberta.yaml, no download."""
+"""Tiny models for method tests: built from conf/model/tiny-*.yaml, no download."""
 
 from __future__ import annotations
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from bench.config import CONF_DIR
 from bench.models import load_classifier, load_tokenizer
 from methods.base import RunContext
 
 TINY = OmegaConf.load(CONF_DIR / "model" / "tiny-roberta.yaml")
+TINY_LLAMA = OmegaConf.load(CONF_DIR / "model" / "tiny-llama.yaml")
 
 
-def tiny_classifier(num_labels: int = 2, seed: int = 0) -> torch.nn.Module:
+def tiny_classifier(num_labels: int = 2, seed: int = 0, spec: DictConfig = TINY) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return load_classifier(TINY, num_labels, load_tokenizer(TINY)).eval()
+    return load_classifier(spec, num_labels, load_tokenizer(spec)).eval()
 
 
 def tiny_batch(batch: int = 3, length: int = 7, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -23,8 +24,15 @@ def tiny_batch(batch: int = 3, length: int = 7, seed: int = 0) -> dict[str, torc
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 
-def context(rank: int | None = 4, targets: list[str] | None = None, total_steps: int = 10) -> RunContext:
+def labelled_batches(n: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    """n small batches with labels, standing in for training batches (LoRA-GA calibration)."""
+    return [{**tiny_batch(seed=seed + i), "labels": torch.tensor([0, 1, 1])} for i in range(n)]
+
+
+def context(
+    rank: int | None = 4, targets: list[str] | None = None, total_steps: int = 10, spec: DictConfig = TINY
+) -> RunContext:
     return RunContext(
-        rank=rank, lr=1e-3, seed=0, target_modules=targets or list(TINY.target_modules),
-        head_modules=list(TINY.head_modules), total_steps=total_steps,
+        rank=rank, lr=1e-3, seed=0, target_modules=targets or list(spec.target_modules),
+        head_modules=list(spec.head_modules), total_steps=total_steps, sample_batches=labelled_batches,
     )  # fmt: skip

@@ -1,0 +1,104 @@
+"""AdaLoRA (Zhang et al. 2023, arXiv 2303.10512) through PEFT's `AdaLoraConfig`.
+
+Each layer starts at `init_r` SVD-form triplets (P·diag(E)·Q) and the budget is pruned by importance
+to `target_r` per layer on average (the run's `rank`) between `tinit` and `total_step − tfinal`.
+`total_step` comes from the trainer; a callback calls `update_and_allocate` after every optimizer
+step, before the gradients are zeroed, as PEFT requires. PEFT adds the orthogonality regulariser
+(`orth_reg_weight`) to the loss itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from peft import AdaLoraConfig, get_peft_model
+from transformers import TrainerCallback
+
+from bench.errors import ConfigError
+from methods.base import Method, RunContext, register
+from methods.lora import LoraParams
+from methods.targets import check_rank, require_targets
+
+
+@dataclass
+class AdaLoraParams(LoraParams):
+    init_r: int | None = field(
+        default=None, metadata={"help": "starting rank per layer; null = 1.5 × rank (the paper's 12 for 8)"}
+    )
+    tinit: float = field(
+        default=0.1, metadata={"help": "warm-up before pruning: steps (>= 1) or a share of total steps (< 1)"}
+    )
+    tfinal: float = field(
+        default=0.2, metadata={"help": "final fine-tuning with the budget fixed: steps or a share (< 1)"}
+    )
+    deltaT: int = field(default=10, metadata={"help": "steps between two budget allocations"})
+    beta1: float = field(default=0.85, metadata={"help": "EMA coefficient of the importance sensitivity"})
+    beta2: float = field(default=0.85, metadata={"help": "EMA coefficient of the importance uncertainty"})
+    orth_reg_weight: float = field(default=0.1, metadata={"help": "weight of the orthogonality regulariser"})
+
+    def check(self) -> None:
+        super().check()
+        if self.deltaT < 1:
+            raise ConfigError(f"method.deltaT={self.deltaT} is not valid; give a positive integer")
+
+
+def _steps(value: float, total: int) -> int:
+    return int(round(value * total)) if value < 1 else int(value)
+
+
+class _BudgetCallback(TrainerCallback):
+    """Calls `update_and_allocate(step)` after each optimizer step, before `zero_grad`."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.calls = 0
+
+    def on_optimizer_step(self, args, state, control, **kwargs):  # noqa: ANN001 (Trainer's signature)
+        self.model.base_model.update_and_allocate(state.global_step)
+        self.calls += 1
+        return control
+
+
+@register
+class AdaLora(Method):
+    name = "adalora"
+    Params = AdaLoraParams
+
+    def adalora_config(self, params: AdaLoraParams, ctx: RunContext) -> AdaLoraConfig:
+        total = ctx.total_steps
+        tinit, tfinal = _steps(params.tinit, total), _steps(params.tfinal, total)
+        if tinit >= total - tfinal:
+            raise ConfigError(
+                f"method.tinit={params.tinit} and method.tfinal={params.tfinal} leave no pruning phase in "
+                f"{total} steps; need tinit < total_steps - tfinal"
+            )
+        return AdaLoraConfig(
+            init_r=params.init_r or ctx.rank + ctx.rank // 2,
+            target_r=ctx.rank,
+            tinit=tinit,
+            tfinal=tfinal,
+            deltaT=params.deltaT,
+            beta1=params.beta1,
+            beta2=params.beta2,
+            orth_reg_weight=params.orth_reg_weight,
+            total_step=total,
+            lora_alpha=params.lora_alpha,
+            lora_dropout=params.lora_dropout,
+            target_modules=list(ctx.target_modules),
+            bias=params.bias,
+            modules_to_save=list(ctx.head_modules),
+        )
+
+    def validate(self, params: AdaLoraParams, model: torch.nn.Module, ctx: RunContext) -> None:
+        config = self.adalora_config(params, ctx)
+        if config.init_r < ctx.rank:
+            raise ConfigError(f"method.init_r={params.init_r} is below rank={ctx.rank}; give init_r >= rank")
+        check_rank(config.init_r, require_targets(model, ctx.target_modules))
+
+    def apply(self, model: torch.nn.Module, params: AdaLoraParams, ctx: RunContext) -> torch.nn.Module:
+        return get_peft_model(model, self.adalora_config(params, ctx))
+
+    def callbacks(self, model: torch.nn.Module, params: Any, ctx: RunContext) -> list[TrainerCallback]:
+        return [_BudgetCallback(model)]
