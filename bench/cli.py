@@ -36,8 +36,7 @@ def _status(args: argparse.Namespace) -> int:
     by_id = {r["run_id"]: r for r in scan.records}
     counts = Counter(r["status"] for r in by_id.values())
     print(
-        f"sweep {args.sweep!r} in {args.store}: "
-        + ", ".join(f"{counts[s]} {s}" for s in ("ok", "diverged", "failed"))
+        f"sweep {args.sweep!r} in {args.store}: " + ", ".join(f"{counts[s]} {s}" for s in ("ok", "diverged", "failed"))
     )
     for path, why in scan.corrupted:
         print(f"  unreadable (not counted): {path}: {why}")
@@ -49,12 +48,7 @@ def _status(args: argparse.Namespace) -> int:
         missing = _missing_points(args.sweep, by_id)
         print(f"missing: {len(missing)} grid points without a complete record")
         for point in missing:
-            print(
-                "  python -m bench.run sweep="
-                + args.sweep
-                + " "
-                + " ".join(f"{k}={v}" for k, v in point.items())
-            )
+            print("  python -m bench.run sweep=" + args.sweep + " " + " ".join(f"{k}={v}" for k, v in point.items()))
     return 0
 
 

@@ -31,9 +31,7 @@ def plot_metric_vs_lr(cells: pd.DataFrame, out_dir: Path, metric_names: dict[str
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
         valid_means = 100 * by_task["mean"].dropna()
         floor = valid_means.min() - 2 if len(valid_means) else 0.0
-        for (method, model, rank), line in by_task.groupby(
-            ["method", "model", "rank"], dropna=False, sort=True
-        ):
+        for (method, model, rank), line in by_task.groupby(["method", "model", "rank"], dropna=False, sort=True):
             line = line.sort_values("lr")
             ok = line.dropna(subset=["mean"])
             drawn = ax.errorbar(
@@ -42,9 +40,7 @@ def plot_metric_vs_lr(cells: pd.DataFrame, out_dir: Path, metric_names: dict[str
             )  # fmt: skip
             diverged = line[line["diverged"] > 0]
             if len(diverged):
-                ax.scatter(
-                    diverged["lr"], [floor] * len(diverged), marker="x", s=60, color=drawn[0].get_color()
-                )
+                ax.scatter(diverged["lr"], [floor] * len(diverged), marker="x", s=60, color=drawn[0].get_color())
         ax.set_xscale("log")
         ax.set_xlabel("learning rate")
         ax.set_ylabel(f"{metric_names.get(task, 'primary metric')} ×100 (seed mean ± std)")

@@ -118,11 +118,7 @@ def main_table(best: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         numbers = {**dict(zip(ROW_KEYS, key, strict=True))}
         shown = {**numbers, "rank": _rank_text(numbers["rank"])}
         for task in tasks:
-            mean, std = (
-                (by_task.at[task, "mean"], by_task.at[task, "std"])
-                if task in by_task.index
-                else (np.nan,) * 2
-            )
+            mean, std = (by_task.at[task, "mean"], by_task.at[task, "std"]) if task in by_task.index else (np.nan,) * 2
             numbers[task] = 100 * mean
             shown[task] = format_cell(mean, std)
         for name, members in averages.items():
@@ -150,11 +146,8 @@ def sensitivity_table(cells: pd.DataFrame) -> pd.DataFrame:
                 "best lr": "" if best is None else f"{best['lr']:g}",
                 "best": "" if best is None else f"{100 * best['mean']:.2f}",
                 "worst": f"{100 * valid['mean'].min():.2f}" if len(valid) else "",
-                "spread (max − min)": f"{100 * (valid['mean'].max() - valid['mean'].min()):.2f}"
-                if len(valid)
-                else "",
-                "diverged at lr": ", ".join(f"{lr:g}" for lr in group.loc[group["diverged"] > 0, "lr"])
-                or "none",
+                "spread (max − min)": f"{100 * (valid['mean'].max() - valid['mean'].min()):.2f}" if len(valid) else "",
+                "diverged at lr": ", ".join(f"{lr:g}" for lr in group.loc[group["diverged"] > 0, "lr"]) or "none",
             }
         )
     table = pd.DataFrame(rows)

@@ -96,9 +96,7 @@ def _train_point(cfg, method, params, axes, task, store, run_id) -> dict[str, An
         head_modules=list(cfg.model.head_modules),
         total_steps=optimizer_steps(len(data.train), cfg.trainer),
         weight_decay=float(cfg.trainer.weight_decay),
-        sample_batches=batch_sampler(
-            data.train, tokenizer, cfg.trainer.per_device_train_batch_size, axes["seed"]
-        ),
+        sample_batches=batch_sampler(data.train, tokenizer, cfg.trainer.per_device_train_batch_size, axes["seed"]),
     )
     method.validate(params, model, ctx)
     set_seed(axes["seed"])  # the adapter's init depends on the seed alone, not on what loading drew

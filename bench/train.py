@@ -86,17 +86,13 @@ class DivergenceGuard(TrainerCallback):
 class BenchTrainer(Trainer):
     """The Trainer with the method's auxiliary loss and optimizer parameter groups."""
 
-    def __init__(
-        self, *args: Any, method: Method, method_params: Any, ctx: RunContext, **kwargs: Any
-    ) -> None:
+    def __init__(self, *args: Any, method: Method, method_params: Any, ctx: RunContext, **kwargs: Any) -> None:
         self.method, self.method_params, self.ctx = method, method_params, ctx
         super().__init__(*args, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
-        loss, outputs = super().compute_loss(
-            model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
-        )
-        aux = self.method.aux_loss(model)
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        aux = self.method.aux_loss(model, self.method_params)
         if aux is not None:
             loss = loss + aux
         return (loss, outputs) if return_outputs else loss
@@ -108,6 +104,14 @@ class BenchTrainer(Trainer):
                 optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model)
                 self.optimizer = optimizer_cls(groups, **kwargs)
         return super().create_optimizer(model)
+
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
+        factor = self.method.lr_lambda(self.method_params, self.ctx)
+        if factor is None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        if self.lr_scheduler is None:
+            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer, factor)
+        return self.lr_scheduler
 
 
 def training_arguments(cfg: DictConfig, output_dir: str, use_bf16: bool) -> TrainingArguments:
@@ -121,6 +125,7 @@ def training_arguments(cfg: DictConfig, output_dir: str, use_bf16: bool) -> Trai
         bf16=use_bf16,
         use_cpu=not torch.cuda.is_available(),
         label_names=["labels"],
+        remove_unused_columns=False,  # tokenized splits hold only model inputs; wrapped models hide their signature
         logging_strategy="steps",
         logging_nan_inf_filter=False,  # keep NaN/inf visible: they make a run `diverged`
         eval_strategy="no",
@@ -163,8 +168,7 @@ def train_and_evaluate(
         return outcome
     for suffix, split in data.evals.items():
         prediction = trainer.predict(split)
-        logits = (
-            prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-        )
+        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
         outcome.metrics.update(task.score(np.asarray(logits), np.asarray(prediction.label_ids), suffix))
+    outcome.metrics.update(method.extra_metrics(model))
     return outcome

@@ -8,7 +8,9 @@ nothing. The runner calls these hooks and never branches on a method's name:
 - `apply(model, params, ctx)`: wrap/freeze the model and return it,
 - `optimizer_param_groups(model, params, ctx)`: custom groups (LoRA+), or None for the Trainer's,
 - `callbacks(model, params, ctx)`: Trainer callbacks (AdaLoRA budget, ReLoRA restarts, ramps),
-- `aux_loss(model)`: a term added to the training loss (MoE balance, regularisers),
+- `aux_loss(model, params)`: a term added to the training loss (MoE balance, regularisers),
+- `lr_lambda(params, ctx)`: a learning-rate schedule of its own (ReLoRA),
+- `extra_metrics(model)`: measurements recorded with the metrics (MoE expert load),
 - `save(model, out_dir)` / `load(base_model, out_dir, params, ctx)`: write the trained adapter and
   put it back on a fresh base model (default: PEFT's `save_pretrained` / `PeftModel.from_pretrained`).
 """
@@ -90,8 +92,16 @@ class Method:
     def callbacks(self, model: torch.nn.Module, params: Any, ctx: RunContext) -> list[TrainerCallback]:
         return []
 
-    def aux_loss(self, model: torch.nn.Module) -> torch.Tensor | None:
+    def aux_loss(self, model: torch.nn.Module, params: Any) -> torch.Tensor | None:
         return None
+
+    def lr_lambda(self, params: Any, ctx: RunContext) -> Callable[[int], float] | None:
+        """A learning-rate factor per optimizer step (ReLoRA's jagged cosine), or None for the Trainer's."""
+        return None
+
+    def extra_metrics(self, model: torch.nn.Module) -> dict[str, Any]:
+        """Method-specific measurements recorded under `metrics` after evaluation (MoE expert load)."""
+        return {}
 
     def save(self, model: torch.nn.Module, out_dir: str) -> None:
         model.save_pretrained(out_dir)

@@ -38,6 +38,6 @@ class Kasa(Lora):
     def peft_options(self, params: KasaParams, ctx: RunContext) -> dict[str, Any]:
         return {"kasa_config": KasaConfig(beta=params.beta, gamma=params.gamma)}
 
-    def aux_loss(self, model: torch.nn.Module) -> torch.Tensor | None:
+    def aux_loss(self, model: torch.nn.Module, params: Any) -> torch.Tensor | None:
         loss = model.base_model._get_kasa_loss()
         return loss if torch.is_tensor(loss) else None

@@ -54,8 +54,7 @@ def require_targets(model: torch.nn.Module, targets: Iterable[str]) -> list[Targ
             }
         )
         raise ConfigError(
-            f"target_modules {missing} match no linear layer of this model; "
-            f"valid choices: {', '.join(linear_leaves)}"
+            f"target_modules {missing} match no linear layer of this model; valid choices: {', '.join(linear_leaves)}"
         )
     return layers
 
@@ -66,6 +65,5 @@ def check_rank(rank: int, layers: Iterable[TargetLayer]) -> None:
         limit = min(layer.in_features, layer.out_features)
         if rank > limit:
             raise ConfigError(
-                f"rank={rank} exceeds min(in, out)={limit} of target layer {layer.name!r}; "
-                f"valid ranks: 1..{limit}"
+                f"rank={rank} exceeds min(in, out)={limit} of target layer {layer.name!r}; valid ranks: 1..{limit}"
             )

@@ -9,6 +9,7 @@ capped by min(in, out) here.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
 import torch
 from peft import VeraConfig, get_peft_model
 

@@ -24,9 +24,7 @@ def compose_run(store: Path, *overrides: str) -> DictConfig:
         return compose("config", overrides=[*SMOKE, f"store.root={store}", *overrides])
 
 
-def run_cli(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 300
-) -> subprocess.CompletedProcess:
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run `python -m bench.run args...` in the repo as a user would."""
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **(env or {})}
     return subprocess.run(

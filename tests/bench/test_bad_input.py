@@ -15,11 +15,11 @@ from tests.conftest import compose_run, records, run_cli
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("method=lorra", r"^unknown method 'lorra'; valid choices: full, lora"),
+        ("method=lorra", r"^unknown method 'lorra'; valid choices: adalora, bitfit, .*full, .*lora, "),
         ("model=bert-huge", r"^unknown model 'bert-huge'; valid choices: .*minilm.*roberta-base"),
         ("task=glue_sst3", r"^unknown task 'glue_sst3'; valid choices: glue_cola, .*glue_sst2"),
         ("task=glue_rte,glue_wnli", r"^unknown task 'glue_wnli'; valid choices"),
-        ("sweep=nightly", r"^unknown sweep 'nightly'; valid choices: demo, glue, none"),
+        ("sweep=nightly", r"^unknown sweep 'nightly'; valid choices: demo, demo_methods, glue, none"),
     ],
 )
 def test_unknown_names_on_the_command_line(override: str, message: str) -> None:
@@ -74,7 +74,7 @@ def test_bad_values_fail_before_training_without_a_record(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["method=lorra"], "peftbench: error: unknown method 'lorra'; valid choices: full, lora"),
+        (["method=lorra"], "peftbench: error: unknown method 'lorra'; valid choices: adalora, bitfit, dora,"),
         (["rank=33"], "peftbench: error: rank=33 exceeds min(in, out)=32 of target layer"),
         (["lr=abc"], "peftbench: error: lr='abc' is not a number; give a positive number such as 5e-4"),
     ],

@@ -95,9 +95,7 @@ def test_nan_loss_gives_a_diverged_record(store: Path, monkeypatch: pytest.Monke
     assert json.loads(records(store)[0].read_text())["status"] == "diverged"
 
 
-def test_exception_gives_failed_record_and_the_next_point_runs(
-    store: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_exception_gives_failed_record_and_the_next_point_runs(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def explode(*args, **kwargs):  # noqa: ANN002, ANN003
         raise RuntimeError("CUDA out of memory.\nTried to allocate 2 GiB")
 

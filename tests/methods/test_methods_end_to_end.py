@@ -14,7 +14,7 @@ from tests.conftest import compose_run
 
 @pytest.mark.parametrize("name", method_names())
 def test_each_method_runs_end_to_end(name: str, store: Path) -> None:
-    record = bench.run.run(compose_run(store, f"method={name}", "rank=4", "lr=1e-3"))
+    record = bench.run.run(compose_run(store, f"method={name}", "rank=8", "lr=1e-3"))  # 8: a multiple of E
     assert record["status"] == "ok", record["error"]
     assert record["method"] == name
     assert record["config"]["method"]["name"] == name

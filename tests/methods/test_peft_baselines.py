@@ -140,8 +140,8 @@ def test_kasa_aux_loss_follows_beta_and_gamma() -> None:
     method = get_method("kasa")
     _, model = build("kasa")
     _, silent = build("kasa", beta=0.0, gamma=0.0)
-    assert method.aux_loss(model).item() > 0
-    assert method.aux_loss(silent).item() == 0
+    assert method.aux_loss(model, None).item() > 0
+    assert method.aux_loss(silent, None).item() == 0
 
 
 SAVE_LOAD = [*PEFT_METHODS, "bitfit", "full"]
@@ -167,4 +167,6 @@ def test_save_then_load_gives_identical_logits(name: str, tmp_path: Path) -> Non
 
 
 def test_layers_listing_matches_peft() -> None:
-    assert target_layers(tiny_classifier(), ["query"])[0] == TargetLayer("roberta.encoder.layer.0.attention.self.query", 32, 32)
+    assert target_layers(tiny_classifier(), ["query"])[0] == TargetLayer(
+        "roberta.encoder.layer.0.attention.self.query", 32, 32
+    )

@@ -54,9 +54,7 @@ def test_task_score_argmax_and_regression() -> None:
 
 def test_every_glue_task_entry_is_consistent() -> None:
     names = sorted(p.stem for p in (CONF_DIR / "task").glob("glue_*.yaml"))
-    assert names == [
-        f"glue_{t}" for t in sorted(["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte"])
-    ]
+    assert names == [f"glue_{t}" for t in sorted(["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte"])]
     primaries = {}
     for name in names:
         task = build_task(OmegaConf.load(CONF_DIR / "task" / f"{name}.yaml"))

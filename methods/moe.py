@@ -1,0 +1,137 @@
+"""The LoRA mixture-of-experts layer shared by MoLoRA, HydraLoRA and GOAT (GOAT's code base, arXiv 2502.16894).
+
+E experts split the total rank r (r_e = r/E each); a router g = Linear(in, E, bias=False) with softmax,
+top-k renormalised to sum to 1 (HydraLoRA: dense, no top-k):
+
+    h = W_res·x + Σ_{i∈topk} g_i · s · B_i·A_i·x
+
+All experts are one batched contraction (einsum over the expert axis, no Python loop): with the
+non-selected gates at zero this is exactly the top-k sum, at the cost of a single rank-r LoRA.
+The Switch load-balancing loss E·Σ_i f_i·P_i (f_i: share of token-slots routed to i, P_i: mean router
+probability) is summed over layers and added to the training loss with `aux_loss_coef` (1e-3).
+MoE adapters cannot merge into one weight: the update depends on the input through the router.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from bench.errors import ConfigError
+from methods.base import Method, RunContext
+from methods.injection import AdapterLayer, NativeMethod, NotMergeable, adapter_layers_of
+from methods.targets import check_rank, require_targets
+
+
+@dataclass
+class MoeParams:
+    num_experts: int = field(default=8, metadata={"help": "E, the number of experts; rank must be a multiple"})
+    top_k: int = field(default=2, metadata={"help": "experts used per token"})
+    lora_alpha: float = field(default=16.0, metadata={"help": "scale numerator α"})
+    aux_loss_coef: float = field(default=1e-3, metadata={"help": "weight of the load-balancing loss"})
+    target_modules: list[str] | None = field(
+        default=None, metadata={"help": "layer names to adapt; null = the model config's target_modules"}
+    )
+
+    def check(self) -> None:
+        if self.num_experts < 1:
+            raise ConfigError(f"method.num_experts={self.num_experts} is not valid; give a positive integer")
+        if not 1 <= self.top_k <= self.num_experts:
+            raise ConfigError(f"method.top_k={self.top_k} is not valid; give 1..num_experts={self.num_experts}")
+        if self.lora_alpha <= 0 or self.aux_loss_coef < 0:
+            raise ConfigError("method.lora_alpha must be > 0 and method.aux_loss_coef >= 0")
+
+
+class MoeLoraLayer(AdapterLayer):
+    """Experts A ∈ R^{E×r_e×in} (or one shared A), B ∈ R^{E×out×r_e}; router; per-forward balance loss."""
+
+    def __init__(
+        self, base_layer: nn.Linear, experts: int, expert_rank: int, top_k: int | None, scale: float, shared_a: bool
+    ) -> None:
+        super().__init__(base_layer)
+        dtype = base_layer.weight.dtype
+        self.experts, self.expert_rank, self.top_k, self.scale = experts, expert_rank, top_k, scale
+        self.router = nn.Linear(self.in_features, experts, bias=False, dtype=dtype)
+        self.lora_A = nn.Parameter(torch.empty(1 if shared_a else experts, expert_rank, self.in_features, dtype=dtype))
+        self.lora_B = nn.Parameter(torch.zeros(experts, self.out_features, expert_rank, dtype=dtype))
+        for matrix in self.lora_A:
+            nn.init.kaiming_uniform_(matrix, a=math.sqrt(5))
+        self.register_buffer("expert_load", torch.zeros(experts), persistent=False)
+        self.balance_loss: torch.Tensor | None = None
+
+    def gates(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(gate weights with zeros outside the top-k, full router probabilities), both (..., E)."""
+        probs = torch.softmax(self.router(x).float(), dim=-1)
+        if self.top_k is None:
+            return probs, probs
+        top_values, top_index = probs.topk(self.top_k, dim=-1)
+        gates = torch.zeros_like(probs).scatter(-1, top_index, top_values / top_values.sum(-1, keepdim=True))
+        return gates, probs
+
+    def routed(self, gates: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+        """Token-slot assignments per expert (..., E): top-k membership, or the probabilities when dense."""
+        return (gates > 0).to(probs.dtype) if self.top_k is not None else probs
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        gates, probs = self.gates(x)
+        routed = self.routed(gates, probs).reshape(-1, self.experts)
+        if self.training and self.top_k is not None:
+            slots = routed.sum(0) / routed.sum()  # f_i: share of token-slots
+            self.balance_loss = self.experts * (slots * probs.reshape(-1, self.experts).mean(0)).sum()
+        elif not self.training:
+            self.expert_load += routed.sum(0).detach().to(self.expert_load.dtype)
+        a = self.lora_A.to(x.dtype).expand(self.experts, -1, -1)
+        projected = torch.einsum("...i,eri->...er", x, a) * gates.to(x.dtype).unsqueeze(-1)
+        return torch.einsum("...er,eor->...o", projected, self.lora_B.to(x.dtype)) * self.scale
+
+    def delta_weight(self) -> torch.Tensor:
+        raise NotMergeable(
+            f"{type(self).__name__}: a mixture of experts cannot merge into one weight, since its router "
+            "weights depend on the input; keep the adapter unmerged"
+        )
+
+
+class MoeMethod(NativeMethod, Method):
+    """Base of the MoE methods: validation, the load-balancing loss and the expert-load metric."""
+
+    Params = MoeParams
+    shared_a = False
+
+    def top_k(self, params: MoeParams) -> int | None:
+        return params.top_k
+
+    def expert_rank(self, params: MoeParams, ctx: RunContext) -> int:
+        return ctx.rank // params.num_experts
+
+    def scale(self, params: MoeParams, ctx: RunContext, in_features: int) -> float:
+        return params.lora_alpha / self.expert_rank(params, ctx)
+
+    def validate(self, params: MoeParams, model: nn.Module, ctx: RunContext) -> None:
+        if ctx.rank % params.num_experts:
+            raise ConfigError(
+                f"rank={ctx.rank} is not a multiple of method.num_experts={params.num_experts}; "
+                f"valid ranks: {params.num_experts}, {2 * params.num_experts}, …"
+            )
+        check_rank(ctx.rank, require_targets(model, ctx.target_modules))
+
+    def make_layer(self, name: str, linear: nn.Linear, params: MoeParams, ctx: RunContext) -> MoeLoraLayer:
+        return MoeLoraLayer(
+            linear, params.num_experts, self.expert_rank(params, ctx), self.top_k(params),
+            self.scale(params, ctx, linear.in_features), self.shared_a,
+        )  # fmt: skip
+
+    def aux_loss(self, model: nn.Module, params: MoeParams) -> torch.Tensor | None:
+        losses = [layer.balance_loss for layer in adapter_layers_of(model, MoeLoraLayer)]
+        losses = [loss for loss in losses if loss is not None]
+        if not losses or params.aux_loss_coef == 0:
+            return None
+        return params.aux_loss_coef * torch.stack(losses).sum()
+
+    def extra_metrics(self, model: nn.Module) -> dict[str, list[float]]:
+        """`expert_load`: each expert's share of the token-slots routed during evaluation, over all layers."""
+        loads = [layer.expert_load for layer in adapter_layers_of(model, MoeLoraLayer)]
+        total = torch.stack(loads).sum(0)
+        return {"expert_load": [round(float(v), 6) for v in (total / total.sum().clamp_min(1e-12)).tolist()]}

@@ -1,0 +1,107 @@
+"""MPC, the matrix pattern constraints of Subspace Tuning (Si et al. 2024, arXiv 2407.05417), on LoRA.
+
+No extra parameters; on ΔW = B·A (A ∈ R^{r×in}, B ∈ R^{out×r}):
+- `lora_mpco` adds λ·(‖A·Aᵀ − I_r‖_F² + ‖BᵀB − I_r‖_F²) over all layers (orthogonality),
+- `lora_mpcd` adds λ·(‖A·Aᵀ − I_r‖_F² + ‖BᵀB − diag(BᵀB)‖_F²) (diagonal BᵀB),
+- `lora_mpcn` puts a nonlinearity between A and B: ΔW·x := s·B·σ(A·x), i.e. a parallel adapter.
+The paper gives no λ: `mpc_lambda` defaults to 1e-3 (our choice) and is sweepable. MPCo/MPCd use
+PEFT's LoRA layers (their A and B); MPCn needs its own layer (a nonlinearity cannot be merged).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+
+from bench.errors import ConfigError
+from methods.base import Method, RunContext, register
+from methods.injection import AdapterLayer, NativeMethod
+from methods.lora import Lora, LoraParams
+
+
+def mpc_penalty(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]], kind: Literal["o", "d"]) -> torch.Tensor:
+    """Σ over layers of ‖AAᵀ − I‖² + ‖BᵀB − I‖² (kind "o") or ‖BᵀB − diag(BᵀB)‖² (kind "d")."""
+    total = None
+    for a, b in pairs:
+        eye = torch.eye(a.shape[0], device=a.device, dtype=a.dtype)
+        term_a = (a @ a.T - eye).pow(2).sum()
+        gram = b.T @ b
+        term_b = (gram - (eye if kind == "o" else torch.diag_embed(torch.diagonal(gram)))).pow(2).sum()
+        total = term_a + term_b if total is None else total + term_a + term_b
+    return total
+
+
+def lora_factors(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(A, B) of every PEFT LoRA layer of the active adapter."""
+    return [
+        (m.lora_A["default"].weight, m.lora_B["default"].weight)
+        for m in model.modules()
+        if hasattr(m, "lora_A") and "default" in getattr(m, "lora_A", {})
+    ]
+
+
+@dataclass
+class MpcParams(LoraParams):
+    mpc_lambda: float = field(
+        default=1e-3, metadata={"help": "weight λ of the constraint (ours: the paper gives none)"}
+    )
+
+    def check(self) -> None:
+        super().check()
+        if self.mpc_lambda < 0:
+            raise ConfigError(f"method.mpc_lambda={self.mpc_lambda} is not valid; give a number >= 0")
+
+
+@register
+class LoraMpco(Lora):
+    name = "lora_mpco"
+    Params = MpcParams
+    kind: Literal["o", "d"] = "o"
+
+    def aux_loss(self, model: nn.Module, params: MpcParams) -> torch.Tensor | None:
+        penalty = mpc_penalty(lora_factors(model), self.kind)
+        return None if penalty is None else params.mpc_lambda * penalty
+
+
+@register
+class LoraMpcd(LoraMpco):
+    name = "lora_mpcd"
+    kind = "d"
+
+
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
+
+
+@dataclass
+class MpcnParams(LoraParams):
+    activation: Literal["relu", "gelu", "tanh", "silu"] = field(
+        default="relu", metadata={"help": "σ between A and B (a parallel adapter's ReLU by default)"}
+    )
+
+
+class MpcnLayer(AdapterLayer):
+    def __init__(self, base_layer: nn.Linear, rank: int, alpha: float, activation: str, dropout: float) -> None:
+        super().__init__(base_layer)
+        dtype = base_layer.weight.dtype
+        self.lora_A = nn.Parameter(torch.empty(rank, self.in_features, dtype=dtype))
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, dtype=dtype))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        self.scale, self.act, self.dropout = alpha / rank, ACTIVATIONS[activation](), nn.Dropout(dropout)
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.act(self.dropout(x) @ self.lora_A.to(x.dtype).T)
+        return (hidden @ self.lora_B.to(x.dtype).T) * self.scale
+
+
+@register
+class LoraMpcn(NativeMethod, Method):
+    name = "lora_mpcn"
+    Params = MpcnParams
+
+    def make_layer(self, name: str, linear: nn.Linear, params: MpcnParams, ctx: RunContext) -> MpcnLayer:
+        return MpcnLayer(linear, ctx.rank, params.lora_alpha, params.activation, params.lora_dropout)

@@ -1,0 +1,391 @@
+"""The seed papers' methods on the shared injection layer: every exact identity of their specs."""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import DictConfig
+from peft import PeftModel
+
+import bench.run
+from bench.measure import count_params
+from methods.base import get_method
+from methods.goat import segment_indices
+from methods.injection import NotMergeable, adapter_layers_of
+from methods.moe import MoeLoraLayer
+from methods.mpc import mpc_penalty
+from methods.relora import jagged_cosine, merge_and_reset, prune_optimizer_state
+from methods.singlora import SingLoraLayer, set_ramp
+from methods.targets import target_layers
+from tests.conftest import compose_run
+from tests.helpers import TINY, TINY_LLAMA, context, tiny_batch, tiny_classifier
+
+NATIVE = [
+    "singlora",
+    "ssl",
+    "ssb",
+    "lora_mpco",
+    "lora_mpcd",
+    "lora_mpcn",
+    "molora",
+    "hydralora",
+    "goat",
+    "milora",
+    "relora",
+]
+MOE = ["molora", "hydralora", "goat"]
+
+
+def build(name: str, rank: int | None = 4, spec: DictConfig = TINY, **values: object):
+    base = tiny_classifier(spec=spec)
+    method = get_method(name)
+    params = method.parse({"name": name, **values})
+    ctx = context(rank, spec=spec)
+    method.validate(params, base, ctx)
+    torch.manual_seed(1)
+    return base, method.apply(copy.deepcopy(base), params, ctx).eval(), method, params
+
+
+def perturb(model: torch.nn.Module, seed: int = 3, size: float = 0.05) -> None:
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(seed)
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(size * torch.randn(param.shape, generator=generator))
+
+
+def logits(model: torch.nn.Module) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**tiny_batch()).logits
+
+
+def head_size(spec: DictConfig = TINY) -> int:
+    return sum(p.numel() for n, p in tiny_classifier(spec=spec).named_parameters() if spec.head_modules[0] in n)
+
+
+# ---------- SingLoRA ----------
+
+
+@pytest.mark.parametrize("spec", [TINY, TINY_LLAMA], ids=["roberta", "llama"])
+def test_singlora_params_and_output_at_t0(spec: DictConfig) -> None:
+    base, model, _, _ = build("singlora", 4, spec)
+    layers = target_layers(base, spec.target_modules)
+    expected = sum(max(layer.in_features, layer.out_features) * 4 for layer in layers) + head_size(spec)
+    assert count_params(model, spec.head_modules).trainable_params == expected
+    assert torch.allclose(logits(model), logits(base), atol=1e-6)  # u(0) = 0
+
+
+def test_singlora_delta_is_symmetric_on_square_layers_and_matches_its_weight() -> None:
+    _, model, _, _ = build("singlora", 4, TINY_LLAMA)
+    set_ramp(model, 0.5)
+    for layer in adapter_layers_of(model, SingLoraLayer):
+        weight = layer.delta_weight()
+        if layer.in_features == layer.out_features:
+            assert torch.allclose(weight, weight.T, atol=1e-7)
+        assert torch.linalg.matrix_rank(weight) <= 4
+        x = torch.randn(5, layer.in_features)
+        assert torch.allclose(layer.delta(x), x @ weight.T, atol=1e-6)
+    assert {(a.in_features, a.out_features) for a in adapter_layers_of(model, SingLoraLayer)} == {(32, 32), (32, 16)}
+
+
+def test_singlora_ramp_reaches_one_at_t(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = {}
+    real = bench.run.train_and_evaluate
+
+    def capture(model, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        values = []
+        seen["values"] = values
+        layer = adapter_layers_of(model, SingLoraLayer)[0]
+        original_forward = layer.forward
+
+        def forward(x):  # noqa: ANN001
+            if layer.training:
+                values.append(float(layer.ramp))
+            return original_forward(x)
+
+        layer.forward = forward
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(bench.run, "train_and_evaluate", capture)
+    record = bench.run.run(compose_run(store, "method=singlora", "method.ramp_steps=3", "trainer.max_steps=5"))
+    assert record["status"] == "ok"
+    assert seen["values"] == pytest.approx([0.0, 1 / 3, 2 / 3, 1.0, 1.0])  # u(t) = min(t/T, 1), t = 0..4
+
+
+def test_singlora_exports_exactly_to_peft_lora(tmp_path: Path) -> None:
+    _, model, method, _ = build("singlora", 4, TINY_LLAMA)
+    perturb(model)
+    set_ramp(model, 0.7)
+    expected = logits(model)
+    peft_model = method.to_peft(model).eval()
+    assert torch.allclose(logits(peft_model), expected, atol=1e-5)
+    peft_model.save_pretrained(str(tmp_path / "peft"))
+    loaded = PeftModel.from_pretrained(tiny_classifier(spec=TINY_LLAMA), str(tmp_path / "peft")).eval()
+    assert torch.allclose(logits(loaded), expected, atol=1e-5)
+
+
+# ---------- SSL / SSB ----------
+
+
+@pytest.mark.parametrize("name", ["ssl", "ssb"])
+def test_subspace_output_at_init_params_and_merged_formula(name: str) -> None:
+    base, model, _, _ = build(name, None)
+    assert torch.allclose(logits(model), logits(base), atol=1e-6)
+    layers = target_layers(base, TINY.target_modules)
+    per_layer = (lambda t: t.in_features) if name == "ssl" else (lambda t: t.in_features + t.out_features)
+    assert count_params(model, TINY.head_modules).trainable_params == sum(map(per_layer, layers)) + head_size()
+    perturb(model, size=0.3)
+    for _, layer in model.adapter_layers():
+        w0 = layer.base_layer.weight
+        l_out = layer.l_out if name == "ssb" else torch.ones(layer.out_features)
+        expected = torch.diag(l_out) @ w0 @ torch.diag(layer.l_in)
+        assert torch.allclose(layer.merged_weight(), expected, atol=1e-6)
+        x = torch.randn(4, layer.in_features)
+        assert torch.allclose(layer(x), x @ expected.T + layer.base_layer.bias, atol=1e-5)
+
+
+# ---------- MPC ----------
+
+
+def test_mpc_regularisers_equal_their_formulas_on_hand_made_factors() -> None:
+    a = torch.tensor([[1.0, 1.0]])  # A Aᵀ = 2: (2 - 1)² = 1
+    b = torch.tensor([[2.0], [0.0]])  # Bᵀ B = 4: MPCo (4 - 1)² = 9; MPCd: off-diagonal part 0
+    assert mpc_penalty([(a, b)], "o").item() == pytest.approx(10.0)
+    assert mpc_penalty([(a, b)], "d").item() == pytest.approx(1.0)
+    a2 = torch.tensor([[1.0, 0.0], [1.0, 1.0]])  # A Aᵀ = [[1, 1], [1, 2]]: 0 + 1 + 1 + 1 = 3
+    b2 = torch.tensor([[1.0, 1.0], [0.0, 1.0]])  # Bᵀ B = [[1, 1], [1, 2]]: MPCo 3, MPCd 2 (off-diagonals)
+    assert mpc_penalty([(a2, b2)], "o").item() == pytest.approx(6.0)
+    assert mpc_penalty([(a2, b2)], "d").item() == pytest.approx(5.0)
+
+
+def test_mpc_regularisers_vanish_on_orthonormal_factors() -> None:
+    q, _ = torch.linalg.qr(torch.randn(16, 4))
+    a, b = q.T, q  # orthonormal rows of A, orthonormal columns of B
+    assert mpc_penalty([(a, b)], "o").item() == pytest.approx(0.0, abs=1e-10)
+    assert mpc_penalty([(a, 3 * b)], "d").item() == pytest.approx(0.0, abs=1e-9)  # BᵀB diagonal
+
+
+@pytest.mark.parametrize("name", ["lora_mpco", "lora_mpcd"])
+def test_mpc_aux_loss_is_lambda_times_penalty_over_layers(name: str) -> None:
+    _, model, method, params = build(name, 4, mpc_lambda=0.5)
+    perturb(model)
+    pairs = [(m.lora_A["default"].weight, m.lora_B["default"].weight) for m in model.modules() if hasattr(m, "lora_B")]
+    assert len(pairs) == 4
+    expected = 0.5 * sum(mpc_penalty([p], name[-1]) for p in pairs)
+    assert method.aux_loss(model, params).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_mpcn_is_a_parallel_adapter_with_no_op_init() -> None:
+    base, model, _, _ = build("lora_mpcn", 4)
+    assert torch.allclose(logits(model), logits(base), atol=1e-6)
+    perturb(model)
+    _, layer = next(model.adapter_layers())
+    x = torch.randn(3, layer.in_features)
+    expected = layer.base_layer(x) + layer.scale * torch.relu(x @ layer.lora_A.T) @ layer.lora_B.T
+    assert torch.allclose(layer(x), expected, atol=1e-6)
+
+
+# ---------- MiLoRA ----------
+
+
+def test_milora_residual_plus_adapter_is_w0_with_the_minor_components() -> None:
+    base, model, _, _ = build("milora", 4)
+    for index in range(2):
+        w0 = base.roberta.encoder.layer[index].attention.self.query.weight
+        layer = model.base_model.model.roberta.encoder.layer[index].attention.self.query
+        delta = layer.scaling["default"] * layer.lora_B["default"].weight @ layer.lora_A["default"].weight
+        assert torch.allclose(layer.base_layer.weight + delta, w0, atol=1e-5)
+        u, s, vh = torch.linalg.svd(w0, full_matrices=False)
+        assert torch.allclose(delta, u[:, -4:] @ torch.diag(s[-4:]) @ vh[-4:], atol=1e-5)
+    assert torch.allclose(logits(model), logits(base), atol=1e-5)
+
+
+def test_milora_goat_variant_divides_by_rho_with_scale_two() -> None:
+    base, model, _, _ = build("milora", 4, goat_variant=True)
+    w0 = base.roberta.encoder.layer[0].attention.self.query.weight
+    layer = model.base_model.model.roberta.encoder.layer[0].attention.self.query
+    assert layer.scaling["default"] == 2.0
+    delta = 2.0 * layer.lora_B["default"].weight @ layer.lora_A["default"].weight
+    u, s, vh = torch.linalg.svd(w0, full_matrices=False)
+    assert torch.allclose(delta, u[:, -4:] @ torch.diag(s[-4:] / 10) @ vh[-4:], atol=1e-5)
+
+
+def test_milora_saves_as_a_peft_lora_adapter_for_the_untouched_base(tmp_path: Path) -> None:
+    _, model, method, _ = build("milora", 4)
+    perturb(model)
+    expected = logits(model)
+    method.save(model, str(tmp_path / "milora"))
+    loaded = PeftModel.from_pretrained(tiny_classifier(), str(tmp_path / "milora")).eval()
+    assert torch.allclose(logits(loaded), expected, atol=1e-5)
+
+
+# ---------- GOAT and the MoE family ----------
+
+
+def moe_layers(model: torch.nn.Module) -> list[MoeLoraLayer]:
+    return adapter_layers_of(model, MoeLoraLayer)
+
+
+@pytest.mark.parametrize("init", ["goat", "goat_mini"])
+@pytest.mark.parametrize("rho", [10.0, 1.0])
+def test_goat_alignment_and_segments(init: str, rho: float) -> None:
+    base, model, _, _ = build("goat", 16, init=init, rho=rho)  # E = 8, r_e = 2, segments of 4
+    originals = [m.weight for n, m in base.named_modules() if n.endswith(("query", "value"))]
+    for w0, layer in zip(originals, moe_layers(model), strict=True):
+        updates = [layer.scale * layer.lora_B[i] @ layer.lora_A[i] for i in range(8)]
+        assert torch.allclose(layer.base_layer.weight + sum(updates) / 8, w0, atol=1e-5)  # uniform routing
+        u, s, vh = torch.linalg.svd(w0, full_matrices=False)
+        for update, index in zip(updates, segment_indices(32, 8, 2, init == "goat_mini"), strict=True):
+            assert torch.allclose(update, u[:, index] @ torch.diag(s[index] / rho) @ vh[index], atol=1e-5)
+    assert segment_indices(32, 8, 2, False)[1].tolist() == [4, 5]
+    assert segment_indices(32, 8, 2, True)[1].tolist() == [6, 7]
+
+
+def test_goat_scales() -> None:
+    _, model, _, _ = build("goat", 16, scale="gradient_aligned", eta=2.0)
+    assert moe_layers(model)[0].scale == pytest.approx(math.sqrt(3 * 2.0 * 32 / 2))
+    _, model, _, _ = build("goat", 16, lora_alpha=16)
+    assert moe_layers(model)[0].scale == pytest.approx(16 / 2)
+
+
+@pytest.mark.parametrize("name", MOE)
+def test_moe_parameter_counts(name: str) -> None:
+    base, model, _, _ = build(name, 16)
+    layers = target_layers(base, TINY.target_modules)
+    e, r_e = 8, 2
+    if name == "hydralora":
+        per_layer = [r_e * t.in_features + e * t.out_features * r_e + t.in_features * e for t in layers]
+        assert all(layer.lora_A.shape[0] == 1 for layer in moe_layers(model))  # one shared A
+    else:
+        per_layer = [e * r_e * (t.in_features + t.out_features) + t.in_features * e for t in layers]
+    assert count_params(model, TINY.head_modules).trainable_params == sum(per_layer) + head_size()
+
+
+def test_top_k_gates_sum_to_one_and_are_batched() -> None:
+    _, model, _, _ = build("goat", 16)
+    layer = moe_layers(model)[0]
+    gates, probs = layer.gates(torch.randn(5, 7, 32))
+    assert torch.allclose(gates.sum(-1), torch.ones(5, 7))
+    assert ((gates > 0).sum(-1) == 2).all()
+    assert torch.allclose(probs.sum(-1), torch.ones(5, 7))
+
+
+def test_moe_delta_equals_the_explicit_sum_over_selected_experts() -> None:
+    _, model, _, _ = build("molora", 16)
+    perturb(model)
+    layer = moe_layers(model)[0]
+    x = torch.randn(6, 32)
+    gates, _ = layer.gates(x)
+    expected = sum(gates[:, i : i + 1] * layer.scale * (x @ layer.lora_A[i].T @ layer.lora_B[i].T) for i in range(8))
+    assert torch.allclose(layer.delta(x), expected, atol=1e-6)
+
+
+def test_load_balancing_loss_on_a_hand_made_routing() -> None:
+    _, model, _, _ = build("molora", 16, num_experts=4, top_k=1)
+    layer = moe_layers(model)[0]
+    c = 2.0
+    with torch.no_grad():
+        layer.router.weight.zero_()
+        layer.router.weight[:, :4] = c * torch.eye(4)
+    x = torch.zeros(4, 32)
+    x[[0, 1, 2, 3], [0, 0, 1, 2]] = 1.0  # tokens point at experts 0, 0, 1, 2
+    layer.train()
+    layer.delta(x)
+    a, b = math.exp(c) / (math.exp(c) + 3), 1 / (math.exp(c) + 3)
+    f = [2 / 4, 1 / 4, 1 / 4, 0.0]
+    p = [(2 * a + 2 * b) / 4, (a + 3 * b) / 4, (a + 3 * b) / 4, b]
+    assert layer.balance_loss.item() == pytest.approx(4 * sum(fi * pi for fi, pi in zip(f, p, strict=True)), rel=1e-5)
+
+
+@pytest.mark.parametrize("name", [*MOE, "lora_mpcn"])
+def test_non_mergeable_methods_refuse_to_merge(name: str) -> None:
+    _, model, _, _ = build(name, 16)
+    with pytest.raises(NotMergeable, match="cannot merge|no input-independent"):
+        model.merge_and_unload()
+
+
+@pytest.mark.parametrize("name", ["singlora", "ssl", "ssb", "milora", "relora", "lora_mpco", "lora_mpcd"])
+def test_merge_and_unload_keeps_outputs(name: str) -> None:
+    _, model, _, _ = build(name, None if name in ("ssl", "ssb") else 4)
+    perturb(model)
+    if name == "singlora":
+        set_ramp(model, 1.0)
+    expected = logits(model)
+    merged = model.merge_and_unload()
+    assert not any("lora" in n or "l_in" in n for n, _ in merged.named_parameters())
+    assert torch.allclose(logits(merged), expected, atol=1e-5)
+
+
+# ---------- ReLoRA ----------
+
+
+def test_relora_merge_and_reset_leaves_the_output_unchanged() -> None:
+    _, model, _, _ = build("relora", 4)
+    perturb(model)
+    before = logits(model)
+    merge_and_reset(model)
+    assert torch.allclose(logits(model), before, atol=1e-5)
+    b = [m.lora_B["default"].weight for m in model.modules() if hasattr(m, "lora_B")]
+    assert all(torch.count_nonzero(w) == 0 for w in b)
+
+
+def test_relora_optimizer_pruning_keeps_the_largest_entries() -> None:
+    param = torch.nn.Parameter(torch.zeros(1000))
+    optimizer = torch.optim.AdamW([param])
+    param.grad = torch.arange(1000, dtype=torch.float32)
+    optimizer.step()
+    prune_optimizer_state(optimizer, [param], keep=0.01)
+    state = optimizer.state[param]["exp_avg"]
+    assert torch.count_nonzero(state) == 10 and state[-10:].ne(0).all()
+    prune_optimizer_state(optimizer, [param], keep=None)
+    assert torch.count_nonzero(optimizer.state[param]["exp_avg_sq"]) == 0
+
+
+def test_relora_jagged_cosine_rewarms_after_each_restart() -> None:
+    factor = jagged_cosine(total=100, period=25, warmup=5, first_warmup=5, min_ratio=0.1)
+    assert factor(0) == pytest.approx(0.2)  # (0 + 1) / 5 of the first warm-up
+    assert factor(24) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.24)))
+    assert factor(25) == pytest.approx(0.2 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.25))))
+    assert factor(100) == pytest.approx(0.1 * min(1.0, 1 / 5))
+
+
+# ---------- every native method: save/load, gradients ----------
+
+
+@pytest.mark.parametrize("name", NATIVE)
+def test_save_then_load_gives_identical_logits(name: str, tmp_path: Path) -> None:
+    rank = 16 if name in MOE else (None if name in ("ssl", "ssb") else 4)
+    _, model, method, params = build(name, rank)
+    perturb(model)
+    if name == "singlora":
+        set_ramp(model, 0.4)
+    expected = logits(model)
+    method.save(model, str(tmp_path / "adapter"))
+    loaded = method.load(tiny_classifier(), str(tmp_path / "adapter"), params, context(rank)).eval()
+    assert torch.allclose(logits(loaded), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", NATIVE)
+def test_gradients_reach_only_adapter_and_head(name: str) -> None:
+    rank = 16 if name in MOE else (None if name in ("ssl", "ssb") else 4)
+    _, model, _, _ = build(name, rank)
+    perturb(model)
+    if name == "singlora":
+        set_ramp(model, 1.0)
+    model.train()
+    model(**tiny_batch(), labels=torch.tensor([0, 1, 1])).loss.backward()
+    with_grad = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert with_grad and with_grad <= trainable
+    assert all("base_layer" not in n and "embeddings" not in n for n in trainable)
+    assert any("classifier" in n for n in with_grad) and any("classifier" not in n for n in with_grad)
+
+
+def test_moe_record_has_expert_load(store: Path) -> None:
+    record = bench.run.run(compose_run(store, "method=goat", "rank=16"))
+    load = record["metrics"]["expert_load"]
+    assert len(load) == 8 and sum(load) == pytest.approx(1.0, abs=1e-5)
