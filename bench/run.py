@@ -87,7 +87,7 @@ def _train_point(cfg, method, params, axes, task, store, run_id) -> dict[str, An
     set_seed(axes["seed"])
     tokenizer = load_tokenizer(cfg.model)
     data = task.prepare(cfg.data, tokenizer)
-    model = load_classifier(cfg.model, cfg.task.num_labels, tokenizer)
+    model = load_classifier(cfg.model, cfg.task.num_labels, tokenizer.pad_token_id)
     ctx = RunContext(
         rank=axes["rank"],
         lr=axes["lr"],

@@ -60,8 +60,8 @@ def goat_init(layer: MoeLoraLayer, params: GoatParams) -> None:
     for i, index in enumerate(segment_indices(s.numel(), layer.experts, layer.expert_rank, params.init == "goat_mini")):
         root = torch.sqrt(s[index] / (layer.scale * params.rho))
         layer.lora_A[i].copy_(root[:, None] * vh[index])
-        layer.lora_B[i].copy_(u[:, index] * root[None, :])
-        mean_update += layer.scale * layer.lora_B[i].float() @ layer.lora_A[i].float() / layer.experts
+        layer.lora_B[i].copy_((u[:, index] * root[None, :]).T)  # stored as B_iᵀ
+        mean_update += layer.expert_update(i).float() / layer.experts
     w0.copy_((w0.float() - mean_update).to(w0.dtype))
 
 

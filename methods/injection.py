@@ -45,6 +45,8 @@ class AdapterLayer(nn.Module):
         self.base_layer = base_layer
         self.in_features, self.out_features = base_layer.in_features, base_layer.out_features
         self.disabled = False
+        # new adapter tensors live where the base weight lives, in its dtype
+        self.factory = {"dtype": base_layer.weight.dtype, "device": base_layer.weight.device}
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -46,46 +46,65 @@ class MoeParams:
 
 
 class MoeLoraLayer(AdapterLayer):
-    """Experts A ∈ R^{E×r_e×in} (or one shared A), B ∈ R^{E×out×r_e}; router; per-forward balance loss."""
+    """Experts A ∈ R^{E×r_e×in} (or one shared A) and B stored as B_iᵀ ∈ R^{E×r_e×out}; router; balance loss.
+
+    B is kept transposed so that all experts flatten into one (E·r_e)×out matrix without a copy.
+    """
 
     def __init__(
         self, base_layer: nn.Linear, experts: int, expert_rank: int, top_k: int | None, scale: float, shared_a: bool
     ) -> None:
         super().__init__(base_layer)
-        dtype = base_layer.weight.dtype
         self.experts, self.expert_rank, self.top_k, self.scale = experts, expert_rank, top_k, scale
-        self.router = nn.Linear(self.in_features, experts, bias=False, dtype=dtype)
-        self.lora_A = nn.Parameter(torch.empty(1 if shared_a else experts, expert_rank, self.in_features, dtype=dtype))
-        self.lora_B = nn.Parameter(torch.zeros(experts, self.out_features, expert_rank, dtype=dtype))
+        self.router = nn.Linear(self.in_features, experts, bias=False, **self.factory)
+        self.lora_A = nn.Parameter(
+            torch.empty(1 if shared_a else experts, expert_rank, self.in_features, **self.factory)
+        )
+        self.lora_B = nn.Parameter(torch.zeros(experts, expert_rank, self.out_features, **self.factory))
         for matrix in self.lora_A:
             nn.init.kaiming_uniform_(matrix, a=math.sqrt(5))
-        self.register_buffer("expert_load", torch.zeros(experts), persistent=False)
+        self.register_buffer("expert_load", torch.zeros(experts, device=self.factory["device"]), persistent=False)
         self.balance_loss: torch.Tensor | None = None
 
-    def gates(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(gate weights with zeros outside the top-k, full router probabilities), both (..., E)."""
-        probs = torch.softmax(self.router(x).float(), dim=-1)
-        if self.top_k is None:
-            return probs, probs
-        top_values, top_index = probs.topk(self.top_k, dim=-1)
-        gates = torch.zeros_like(probs).scatter(-1, top_index, top_values / top_values.sum(-1, keepdim=True))
-        return gates, probs
+    def gates(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(gates (..., E) with zeros outside the top-k, router logits, top-k indices or None when dense).
 
-    def routed(self, gates: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
-        """Token-slot assignments per expert (..., E): top-k membership, or the probabilities when dense."""
-        return (gates > 0).to(probs.dtype) if self.top_k is not None else probs
+        The renormalised top-k probabilities p_i / Σ_topk p_j equal a softmax over the top-k logits.
+        """
+        logits = self.router(x)
+        if self.top_k is None:
+            return torch.softmax(logits.float(), dim=-1).to(logits.dtype), logits, None
+        top_logits, top_index = logits.topk(self.top_k, dim=-1)
+        weights = torch.softmax(top_logits.float(), dim=-1).to(logits.dtype)  # under autocast: the router's dtype
+        return torch.zeros_like(logits).scatter(-1, top_index, weights), logits, top_index
+
+    def _slot_counts(self, top_index: torch.Tensor) -> torch.Tensor:
+        flat = top_index.reshape(-1)
+        return torch.zeros(self.experts, device=flat.device).scatter_add_(
+            0, flat, torch.ones_like(flat, dtype=torch.float)
+        )
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
-        gates, probs = self.gates(x)
-        routed = self.routed(gates, probs).reshape(-1, self.experts)
-        if self.training and self.top_k is not None:
-            slots = routed.sum(0) / routed.sum()  # f_i: share of token-slots
-            self.balance_loss = self.experts * (slots * probs.reshape(-1, self.experts).mean(0)).sum()
+        gates, logits, top_index = self.gates(x)
+        if top_index is not None:
+            if self.training:  # Switch balance: E · Σ_i f_i · P_i, f_i = share of the N·k token-slots
+                slots = self._slot_counts(top_index) / top_index.numel()
+                mean_prob = torch.softmax(logits.float(), dim=-1).reshape(-1, self.experts).mean(0)
+                self.balance_loss = self.experts * (slots * mean_prob).sum()
+            else:
+                self.expert_load += self._slot_counts(top_index.detach())
         elif not self.training:
-            self.expert_load += routed.sum(0).detach().to(self.expert_load.dtype)
-        a = self.lora_A.to(x.dtype).expand(self.experts, -1, -1)
-        projected = torch.einsum("...i,eri->...er", x, a) * gates.to(x.dtype).unsqueeze(-1)
-        return torch.einsum("...er,eor->...o", projected, self.lora_B.to(x.dtype)) * self.scale
+            self.expert_load += gates.detach().reshape(-1, self.experts).sum(0).float()
+        a = self.lora_A.to(x.dtype)
+        # all experts in two flat matmuls: (N, in) @ (in, E·r_e), then (N, E·r_e) @ (E·r_e, out)
+        projected = (x @ a.reshape(-1, self.in_features).T).unflatten(-1, (a.shape[0], self.expert_rank))
+        # the scale rides on the (N, E) gates rather than on the (N, out) output: one big kernel less
+        weighted = (projected * (gates * self.scale).unsqueeze(-1)).flatten(-2)
+        return weighted @ self.lora_B.to(x.dtype).reshape(self.experts * self.expert_rank, self.out_features)
+
+    def expert_update(self, i: int) -> torch.Tensor:
+        """s·B_i·A_i of expert i (out × in)."""
+        return self.scale * self.lora_B[i].T @ self.lora_A[0 if self.lora_A.shape[0] == 1 else i]
 
     def delta_weight(self) -> torch.Tensor:
         raise NotMergeable(

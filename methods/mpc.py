@@ -11,6 +11,7 @@ PEFT's LoRA layers (their A and B); MPCn needs its own layer (a nonlinearity can
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -24,15 +25,25 @@ from methods.injection import AdapterLayer, NativeMethod
 from methods.lora import Lora, LoraParams
 
 
-def mpc_penalty(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]], kind: Literal["o", "d"]) -> torch.Tensor:
-    """Σ over layers of ‖AAᵀ − I‖² + ‖BᵀB − I‖² (kind "o") or ‖BᵀB − diag(BᵀB)‖² (kind "d")."""
-    total = None
+def mpc_penalty(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]], kind: Literal["o", "d"]) -> torch.Tensor | None:
+    """Σ over layers of ‖AAᵀ − I‖² + ‖BᵀB − I‖² (kind "o") or ‖BᵀB − diag(BᵀB)‖² (kind "d").
+
+    Layers of equal shapes are stacked and done in one batched product, so the cost does not grow with
+    the number of layers in kernel launches.
+    """
+    groups: dict[tuple, list[tuple[torch.Tensor, torch.Tensor]]] = defaultdict(list)
     for a, b in pairs:
-        eye = torch.eye(a.shape[0], device=a.device, dtype=a.dtype)
-        term_a = (a @ a.T - eye).pow(2).sum()
-        gram = b.T @ b
-        term_b = (gram - (eye if kind == "o" else torch.diag_embed(torch.diagonal(gram)))).pow(2).sum()
-        total = term_a + term_b if total is None else total + term_a + term_b
+        groups[(a.shape, b.shape)].append((a, b))
+    total = None
+    for members in groups.values():
+        a = torch.stack([m[0] for m in members])  # (L, r, in)
+        b = torch.stack([m[1] for m in members])  # (L, out, r)
+        eye = torch.eye(a.shape[1], device=a.device, dtype=a.dtype)
+        gram_a = a @ a.transpose(1, 2)
+        gram_b = b.transpose(1, 2) @ b
+        target_b = eye if kind == "o" else torch.diag_embed(torch.diagonal(gram_b, dim1=1, dim2=2))
+        term = (gram_a - eye).pow(2).sum() + (gram_b - target_b).pow(2).sum()
+        total = term if total is None else total + term
     return total
 
 
@@ -87,9 +98,8 @@ class MpcnParams(LoraParams):
 class MpcnLayer(AdapterLayer):
     def __init__(self, base_layer: nn.Linear, rank: int, alpha: float, activation: str, dropout: float) -> None:
         super().__init__(base_layer)
-        dtype = base_layer.weight.dtype
-        self.lora_A = nn.Parameter(torch.empty(rank, self.in_features, dtype=dtype))
-        self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, dtype=dtype))
+        self.lora_A = nn.Parameter(torch.empty(rank, self.in_features, **self.factory))
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, **self.factory))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.scale, self.act, self.dropout = alpha / rank, ACTIVATIONS[activation](), nn.Dropout(dropout)
 

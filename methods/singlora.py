@@ -48,15 +48,25 @@ class SingLoraLayer(AdapterLayer):
         self.rank, self.scale = rank, alpha / rank
         self.A = nn.Parameter(base_layer.weight.new_empty(max(self.in_features, self.out_features), rank))
         nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
-        # u(t), kept as a tensor so that updating it never synchronises with the device
-        self.register_buffer("ramp", torch.zeros((), dtype=base_layer.weight.dtype))
+        # u(t) and (α/r)·u(t), kept as 0-d tensors: updating them never synchronises with the device,
+        # and a 0-d float32 factor keeps the activations' dtype (no cast kernel)
+        self.register_buffer("ramp", torch.zeros((), **self.factory))
+        self.register_buffer("coef", torch.zeros((), **self.factory), persistent=False)
+
+    def set_ramp(self, value: float) -> None:
+        self.ramp.fill_(value)
+        self.coef.fill_(self.scale * value)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.coef.copy_(self.scale * self.ramp)
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         a = self.A.to(x.dtype)
-        return ((x @ a[: self.in_features]) @ a[: self.out_features].T) * (self.scale * self.ramp.to(x.dtype))
+        return ((x @ a[: self.in_features]) @ a[: self.out_features].T) * self.coef
 
     def delta_weight(self) -> torch.Tensor:
-        return self.scale * self.ramp * self.A[: self.out_features] @ self.A[: self.in_features].T
+        return self.coef * self.A[: self.out_features] @ self.A[: self.in_features].T
 
 
 def ramp_value(step: int, ramp_steps: int) -> float:
@@ -66,7 +76,7 @@ def ramp_value(step: int, ramp_steps: int) -> float:
 
 def set_ramp(model: nn.Module, value: float) -> None:
     for layer in adapter_layers_of(model, SingLoraLayer):
-        layer.ramp.fill_(value)
+        layer.set_ramp(value)
 
 
 class RampCallback(TrainerCallback):
@@ -108,5 +118,5 @@ class SingLora(NativeMethod, Method):
             for name, layer in layers.items():
                 target = peft_model.base_model.model.get_submodule(name)
                 target.lora_A["default"].weight.copy_(layer.A[: layer.in_features].T)
-                target.lora_B["default"].weight.copy_(layer.scale * layer.ramp * layer.A[: layer.out_features])
+                target.lora_B["default"].weight.copy_(layer.coef * layer.A[: layer.out_features])
         return peft_model

@@ -18,9 +18,8 @@ from methods.ssl import Ssl, SubspaceParams
 class SsbLayer(AdapterLayer):
     def __init__(self, base_layer: nn.Linear) -> None:
         super().__init__(base_layer)
-        dtype = base_layer.weight.dtype
-        self.l_in = nn.Parameter(torch.ones(self.in_features, dtype=dtype))
-        self.l_out = nn.Parameter(torch.ones(self.out_features, dtype=dtype))
+        self.l_in = nn.Parameter(torch.ones(self.in_features, **self.factory))
+        self.l_out = nn.Parameter(torch.ones(self.out_features, **self.factory))
 
     def adapted(self, x: torch.Tensor) -> torch.Tensor:
         out = F.linear(x * self.l_in.to(x.dtype), self.base_layer.weight) * self.l_out.to(x.dtype)

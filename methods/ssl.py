@@ -26,7 +26,7 @@ class SubspaceParams:
 class SslLayer(AdapterLayer):
     def __init__(self, base_layer: nn.Linear) -> None:
         super().__init__(base_layer)
-        self.l_in = nn.Parameter(torch.ones(self.in_features, dtype=base_layer.weight.dtype))
+        self.l_in = nn.Parameter(torch.ones(self.in_features, **self.factory))
 
     def adapted(self, x: torch.Tensor) -> torch.Tensor:
         return self.base_layer(x * self.l_in.to(x.dtype))

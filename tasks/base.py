@@ -7,14 +7,16 @@ module (`tasks/glue.py`, …) is the code that loads, tokenizes and scores every
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-from datasets import Dataset
 from omegaconf import DictConfig
-from transformers import PreTrainedTokenizerBase
 
 from bench.errors import ConfigError
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass

@@ -15,7 +15,7 @@ TINY_LLAMA = OmegaConf.load(CONF_DIR / "model" / "tiny-llama.yaml")
 
 def tiny_classifier(num_labels: int = 2, seed: int = 0, spec: DictConfig = TINY) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return load_classifier(spec, num_labels, load_tokenizer(spec)).eval()
+    return load_classifier(spec, num_labels, load_tokenizer(spec).pad_token_id).eval()
 
 
 def tiny_batch(batch: int = 3, length: int = 7, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -1,0 +1,300 @@
+"""Per-step cost of every method against the physical limit and against PEFT's LoRA (`peftbench perf`).
+
+For one model and one synthetic batch, time the training step (forward + backward + optimizer step)
+of: the frozen base model (only the task head trains: the floor for any adapter method), full
+fine-tuning, and every registered method at the same rank; the PEFT rows are PEFT's own LoRA and
+DoRA (the `lora` and `dora` methods are thin PEFT builders). Each row is the median of `steps` timed
+steps after `warmup` steps, given as ratios to the frozen base and to PEFT LoRA measured in the same
+process, with peak memory. On a GPU the steps run in bf16 autocast and are timed with CUDA events.
+The harness's own overhead (its Trainer subclass, callbacks and measurement) is measured against a
+bare transformers Trainer on the same model and data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from omegaconf import OmegaConf
+from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from bench.config import CONF_DIR
+from bench.measure import count_params
+from bench.models import load_classifier, load_tokenizer
+from methods.base import RunContext, get_method, method_names
+
+BASELINES = ("frozen_base", "full")
+LABELS = 2
+
+
+def synthetic_batch(vocab: int, batch: int, seq: int, device: torch.device, seed: int = 0) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, vocab, (batch, seq), generator=generator)
+    labels = torch.randint(0, LABELS, (batch,), generator=generator)
+    return {
+        k: v.to(device) for k, v in {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}.items()
+    }
+
+
+class StepClock:
+    """Wall time of one step: CUDA events on a GPU (no host sync inside the step), perf_counter on CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+
+    def time(self, step: Callable[[], None]) -> float:
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            step()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end)
+        begin = time.perf_counter()
+        step()
+        return 1000 * (time.perf_counter() - begin)
+
+
+def prepare(name: str, base: torch.nn.Module, spec: Any, rank: int, batch: dict, steps: int) -> tuple[Any, Any, Any]:
+    """(model, method, params) for a row: a baseline or a registered method applied to a copy of `base`."""
+    model = copy.deepcopy(base)
+    if name in BASELINES:
+        for param_name, param in model.named_parameters():
+            param.requires_grad_(name == "full" or any(h in param_name.split(".") for h in spec.head_modules))
+        return model, None, None
+    method = get_method(name)
+    params = method.parse({"name": name})
+    ctx = perf_context(spec, rank, steps, batch)
+    torch.manual_seed(0)
+    return method.apply(model, params, ctx), method, params
+
+
+def perf_context(spec: Any, rank: int, steps: int, batch: dict) -> RunContext:
+    return RunContext(
+        rank=rank, lr=1e-4, seed=0, target_modules=list(spec.target_modules), head_modules=list(spec.head_modules),
+        total_steps=steps, sample_batches=lambda n: [batch] * n,
+    )  # fmt: skip
+
+
+def measure_row(
+    name: str, base: torch.nn.Module, spec: Any, rank: int, batch: dict, steps: int, warmup: int, bf16: bool
+) -> dict[str, Any]:
+    device = batch["input_ids"].device
+    model, method, params = prepare(name, base, spec, rank, batch, steps + warmup)
+    model.to(device).train()
+    ctx = perf_context(spec, rank, steps + warmup, batch)
+    groups = method.optimizer_param_groups(model, params, ctx) if method else None
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(groups if groups is not None else trainable, lr=1e-4)
+    # the method's per-step hooks (AdaLoRA's budget, SingLoRA's ramp, ReLoRA's restarts) are part of its cost
+    callbacks = method.callbacks(model, params, ctx) if method else []
+    state, control = TrainerState(), TrainerControl()
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = model(**batch).loss
+            aux = method.aux_loss(model, params) if method else None
+            if aux is not None:
+                loss = loss + aux
+        loss.backward()
+        optimizer.step()
+        for callback in callbacks:
+            callback.on_optimizer_step(None, state, control, optimizer=optimizer)
+        optimizer.zero_grad(set_to_none=True)
+        state.global_step += 1
+        for callback in callbacks:
+            callback.on_step_end(None, state, control, optimizer=optimizer)
+
+    clock = StepClock(device)
+    for _ in range(warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    times = [clock.time(step) for _ in range(steps)]
+    counts = count_params(model, spec.head_modules)
+    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
+    return {
+        "method": name,
+        "step_ms": statistics.median(times),
+        "step_ms_p10": sorted(times)[len(times) // 10],
+        "step_ms_p90": sorted(times)[(9 * len(times)) // 10],
+        "trainable_params": counts.trainable_params,
+        "peak_memory_mb": None if peak is None else peak / 2**20,
+    }
+
+
+def run_perf(
+    model_name: str,
+    methods: list[str],
+    rank: int,
+    batch_size: int,
+    seq: int,
+    steps: int,
+    warmup: int,
+    device: str,
+    repeats: int = 1,
+) -> pd.DataFrame:
+    spec = OmegaConf.load(CONF_DIR / "model" / f"{model_name}.yaml")
+    torch.manual_seed(0)
+    pad = spec.config.get("pad_token_id", 0) if spec.source == "config" else load_tokenizer(spec).pad_token_id
+    target = torch.device(device)
+    base = load_classifier(spec, LABELS, pad).to(target)  # SVD inits then run on the device too
+    bf16 = target.type == "cuda"
+    batch = synthetic_batch(base.config.vocab_size, batch_size, seq, target)
+    measure_row("frozen_base", base, spec, rank, batch, 2, warmup, bf16)  # process warm-up (allocator, threads)
+    names = ["frozen_base", "lora", *[m for m in methods if m not in ("lora", "frozen_base")]]
+    passes: list[list[dict[str, Any]]] = []
+    for _ in range(repeats):  # whole passes, so slow drift of the machine hits every method alike
+        passes.append([])
+        for name in names:
+            passes[-1].append(measure_row(name, base, spec, rank, batch, steps, warmup, bf16))
+            if target.type == "cuda":
+                torch.cuda.empty_cache()  # the row's model and optimizer are gone; give their memory back
+            print(f"  {name:12s} {passes[-1][-1]['step_ms']:9.2f} ms/step", flush=True)
+    rows = [min((p[i] for p in passes), key=lambda row: row["step_ms"]) for i in range(len(names))]
+    table = pd.DataFrame(rows)
+    floor = table.set_index("method").at["frozen_base", "step_ms"]
+    lora = table.set_index("method").at["lora", "step_ms"]
+    table.insert(2, "vs_frozen_base", table["step_ms"] / floor)
+    table.insert(3, "vs_peft_lora", table["step_ms"] / lora)
+    table.attrs.update(
+        model=model_name, rank=rank, batch=batch_size, seq=seq, steps=steps, warmup=warmup, repeats=repeats,
+        device=device_label(target),
+    )  # fmt: skip
+    return table
+
+
+class StepTimer(TrainerCallback):
+    """Milliseconds of each Trainer step (synchronised on a GPU)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def _sync(self) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    def on_step_begin(self, args, state, control, **kwargs):  # noqa: ANN001 (Trainer's signature)
+        self._sync()
+        self.start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+        self._sync()
+        self.times.append(1000 * (time.perf_counter() - self.start))
+
+
+def harness_overhead(model_name: str, batch_size: int, seq: int, steps: int, rounds: int = 3) -> dict[str, float]:
+    """LoRA's median step time in peftbench's Trainer (hooks, divergence guard, memory measurement)
+    against a bare transformers Trainer on the same model and data, alternating `rounds` times."""
+    import tempfile
+
+    from bench.measure import PeakMemory
+    from bench.train import BenchTrainer, DivergenceGuard
+
+    spec = OmegaConf.load(CONF_DIR / "model" / f"{model_name}.yaml")
+    pad = spec.config.get("pad_token_id", 0) if spec.source == "config" else load_tokenizer(spec).pad_token_id
+    base = load_classifier(spec, LABELS, pad)
+    rows = [
+        {k: v[0] for k, v in synthetic_batch(base.config.vocab_size, 1, seq, torch.device("cpu"), seed=i).items()}
+        for i in range(batch_size * (steps + 2))
+    ]
+    method = get_method("lora")
+    params = method.parse({"name": "lora"})
+    medians: dict[str, list[float]] = {"bare": [], "peftbench": []}
+    for _ in range(rounds):
+        for kind in medians:
+            model = method.apply(copy.deepcopy(base), params, perf_context(spec, 8, steps, {}))
+            timer = StepTimer()
+            with tempfile.TemporaryDirectory() as out:
+                args = TrainingArguments(
+                    output_dir=out, max_steps=steps + 2, per_device_train_batch_size=batch_size, learning_rate=1e-4,
+                    report_to="none", disable_tqdm=True, save_strategy="no", logging_steps=10, label_names=["labels"],
+                    remove_unused_columns=False, logging_nan_inf_filter=False, use_cpu=not torch.cuda.is_available(),
+                    bf16=torch.cuda.is_available(),
+                )  # fmt: skip
+                if kind == "bare":
+                    trainer = Trainer(model=model, args=args, train_dataset=rows, callbacks=[timer])
+                else:
+                    callbacks = [
+                        timer,
+                        DivergenceGuard(),
+                        *method.callbacks(model, params, perf_context(spec, 8, steps, {})),
+                    ]
+                    trainer = BenchTrainer(
+                        model=model, args=args, train_dataset=rows, callbacks=callbacks, method=method,
+                        method_params=params, ctx=perf_context(spec, 8, steps, {}),
+                    )  # fmt: skip
+                memory = PeakMemory()
+                memory.start()
+                trainer.train()
+                memory.stop()
+            medians[kind].append(statistics.median(timer.times[2:]))
+    bare, ours = statistics.median(medians["bare"]), statistics.median(medians["peftbench"])
+    return {"bare_trainer_ms": bare, "peftbench_ms": ours, "overhead_pct": 100 * (ours / bare - 1)}
+
+
+def device_label(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (bf16 autocast)"
+    return f"CPU, {torch.get_num_threads()} threads (fp32)"
+
+
+def write_table(table: pd.DataFrame, out_dir: Path, stem: str) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    meta = table.attrs
+    header = (
+        f"# Step time per method — {meta['model']}, rank {meta['rank']}, batch {meta['batch']} × {meta['seq']} "
+        f"tokens, median of {meta['steps']} steps after {meta['warmup']} warm-up (best of {meta['repeats']} "
+        "passes)\n\n"
+        f"Device: {meta['device']}. torch {torch.__version__}. Ratios are to the frozen base (only the head "
+        "trains) and to PEFT's LoRA, both measured in the same process.\n\n"
+    )
+    path = out_dir / f"{stem}.md"
+    path.write_text(header + table.to_markdown(index=False, floatfmt=".3f") + "\n")
+    table.to_csv(out_dir / f"{stem}.csv", index=False)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="peftbench perf", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="minilm", help="a conf/model entry (default: %(default)s)")
+    parser.add_argument("--methods", default="all", help="comma-separated method names, or all")
+    parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", default="results/perf")
+    parser.add_argument("--repeats", type=int, default=1, help="whole passes over the methods; best median kept")
+    parser.add_argument("--overhead", action="store_true", help="also measure the harness's overhead per step")
+    args = parser.parse_args(argv)
+    methods = method_names() if args.methods == "all" else args.methods.split(",")
+    methods = ["full", *[m for m in methods if m != "full"]]
+    table = run_perf(
+        args.model, methods, args.rank, args.batch, args.seq, args.steps, args.warmup, args.device, args.repeats
+    )
+    stem = f"{'cuda' if args.device.startswith('cuda') else 'cpu'}_{args.model}_b{args.batch}x{args.seq}"
+    path = write_table(table, Path(args.out), stem)
+    if args.overhead:
+        overhead = harness_overhead(args.model, args.batch, args.seq, args.steps)
+        line = (
+            f"\nHarness overhead (LoRA, Trainer steps): bare transformers Trainer "
+            f"{overhead['bare_trainer_ms']:.2f} ms, peftbench {overhead['peftbench_ms']:.2f} ms: "
+            f"{overhead['overhead_pct']:+.2f}%\n"
+        )
+        path.write_text(path.read_text() + line)
+    print(path.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
