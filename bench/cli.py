@@ -96,13 +96,18 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("sweep")
     grid.set_defaults(handler=_grid)
 
-    perf = commands.add_parser("perf", help="time each method's training step (see `peftbench perf -- --help`)")
+    perf = commands.add_parser("perf", help="time each method's training step (see `peftbench perf --help`)")
     perf.add_argument("perf_args", nargs=argparse.REMAINDER, help="options of bench.perf (--model, --rank, …)")
     perf.set_defaults(handler=_perf)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["perf"]:  # its options belong to bench.perf's own parser
+        from bench.perf import main as perf_main
+
+        return perf_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)

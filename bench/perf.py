@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from bench.config import CONF_DIR
-from bench.measure import count_params
+from bench.measure import PeakMemory, count_params
 from bench.models import load_classifier, load_tokenizer
 from methods.base import RunContext, get_method, method_names
 
@@ -115,19 +115,19 @@ def measure_row(
     clock = StepClock(device)
     for _ in range(warmup):
         step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+    memory = PeakMemory()  # GPU: allocated bytes; CPU: the process's peak RSS since this point
+    memory.start()
     times = [clock.time(step) for _ in range(steps)]
     counts = count_params(model, spec.head_modules)
-    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
+    peak = memory.stop()
     return {
         "method": name,
         "step_ms": statistics.median(times),
         "step_ms_p10": sorted(times)[len(times) // 10],
         "step_ms_p90": sorted(times)[(9 * len(times)) // 10],
         "trainable_params": counts.trainable_params,
-        "peak_memory_mb": None if peak is None else peak / 2**20,
+        "peak_memory_mb": peak["peak_memory_bytes"] / 2**20,
+        "peak_memory_kind": peak["peak_memory_kind"],
     }
 
 
@@ -196,7 +196,6 @@ def harness_overhead(model_name: str, batch_size: int, seq: int, steps: int, rou
     against a bare transformers Trainer on the same model and data, alternating `rounds` times."""
     import tempfile
 
-    from bench.measure import PeakMemory
     from bench.train import BenchTrainer, DivergenceGuard
 
     spec = OmegaConf.load(CONF_DIR / "model" / f"{model_name}.yaml")

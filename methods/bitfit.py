@@ -27,9 +27,6 @@ class BitFit(Method):
     name = "bitfit"
     uses_rank = False
 
-    def validate(self, params: Any, model: torch.nn.Module, ctx: RunContext) -> None:
-        pass  # no target layers, no rank
-
     def apply(self, model: torch.nn.Module, params: Any, ctx: RunContext) -> torch.nn.Module:
         for name, param in model.named_parameters():
             param.requires_grad_(_trainable(name, ctx.head_modules))

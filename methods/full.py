@@ -18,9 +18,6 @@ class FullFineTuning(Method):
     name = "full"
     uses_rank = False
 
-    def validate(self, params: Any, model: torch.nn.Module, ctx: RunContext) -> None:
-        pass  # no target layers, no rank
-
     def apply(self, model: torch.nn.Module, params: object, ctx: RunContext) -> torch.nn.Module:
         for param in model.parameters():
             param.requires_grad_(True)

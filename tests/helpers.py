@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from bench.config import CONF_DIR
 from bench.models import load_classifier, load_tokenizer
-from methods.base import RunContext
+from methods.base import RunContext, get_method
 
 TINY = OmegaConf.load(CONF_DIR / "model" / "tiny-roberta.yaml")
 TINY_LLAMA = OmegaConf.load(CONF_DIR / "model" / "tiny-llama.yaml")
@@ -27,6 +29,17 @@ def tiny_batch(batch: int = 3, length: int = 7, seed: int = 0) -> dict[str, torc
 def labelled_batches(n: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:
     """n small batches with labels, standing in for training batches (LoRA-GA calibration)."""
     return [{**tiny_batch(seed=seed + i), "labels": torch.tensor([0, 1, 1])} for i in range(n)]
+
+
+def build(name: str, rank: int | None = 4, spec: DictConfig = TINY, **values: object) -> tuple:
+    """(base, adapted, method, params) for a method on a tiny model; `base` is untouched (adapted is a copy)."""
+    base = tiny_classifier(spec=spec)
+    method = get_method(name)
+    params = method.parse({"name": name, **values})
+    ctx = context(rank, spec=spec)
+    method.validate(params, base, ctx)
+    torch.manual_seed(1)
+    return base, method.apply(copy.deepcopy(base), params, ctx).eval(), method, params
 
 
 def context(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 from pathlib import Path
 
@@ -13,7 +12,6 @@ from peft import PeftModel
 
 import bench.run
 from bench.measure import count_params
-from methods.base import get_method
 from methods.goat import segment_indices
 from methods.injection import NotMergeable, adapter_layers_of
 from methods.moe import MoeLoraLayer
@@ -22,7 +20,7 @@ from methods.relora import jagged_cosine, merge_and_reset, prune_optimizer_state
 from methods.singlora import SingLoraLayer, set_ramp
 from methods.targets import target_layers
 from tests.conftest import compose_run
-from tests.helpers import TINY, TINY_LLAMA, context, tiny_batch, tiny_classifier
+from tests.helpers import TINY, TINY_LLAMA, build, context, tiny_batch, tiny_classifier
 
 NATIVE = [
     "singlora",
@@ -38,16 +36,6 @@ NATIVE = [
     "relora",
 ]
 MOE = ["molora", "hydralora", "goat"]
-
-
-def build(name: str, rank: int | None = 4, spec: DictConfig = TINY, **values: object):
-    base = tiny_classifier(spec=spec)
-    method = get_method(name)
-    params = method.parse({"name": name, **values})
-    ctx = context(rank, spec=spec)
-    method.validate(params, base, ctx)
-    torch.manual_seed(1)
-    return base, method.apply(copy.deepcopy(base), params, ctx).eval(), method, params
 
 
 def perturb(model: torch.nn.Module, seed: int = 3, size: float = 0.05) -> None:
@@ -407,3 +395,20 @@ def test_training_step_under_bf16_autocast(name: str) -> None:
     total.backward()
     assert torch.isfinite(total)
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", ["singlora", "ssb", "goat"])
+def test_disable_adapter_gives_the_base_model(name: str) -> None:
+    base, model, _, _ = build(name, 16 if name == "goat" else (None if name == "ssb" else 4))
+    perturb(model)
+    if name == "singlora":
+        set_ramp(model, 1.0)
+    with torch.no_grad():
+        base.classifier.load_state_dict(model.model.classifier.state_dict())  # the head stays as trained
+    adapted = logits(model)
+    with model.disable_adapter():
+        plain = logits(model)
+    if name != "goat":  # GOAT's base layers hold W_res, not W0: disabling shows the residual model
+        assert torch.allclose(plain, logits(base), atol=1e-5)
+    assert not torch.allclose(plain, adapted, atol=1e-4)
+    assert torch.allclose(logits(model), adapted)  # re-enabled after the block

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ from omegaconf import DictConfig
 from bench.measure import count_params
 from methods.base import get_method
 from methods.targets import TargetLayer, target_layers
-from tests.helpers import TINY, TINY_LLAMA, context, tiny_batch, tiny_classifier
+from tests.helpers import TINY, TINY_LLAMA, build, context, tiny_batch, tiny_classifier
 
 RANK = 4
 ADAPTER_PARAMS = {  # per target layer, closed form
@@ -32,18 +31,6 @@ PEFT_METHODS = sorted(ADAPTER_PARAMS)
 NO_OP_INIT = ["lora", "rslora", "loraplus", "dora", "adalora", "vera", "ia3", "pissa", "olora", "lora_ga", "bitfit"]
 
 
-def build(name: str, spec: DictConfig = TINY, **values: object) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """(base, adapted) for a method on a tiny model; the base is a deep copy taken before adapting."""
-    base = tiny_classifier(spec=spec)
-    method = get_method(name)
-    params = method.parse({"name": name, **values})
-    ctx = context(RANK, spec=spec)
-    method.validate(params, base, ctx)
-    torch.manual_seed(1)
-    model = method.apply(copy.deepcopy(base), params, ctx)
-    return base, model.eval()
-
-
 def head_size(model: torch.nn.Module, spec: DictConfig) -> int:
     return sum(p.numel() for n, p in model.named_parameters() if spec.head_modules[0] in n.split("."))
 
@@ -51,7 +38,7 @@ def head_size(model: torch.nn.Module, spec: DictConfig) -> int:
 @pytest.mark.parametrize("spec", [TINY, TINY_LLAMA], ids=["roberta", "llama"])
 @pytest.mark.parametrize("name", PEFT_METHODS)
 def test_trainable_params_closed_form(name: str, spec: DictConfig) -> None:
-    base, model = build(name, spec)
+    base, model = build(name, RANK, spec)[:2]
     layers = target_layers(base, spec.target_modules)
     expected = sum(ADAPTER_PARAMS[name](layer) for layer in layers) + head_size(base, spec)
     counts = count_params(model, spec.head_modules)
@@ -61,7 +48,7 @@ def test_trainable_params_closed_form(name: str, spec: DictConfig) -> None:
 
 @pytest.mark.parametrize("spec", [TINY, TINY_LLAMA], ids=["roberta", "llama"])
 def test_bitfit_trains_biases_and_head_only(spec: DictConfig) -> None:
-    base, model = build("bitfit", spec)
+    base, model = build("bitfit", RANK, spec)[:2]
     head = set(spec.head_modules)
     biases = sum(p.numel() for n, p in base.named_parameters() if n.endswith("bias") and not head & set(n.split(".")))
     assert count_params(model, spec.head_modules).trainable_params == biases + head_size(base, spec)
@@ -74,12 +61,12 @@ def lora_layer(model: torch.nn.Module, index: int = 0) -> torch.nn.Module:
 
 
 def test_rslora_scale_is_alpha_over_sqrt_r() -> None:
-    _, model = build("rslora", lora_alpha=16)
+    _, model = build("rslora", RANK, lora_alpha=16)[:2]
     assert lora_layer(model).scaling["default"] == pytest.approx(16 / RANK**0.5)
 
 
 def test_dora_magnitude_is_row_norms_of_w0() -> None:
-    base, model = build("dora")
+    base, model = build("dora", RANK)[:2]
     w0 = base.roberta.encoder.layer[0].attention.self.query.weight
     magnitude = lora_layer(model).lora_magnitude_vector["default"].weight
     assert torch.allclose(magnitude, w0.norm(dim=1), atol=1e-6)
@@ -92,7 +79,7 @@ def delta(layer: torch.nn.Module) -> torch.Tensor:
 
 @pytest.mark.parametrize("name", ["pissa", "olora", "lora_ga"])
 def test_residual_plus_adapter_equals_w0(name: str) -> None:
-    base, model = build(name)
+    base, model = build(name, RANK)[:2]
     for index in range(TINY.config.num_hidden_layers):
         w0 = base.roberta.encoder.layer[index].attention.self.query.weight
         layer = lora_layer(model, index)
@@ -101,7 +88,7 @@ def test_residual_plus_adapter_equals_w0(name: str) -> None:
 
 
 def test_pissa_adapter_is_best_rank_r_approximation() -> None:
-    base, model = build("pissa")
+    base, model = build("pissa", RANK)[:2]
     w0 = base.roberta.encoder.layer[0].attention.self.query.weight
     u, s, vh = torch.linalg.svd(w0, full_matrices=False)
     best = u[:, :RANK] @ torch.diag(s[:RANK]) @ vh[:RANK]
@@ -110,14 +97,14 @@ def test_pissa_adapter_is_best_rank_r_approximation() -> None:
 
 @pytest.mark.parametrize("name", NO_OP_INIT)
 def test_output_at_init_equals_base(name: str) -> None:
-    base, model = build(name)
+    base, model = build(name, RANK)[:2]
     batch = tiny_batch()
     with torch.no_grad():
         assert torch.allclose(model(**batch).logits, base(**batch).logits, atol=1e-5)
 
 
 def test_kasa_truncates_w0_by_its_r_smallest_components() -> None:
-    base, model = build("kasa")
+    base, model = build("kasa", RANK)[:2]
     w0 = base.roberta.encoder.layer[0].attention.self.query.weight
     u, s, vh = torch.linalg.svd(w0, full_matrices=False)
     keep = s.numel() - RANK
@@ -126,7 +113,7 @@ def test_kasa_truncates_w0_by_its_r_smallest_components() -> None:
 
 
 def test_loraplus_groups_have_b_at_ratio_times_a() -> None:
-    _, model = build("loraplus", loraplus_lr_ratio=20.0)
+    _, model = build("loraplus", RANK, loraplus_lr_ratio=20.0)[:2]
     method = get_method("loraplus")
     groups = method.optimizer_param_groups(model, method.parse({"loraplus_lr_ratio": 20.0}), context(RANK))
     names = {id(p): n for n, p in model.named_parameters()}
@@ -138,8 +125,8 @@ def test_loraplus_groups_have_b_at_ratio_times_a() -> None:
 
 def test_kasa_aux_loss_follows_beta_and_gamma() -> None:
     method = get_method("kasa")
-    _, model = build("kasa")
-    _, silent = build("kasa", beta=0.0, gamma=0.0)
+    _, model = build("kasa", RANK)[:2]
+    _, silent = build("kasa", RANK, beta=0.0, gamma=0.0)[:2]
     assert method.aux_loss(model, None).item() > 0
     assert method.aux_loss(silent, None).item() == 0
 
@@ -149,7 +136,7 @@ SAVE_LOAD = [*PEFT_METHODS, "bitfit", "full"]
 
 @pytest.mark.parametrize("name", SAVE_LOAD)
 def test_save_then_load_gives_identical_logits(name: str, tmp_path: Path) -> None:
-    _, model = build(name)
+    _, model = build(name, RANK)[:2]
     with torch.no_grad():  # move away from the init so the round trip has something to carry
         generator = torch.Generator().manual_seed(3)
         for param in model.parameters():
