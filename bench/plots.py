@@ -10,6 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
+
 
 def _series_label(method: str, model: str, rank: object) -> str:
     return f"{method} ({model})" if pd.isna(rank) else f"{method} r={int(rank)} ({model})"
@@ -28,15 +30,17 @@ def plot_metric_vs_lr(cells: pd.DataFrame, out_dir: Path, metric_names: dict[str
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for task, by_task in cells.groupby("task", sort=True):
-        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        fig, ax = plt.subplots(figsize=(8.4, 4.4))
         valid_means = 100 * by_task["mean"].dropna()
         floor = valid_means.min() - 2 if len(valid_means) else 0.0
-        for (method, model, rank), line in by_task.groupby(["method", "model", "rank"], dropna=False, sort=True):
+        series = list(by_task.groupby(["method", "model", "rank"], dropna=False, sort=True))
+        colors = plt.get_cmap("tab20" if len(series) > 10 else "tab10").colors
+        for index, ((method, model, rank), line) in enumerate(series):
             line = line.sort_values("lr")
             ok = line.dropna(subset=["mean"])
             drawn = ax.errorbar(
-                ok["lr"], 100 * ok["mean"], yerr=100 * ok["std"].fillna(0), marker="o", capsize=3,
-                label=_series_label(method, model, rank),
+                ok["lr"], 100 * ok["mean"], yerr=100 * ok["std"].fillna(0), marker=MARKERS[index % len(MARKERS)],
+                capsize=3, color=colors[index % len(colors)], label=_series_label(method, model, rank),
             )  # fmt: skip
             diverged = line[line["diverged"] > 0]
             if len(diverged):
@@ -46,7 +50,7 @@ def plot_metric_vs_lr(cells: pd.DataFrame, out_dir: Path, metric_names: dict[str
         ax.set_ylabel(f"{metric_names.get(task, 'primary metric')} ×100 (seed mean ± std)")
         ax.set_title(f"{task}: metric vs learning rate  (x = diverged)")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)  # beside, not over
         fig.tight_layout()
         path = out_dir / f"metric_vs_lr_{_file_stem(task)}.png"
         fig.savefig(path, dpi=120)

@@ -22,7 +22,7 @@ FIELDS = (
     "run_id", "sweep", "status", "error", "method", "model", "task", "rank", "lr", "seed", "data",
     "protocol", "config", "metrics", "primary_metric", "trainable_params", "head_params", "total_params",
     "trainable_pct", "peak_memory_bytes", "peak_memory_reserved_bytes", "peak_memory_kind",
-    "train_seconds", "steps", "final_loss", "resumed_from_step", "versions", "git_commit", "git_dirty",
+    "train_seconds", "run_seconds", "steps", "final_loss", "resumed_from_step", "versions", "git_commit", "git_dirty",
     "device", "dtypes", "started_at", "finished_at", "hostname",
 )  # fmt: skip
 # `hf_token`, `wandb_api_key`, `secret` match; `pad_token_id` or `max_new_tokens` do not.

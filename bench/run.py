@@ -115,7 +115,8 @@ def _train_point(cfg, method, params, axes, task, store, run_id) -> dict[str, An
         "total_params": counts.total_params,
         "trainable_pct": counts.trainable_pct,
         **memory.stop(),
-        "train_seconds": watch.seconds,
+        "train_seconds": outcome.train_seconds,  # the Trainer's own clock: training only, not evaluation
+        "run_seconds": watch.seconds,
         "steps": outcome.steps,
         "final_loss": outcome.final_loss,
         "dtypes": {"params": str(next(model.parameters()).dtype).removeprefix("torch."),

@@ -39,6 +39,7 @@ class TrainOutcome:
     """What training and evaluation produced; `diverged_at_step` is set when the loss went NaN/inf."""
 
     metrics: dict[str, Any] = field(default_factory=dict)
+    train_seconds: float = 0.0
     steps: int = 0
     final_loss: float | None = None
     diverged_at_step: int | None = None
@@ -162,7 +163,9 @@ def train_and_evaluate(
     result = trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     final_loss = losses[-1] if losses else result.training_loss
-    outcome = TrainOutcome(steps=trainer.state.global_step, final_loss=float(final_loss))
+    outcome = TrainOutcome(
+        steps=trainer.state.global_step, final_loss=float(final_loss), train_seconds=result.metrics["train_runtime"]
+    )
     if guard.diverged_at_step is not None or not math.isfinite(result.training_loss):
         outcome.diverged_at_step = guard.diverged_at_step or trainer.state.global_step
         return outcome
