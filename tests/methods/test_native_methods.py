@@ -400,7 +400,7 @@ def test_training_step_under_bf16_autocast(name: str) -> None:
 @pytest.mark.parametrize("name", ["singlora", "ssb", "goat"])
 def test_disable_adapter_gives_the_base_model(name: str) -> None:
     base, model, _, _ = build(name, 16 if name == "goat" else (None if name == "ssb" else 4))
-    perturb(model)
+    perturb(model, size=0.5)
     if name == "singlora":
         set_ramp(model, 1.0)
     with torch.no_grad():
