@@ -14,6 +14,13 @@ DEFAULT_STORE = "results/runs"
 def _report(args: argparse.Namespace) -> int:
     from bench.report import write_report
 
+    if args.paper:
+        from bench.paper import write_paper_report
+
+        paths = write_paper_report(args.store, args.sweep, args.paper, args.out)
+        print(paths["md"].read_text())
+        print(f"written: {', '.join(str(p) for p in paths.values())}")
+        return 0
     written = write_report(args.store, args.sweep, args.out)
     print(written["main.md"].read_text())
     print(f"tables and plots for sweep {args.sweep!r} under {written['main.md'].parents[1]}")
@@ -84,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("sweep")
     report.add_argument("--store", default=DEFAULT_STORE, help="results store root (default: %(default)s)")
     report.add_argument("--out", default="results", help="output root: <out>/<sweep>/tables, plots")
+    report.add_argument("--paper", help="a conf/paper table: its layout, our cells beside the published ones")
     report.set_defaults(handler=_report)
 
     status = commands.add_parser("status", help="count done / diverged / failed runs of a sweep")

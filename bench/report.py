@@ -176,7 +176,14 @@ def to_latex(shown: pd.DataFrame, numbers: pd.DataFrame, bold_columns: list[str]
 
     def escape(text: object) -> str:
         text = str(text)
-        for char, replacement in (("_", r"\_"), ("%", r"\%"), ("±", r"$\pm$"), ("–", "--"), ("&", r"\&")):
+        for char, replacement in (
+            ("_", r"\_"),
+            ("%", r"\%"),
+            ("±", r"$\pm$"),
+            ("Δ", r"$\Delta$"),
+            ("–", "--"),
+            ("&", r"\&"),
+        ):
             text = text.replace(char, replacement)
         return text
 
