@@ -57,3 +57,122 @@ def plot_metric_vs_lr(cells: pd.DataFrame, out_dir: Path, metric_names: dict[str
         plt.close(fig)
         written.append(path)
     return written
+
+
+def _save(fig: plt.Figure, out_dir: Path, stem: str) -> list[Path]:
+    """PNG (for reading) and PDF (for papers) of a figure."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"]
+    fig.tight_layout()
+    for path in paths:
+        fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return paths
+
+
+def plot_lr_panels(cells: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """LR sensitivity as the SingLoRA paper shows it: metric vs log10(lr) per method, seed-std band, best
+    point starred; one panel per (task, rank); methods without a rank appear in every rank's panel."""
+    ranks = sorted({int(r) for r in cells["rank"].dropna()}) or [None]
+    panels = [(task, rank) for task in sorted(cells["task"].unique()) for rank in ranks]
+    columns = min(3, len(panels))
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 3.8 * rows), squeeze=False)
+    methods = sorted(cells["method"].unique())
+    colors = plt.get_cmap("tab20" if len(methods) > 10 else "tab10").colors
+    for ax, (task, rank) in zip(axes.flat, panels, strict=False):
+        here = cells[(cells["task"] == task) & (cells["rank"].isna() | (cells["rank"] == rank))]
+        for index, method in enumerate(methods):
+            line = here[here["method"] == method].dropna(subset=["mean"]).sort_values("lr")
+            if line.empty:
+                continue
+            x, y, band = line["lr"], 100 * line["mean"], 100 * line["std"].fillna(0)
+            color = colors[index % len(colors)]
+            ax.plot(x, y, marker=MARKERS[index % len(MARKERS)], color=color, label=method)
+            ax.fill_between(x, y - band, y + band, color=color, alpha=0.15)
+            best = line.loc[line["mean"].idxmax()]
+            ax.plot([best["lr"]], [100 * best["mean"]], marker="*", markersize=14, color=color, markeredgecolor="k")
+        ax.set_xscale("log")
+        ax.set_title(f"{task}" + ("" if rank is None else f", rank {rank}"), fontsize=10)
+        ax.set_xlabel("learning rate (log)")
+        ax.set_ylabel("primary metric ×100")
+        ax.grid(True, which="both", alpha=0.3)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    legend: dict[str, object] = {}
+    for ax in axes.flat:  # every method, whichever panels it appears in
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, handle)
+    handles, labels = list(legend.values()), list(legend)
+    fig.legend(handles, labels, loc="upper center", ncol=min(6, len(labels)), fontsize=8, bbox_to_anchor=(0.5, 1.0))
+    fig.suptitle("LR sensitivity (band: seed std; star: best lr)", y=1.04, fontsize=11)
+    return _save(fig, out_dir, "lr_sensitivity")
+
+
+def pareto_front(params: list[float], scores: list[float]) -> list[int]:
+    """Indices of the points no other point beats with fewer (or equal) params and a higher score."""
+    order = sorted(range(len(params)), key=lambda i: (params[i], -scores[i]))
+    front, best = [], float("-inf")
+    for i in order:
+        if scores[i] > best:
+            front.append(i)
+            best = scores[i]
+    return front
+
+
+def plot_pareto(numbers: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Average score vs trainable parameters (log x), one point per (method, rank), Pareto front drawn.
+    One figure per protocol (the hub's `Avg`, and `Avg (offline)`)."""
+    written = []
+    for column in [c for c in numbers.columns if c.startswith("Avg")]:
+        points = numbers.dropna(subset=[column, "Params %"])
+        if points.empty:
+            continue
+        fig, ax = plt.subplots(figsize=(8.8, 4.6))
+        params, scores = list(points["Params %"]), list(points[column])
+        labels = [
+            _series_label(m, "", r).replace(" ()", "") for m, r in zip(points["method"], points["rank"], strict=True)
+        ]
+        colors = plt.get_cmap("tab20" if len(labels) > 10 else "tab10").colors
+        for index, (x, y, label) in enumerate(zip(params, scores, labels, strict=True)):  # a legend: no overlaps
+            ax.scatter(
+                [x], [y], marker=MARKERS[index % len(MARKERS)], color=colors[index % len(colors)], s=50, label=label
+            )
+        front = pareto_front(params, scores)
+        ax.plot(
+            [params[i] for i in front],
+            [scores[i] for i in front],
+            color="tab:red",
+            linestyle="--",
+            label="Pareto front",
+        )
+        ax.set_xscale("log")
+        ax.set_xlabel("trainable parameters (% of the model, log)")
+        ax.set_ylabel(f"{column} of the primary metric ×100")
+        ax.set_title(f"Score vs trainable parameters ({column})")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+        stem = "pareto" if column == "Avg" else "pareto_" + _file_stem(column.removeprefix("Avg "))
+        written += _save(fig, out_dir, stem)
+    return written
+
+
+def plot_cost(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Peak memory and train time per method (median over its runs), side by side."""
+    done = frame[frame["status"] == "ok"].copy()
+    if done.empty or done["train_seconds"].isna().all():
+        return []
+    done["label"] = [
+        _series_label(m, "", r).replace(" ()", "") for m, r in zip(done["method"], done["rank"], strict=True)
+    ]
+    summary = done.groupby("label").agg(memory=("peak_memory_bytes", "median"), seconds=("train_seconds", "median"))
+    summary = summary.sort_values("seconds")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 0.35 * len(summary) + 1.6), sharey=True)
+    left.barh(summary.index, summary["memory"] / 2**30, color="tab:purple")
+    left.set_xlabel("peak memory (GiB, median over runs)")
+    right.barh(summary.index, summary["seconds"], color="tab:green")
+    right.set_xlabel("train time (s, median over runs)")
+    for ax in (left, right):
+        ax.grid(True, axis="x", alpha=0.3)
+    fig.suptitle("Cost by method (CPU peak RSS or GPU allocated peak, as each record says)", fontsize=10)
+    return _save(fig, out_dir, "cost_by_method")

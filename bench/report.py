@@ -147,6 +147,12 @@ def sensitivity_table(cells: pd.DataFrame) -> pd.DataFrame:
                 "best": "" if best is None else f"{100 * best['mean']:.2f}",
                 "worst": f"{100 * valid['mean'].min():.2f}" if len(valid) else "",
                 "spread (max − min)": f"{100 * (valid['mean'].max() - valid['mean'].min()):.2f}" if len(valid) else "",
+                # how forgiving the method is: grid points whose seed-mean is within 1 point of the best
+                "lrs within 1 pt": (
+                    f"{int((valid['mean'] >= valid['mean'].max() - 0.01 - 1e-12).sum())}/{len(group)}"
+                    if len(valid)
+                    else ""
+                ),
                 "diverged at lr": ", ".join(f"{lr:g}" for lr in group.loc[group["diverged"] > 0, "lr"]) or "none",
             }
         )
@@ -201,7 +207,7 @@ def to_latex(shown: pd.DataFrame, numbers: pd.DataFrame, bold_columns: list[str]
 
 def write_report(store_root: str | Path, sweep: str, out_root: str | Path = "results") -> dict[str, Path]:
     """Write the sweep's tables (md, tex, csv) and plots; returns the written paths by name."""
-    from bench.plots import plot_metric_vs_lr
+    from bench.plots import plot_cost, plot_lr_panels, plot_metric_vs_lr, plot_pareto
 
     frame = load_frame(store_root, sweep)
     if frame.empty:
@@ -225,6 +231,13 @@ def write_report(store_root: str | Path, sweep: str, out_root: str | Path = "res
     written["lr_sensitivity.tex"].write_text(to_latex(tables.sensitivity, pd.DataFrame(), [], len(KEYS)))
     tables.sensitivity.to_csv(written["lr_sensitivity.csv"], index=False)
     metric_names = frame.dropna(subset=["primary_metric"]).groupby("task")["primary_metric"].first().to_dict()
-    for path in plot_metric_vs_lr(lr_cells(frame), out / "plots", metric_names):
+    cells = lr_cells(frame)
+    plots = [
+        *plot_metric_vs_lr(cells, out / "plots", metric_names),
+        *plot_lr_panels(cells, out / "plots"),
+        *plot_pareto(tables.main_numbers, out / "plots"),
+        *plot_cost(frame, out / "plots"),
+    ]
+    for path in plots:
         written[path.name] = path
     return written

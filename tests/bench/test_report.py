@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from bench.cli import main as cli_main
+from bench.plots import pareto_front
 from bench.report import best_by_lr, build_tables, load_frame, lr_cells, write_report
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -30,12 +31,12 @@ def test_golden_tables(tmp_path: Path) -> None:
         "lr_sensitivity.csv",
     ):
         assert written[name].read_text() == (GOLDEN / name).read_text(), name
-    plots = sorted(p.name for p in (tmp_path / "golden" / "plots").glob("*.png"))
+    plots = sorted(p.name for p in (tmp_path / "golden" / "plots").iterdir())
     assert plots == [
-        "metric_vs_lr_glue_rte.png",
-        "metric_vs_lr_glue_sst2.png",
-        "metric_vs_lr_glue_sst2__offline.png",
-    ]
+        "cost_by_method.pdf", "cost_by_method.png", "lr_sensitivity.pdf", "lr_sensitivity.png",
+        "metric_vs_lr_glue_rte.png", "metric_vs_lr_glue_sst2.png", "metric_vs_lr_glue_sst2__offline.png",
+        "pareto.pdf", "pareto.png", "pareto_offline.pdf", "pareto_offline.png",
+    ]  # fmt: skip
 
 
 def test_best_lr_skips_a_learning_rate_where_a_seed_diverged(frame) -> None:
@@ -57,6 +58,8 @@ def test_sensitivity_spread_and_diverged(frame) -> None:
         "3.00",
     )
     assert row["diverged at lr"] == "0.001"
+    assert row["lrs within 1 pt"] == "1/3"  # 94.00 at 5e-4; 91.00 is 3 points off; 1e-3 diverged
+    assert table.loc[("lora", "glue_rte")]["lrs within 1 pt"] == "1/2"
     assert table.loc[("full", "glue_sst2")]["spread (max − min)"] == "44.00"
 
 
@@ -79,3 +82,8 @@ def test_cli_status_counts(capsys: pytest.CaptureFixture) -> None:
     out = capsys.readouterr().out
     assert "13 ok, 1 diverged, 1 failed" in out
     assert "failed r014 full glue_rte" in out
+
+
+def test_pareto_front_on_hand_made_points() -> None:
+    # (params, score): (1, 50) front; (2, 40) dominated; (3, 60) front; (3, 55) dominated; (10, 60) not better
+    assert pareto_front([1, 2, 3, 3, 10], [50, 40, 60, 55, 60]) == [0, 2]
