@@ -207,10 +207,11 @@ def harness_overhead(model_name: str, batch_size: int, seq: int, steps: int, rou
     ]
     method = get_method("lora")
     params = method.parse({"name": "lora"})
+    ctx = perf_context(spec, 8, steps, {})
     medians: dict[str, list[float]] = {"bare": [], "peftbench": []}
     for _ in range(rounds):
         for kind in medians:
-            model = method.apply(copy.deepcopy(base), params, perf_context(spec, 8, steps, {}))
+            model = method.apply(copy.deepcopy(base), params, ctx)
             timer = StepTimer()
             with tempfile.TemporaryDirectory() as out:
                 args = TrainingArguments(
@@ -225,11 +226,11 @@ def harness_overhead(model_name: str, batch_size: int, seq: int, steps: int, rou
                     callbacks = [
                         timer,
                         DivergenceGuard(),
-                        *method.callbacks(model, params, perf_context(spec, 8, steps, {})),
+                        *method.callbacks(model, params, ctx),
                     ]
                     trainer = BenchTrainer(
                         model=model, args=args, train_dataset=rows, callbacks=callbacks, method=method,
-                        method_params=params, ctx=perf_context(spec, 8, steps, {}),
+                        method_params=params, ctx=ctx,
                     )  # fmt: skip
                 memory = PeakMemory()
                 memory.start()

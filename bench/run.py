@@ -67,7 +67,7 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
     }  # fmt: skip
     work_dir = store.sweep_dir(cfg.sweep) / ".work" / run_id
     try:
-        fields.update(_train_point(cfg, method, params, axes, task, store, run_id))
+        fields.update(_train_point(cfg, method, params, axes, task, store, run_id, work_dir))
     except ConfigError:
         raise
     except Exception as exc:  # any failure of one point is recorded; the sweep goes on
@@ -81,9 +81,8 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
     return record
 
 
-def _train_point(cfg, method, params, axes, task, store, run_id) -> dict[str, Any]:  # noqa: ANN001
+def _train_point(cfg, method, params, axes, task, store, run_id, work_dir) -> dict[str, Any]:  # noqa: ANN001
     """Load, adapt, train and evaluate; returns the record fields this produces."""
-    work_dir = store.sweep_dir(cfg.sweep) / ".work" / run_id
     set_seed(axes["seed"])
     tokenizer = load_tokenizer(cfg.model)
     data = task.prepare(cfg.data, tokenizer)

@@ -18,7 +18,7 @@ from bench.config import CONF_DIR, check_choice
 from bench.errors import ConfigError
 from tasks.base import Task, TaskData, register_family
 from tasks.metrics import METRICS
-from tasks.offline import load_split
+from tasks.offline import load_split, require_offline
 
 
 def offline_glue_tasks() -> list[str]:
@@ -42,8 +42,8 @@ class Glue(Task):
             value = cfg.get(key)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
                 raise ConfigError(f"task.{key}={value!r} is not valid; give a positive integer or null")
-        if data == "offline" and cfg.get("offline") is None:
-            load_split(cfg, offline_glue_tasks())  # raises the one-line error naming the offline tasks
+        if data == "offline":
+            require_offline(cfg, offline_glue_tasks())
 
     def _raw_splits(self, data: str) -> tuple[Dataset, dict[str, Dataset], dict[str, Any]]:
         cfg = self.cfg
