@@ -1,0 +1,59 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Explore a peftbench sweep
+#
+# Loads the records of one sweep from the results store and shows the paper-style table, the
+# learning-rate sensitivity and the plots — the same functions `peftbench report` uses.
+# Set `PEFTBENCH_STORE` and `PEFTBENCH_SWEEP` to look at another sweep (default: the demo's).
+
+# %%
+import os
+from pathlib import Path
+
+import pandas as pd
+from IPython.display import Image, Markdown, display
+
+from bench.report import build_tables, load_frame, lr_cells, to_markdown, write_report
+
+STORE = os.environ.get("PEFTBENCH_STORE", "../results/runs")
+SWEEP = os.environ.get("PEFTBENCH_SWEEP", "demo")
+OUT = Path(os.environ.get("PEFTBENCH_OUT", "../results"))
+
+frame = load_frame(STORE, SWEEP)
+print(f"{len(frame)} records in {STORE}/{SWEEP}:", frame["status"].value_counts().to_dict())
+
+# %% [markdown]
+# ## Methods × tasks at each method's best learning rate (mean ± std over seeds, ×100)
+
+# %%
+tables = build_tables(frame)
+display(Markdown(to_markdown(tables.main)))
+
+# %% [markdown]
+# ## Learning-rate sensitivity
+
+# %%
+display(Markdown(to_markdown(tables.sensitivity)))
+cells = lr_cells(frame)
+pd.pivot_table(cells, index=["method", "rank"], columns=["task", "lr"], values="mean", dropna=False).round(4)
+
+# %% [markdown]
+# ## Plots (written under `results/<sweep>/plots/`)
+
+# %%
+written = write_report(STORE, SWEEP, OUT)
+for name in ("lr_sensitivity.png", "pareto.png", "pareto_offline.png", "cost_by_method.png"):
+    if name in written:
+        display(Image(filename=str(written[name])))
