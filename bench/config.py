@@ -92,7 +92,9 @@ def check_store_writable(root: str | os.PathLike) -> Path:
 
 def experiment_config(cfg: DictConfig, axes: dict[str, Any]) -> dict[str, Any]:
     """The resolved fields that define the experiment (the run_id's input)."""
-    container = OmegaConf.to_container(cfg, resolve=True)
+    # only the experiment's subtrees: a composed config may carry Hydra's node, whose `${hydra:...}`
+    # values resolve only inside a running job
+    container = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("method", "model", "task", "trainer")}
     trainer = {k: v for k, v in container["trainer"].items() if k not in BOOKKEEPING_TRAINER_KEYS}
     return {
         "method": container["method"],

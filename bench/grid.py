@@ -53,3 +53,23 @@ def describe(sweep: str, axes: dict[str, list[str]], extra: dict[str, Any]) -> s
     lines += [f"  {key} ({len(values)}): {', '.join(values)}" for key, values in axes.items()]
     lines += [f"  {key}: {value}" for key, value in extra.items()]
     return "\n".join(lines)
+
+
+def estimate_gpu_hours(store_root: str, sweep: str, points: int) -> str:
+    """GPU-hours for the whole grid from the median wall time of this sweep's runs already done on a GPU."""
+    import statistics
+
+    from bench.store import RunStore
+
+    timed = [
+        r for r in RunStore(store_root).iter_records(sweep)
+        if r.get("status") == "ok" and r.get("device") not in (None, "cpu") and r.get("run_seconds")
+    ]  # fmt: skip
+    if not timed:
+        return "no GPU run of this sweep recorded yet: run one point, then DRY=1 estimates the GPU-hours"
+    median = statistics.median(r["run_seconds"] for r in timed)
+    devices = sorted({r["device"] for r in timed})
+    return (
+        f"~{points * median / 3600:.1f} GPU-hours for {points} points "
+        f"(median {median:.0f} s per run over {len(timed)} recorded runs on {', '.join(devices)})"
+    )

@@ -51,6 +51,8 @@ def segment_indices(dims: int, experts: int, expert_rank: int, mini: bool) -> li
 @torch.no_grad()
 def goat_init(layer: MoeLoraLayer, params: GoatParams) -> None:
     """Set A_i, B_i from W0's singular segments and replace W0 by the aligned residual."""
+    if layer.transposed:
+        raise ConfigError("GOAT's SVD-segment init wraps nn.Linear targets; GPT-2's Conv1D is not supported")
     w0 = layer.base_layer.weight
     u, s, vh = torch.linalg.svd(w0.float(), full_matrices=False)
     chunk = s.numel() // layer.experts

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from bench.errors import ConfigError
 from methods.targets import matches
@@ -34,16 +35,28 @@ class NotMergeable(RuntimeError):
     """Raised by `merge_and_unload` for adapters whose update depends on the input (routers, nonlinearities)."""
 
 
+def linear_features(layer: nn.Linear | Conv1D) -> tuple[int, int]:
+    """(in, out) of an nn.Linear or a GPT-2 Conv1D (whose weight is stored as in × out)."""
+    if isinstance(layer, Conv1D):
+        return tuple(layer.weight.shape)
+    return layer.in_features, layer.out_features
+
+
 class AdapterLayer(nn.Module):
     """A frozen base linear plus an adapter. Subclasses give `delta(x)` and, if mergeable, `delta_weight()`.
 
-    Layers whose update is not additive (SSL, SSB) override `adapted(x)` instead.
+    Layers whose update is not additive (SSL, SSB) override `adapted(x)` instead and read the base weight
+    as (out, in), so they set `supports_conv1d = False`; additive layers also wrap GPT-2's Conv1D, whose
+    weight is stored transposed (in, out).
     """
 
-    def __init__(self, base_layer: nn.Linear) -> None:
+    supports_conv1d = True
+
+    def __init__(self, base_layer: nn.Linear | Conv1D) -> None:
         super().__init__()
         self.base_layer = base_layer
-        self.in_features, self.out_features = base_layer.in_features, base_layer.out_features
+        self.transposed = isinstance(base_layer, Conv1D)
+        self.in_features, self.out_features = linear_features(base_layer)
         self.disabled = False
         # new adapter tensors live where the base weight lives, in its dtype
         self.factory = {"dtype": base_layer.weight.dtype, "device": base_layer.weight.device}
@@ -61,7 +74,8 @@ class AdapterLayer(nn.Module):
         raise NotMergeable(f"{type(self).__name__} has no input-independent weight update")
 
     def merged_weight(self) -> torch.Tensor:
-        return self.base_layer.weight + self.delta_weight()
+        delta = self.delta_weight()  # (out, in)
+        return self.base_layer.weight + (delta.T if self.transposed else delta)
 
     def adapter_parameters(self) -> Iterator[nn.Parameter]:
         return (p for n, p in self.named_parameters() if not n.startswith("base_layer."))
@@ -154,12 +168,17 @@ def inject(
         param.requires_grad_(False)
     targets = [(n, m) for n, m in model.named_modules() if matches(n, target_modules)]
     for name, module in targets:
-        if not isinstance(module, nn.Linear):
+        if not isinstance(module, nn.Linear | Conv1D):
+            raise ConfigError(f"target layer {name!r} is a {type(module).__name__}; valid: nn.Linear, Conv1D")
+    layers = {name: make_layer(name, module) for name, module in targets}
+    for name, layer in layers.items():
+        if layer.transposed and not layer.supports_conv1d:
             raise ConfigError(
-                f"target layer {name!r} is a {type(module).__name__}; this method wraps nn.Linear layers only"
+                f"target layer {name!r} is a GPT-2 Conv1D, which {type(layer).__name__} does not wrap; "
+                "valid: nn.Linear targets"
             )
-    for name, module in targets:
-        _replace(model, name, make_layer(name, module))
+    for name, layer in layers.items():
+        _replace(model, name, layer)
     for name, param in model.named_parameters():
         in_head = any(h in name.split(".") for h in head_modules)
         is_adapter = ".base_layer." not in f".{name}" and any(name.startswith(f"{n}.") for n, _ in targets)

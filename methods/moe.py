@@ -22,7 +22,7 @@ from torch import nn
 
 from bench.errors import ConfigError
 from methods.base import Method, RunContext
-from methods.injection import AdapterLayer, NativeMethod, NotMergeable, adapter_layers_of
+from methods.injection import AdapterLayer, NativeMethod, NotMergeable, adapter_layers_of, linear_features
 from methods.targets import check_rank, require_targets
 
 
@@ -139,7 +139,7 @@ class MoeMethod(NativeMethod, Method):
     def make_layer(self, name: str, linear: nn.Linear, params: MoeParams, ctx: RunContext) -> MoeLoraLayer:
         return MoeLoraLayer(
             linear, params.num_experts, self.expert_rank(params, ctx), self.top_k(params),
-            self.scale(params, ctx, linear.in_features), self.shared_a,
+            self.scale(params, ctx, linear_features(linear)[0]), self.shared_a,
         )  # fmt: skip
 
     def aux_loss(self, model: nn.Module, params: MoeParams) -> torch.Tensor | None:

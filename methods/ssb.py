@@ -16,6 +16,8 @@ from methods.ssl import Ssl, SubspaceParams
 
 
 class SsbLayer(AdapterLayer):
+    supports_conv1d = False  # reads the base weight as (out, in)
+
     def __init__(self, base_layer: nn.Linear) -> None:
         super().__init__(base_layer)
         self.l_in = nn.Parameter(torch.ones(self.in_features, **self.factory))

@@ -24,6 +24,8 @@ class SubspaceParams:
 
 
 class SslLayer(AdapterLayer):
+    supports_conv1d = False  # reads the base weight as (out, in)
+
     def __init__(self, base_layer: nn.Linear) -> None:
         super().__init__(base_layer)
         self.l_in = nn.Parameter(torch.ones(self.in_features, **self.factory))

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from peft import PeftModel
 
 import bench.run
+from bench.config import CONF_DIR
+from bench.errors import ConfigError
 from bench.measure import count_params
 from methods.goat import segment_indices
 from methods.injection import NotMergeable, adapter_layers_of
@@ -412,3 +414,30 @@ def test_disable_adapter_gives_the_base_model(name: str) -> None:
         assert torch.allclose(plain, logits(base), atol=1e-5)
     assert not torch.allclose(plain, adapted, atol=1e-4)
     assert torch.allclose(logits(model), adapted)  # re-enabled after the block
+
+
+TINY_GPT2 = OmegaConf.load(CONF_DIR / "model" / "tiny-gpt2.yaml")
+
+
+@pytest.mark.parametrize("name", ["singlora", "lora_mpcn", "molora"])
+def test_additive_layers_wrap_gpt2_conv1d(name: str, tmp_path: Path) -> None:
+    """GPT-2's c_attn is a Conv1D (weight stored in × out): wrapped, merged and saved correctly."""
+    base, model, method, params = build(name, 8, TINY_GPT2)
+    assert torch.allclose(logits(model), logits(base), atol=1e-6)  # no-op at init
+    perturb(model)
+    if name == "singlora":
+        set_ramp(model, 1.0)
+    expected = logits(model)
+    assert not torch.allclose(expected, logits(base), atol=1e-4)
+    method.save(model, str(tmp_path / "a"))
+    loaded = method.load(tiny_classifier(spec=TINY_GPT2), str(tmp_path / "a"), params, context(8, spec=TINY_GPT2))
+    assert torch.allclose(logits(loaded.eval()), expected, atol=1e-5)
+    if name == "singlora":
+        assert torch.allclose(logits(method.to_peft(model).eval()), expected, atol=1e-5)
+        assert torch.allclose(logits(model.merge_and_unload()), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize(("name", "message"), [("ssl", "does not wrap"), ("goat", "Conv1D is not supported")])
+def test_layers_that_read_w0_refuse_conv1d(name: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build(name, None if name == "ssl" else 8, TINY_GPT2)

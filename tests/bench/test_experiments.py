@@ -1,0 +1,73 @@
+"""The paper-table sweeps: they compose, their grids have the papers' sizes, and grid-wide method settings
+reach the methods that have them (and only those)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from bench.cli import main as cli_main
+from bench.grid import estimate_gpu_hours, grid_axes, grid_points, sweep_config
+from bench.run import identify
+
+
+@pytest.mark.parametrize(
+    ("sweep", "points"),
+    [("glue", 2 * 8 * 3 * 3), ("goat_t4", 9 * 7 * 2), ("subspace_t2", 11 * 8 * 4 * 4 * 5), ("subspace_t3", 7040),
+     ("subspace_t4", 7040), ("singlora_t1", 2 * 4 * 3 * 5)],
+)  # fmt: skip
+def test_paper_sweeps_compose_with_their_grid(sweep: str, points: int) -> None:
+    assert len(grid_points(grid_axes(sweep_config(sweep)))) == points
+
+
+def method_of(sweep: str, *overrides: str) -> dict:
+    cfg = sweep_config(sweep, list(overrides))
+    identify(cfg)  # every point of the grid must pass validation: unknown keys would fail here
+    return OmegaConf.to_container(cfg.method, resolve=True)
+
+
+def test_grid_wide_alpha_and_dropout_reach_only_the_methods_that_have_them() -> None:
+    lora = method_of("goat_t4", "method=lora", "rank=32")
+    assert (lora["lora_alpha"], lora["lora_dropout"]) == (64, 0.05)
+    assert method_of("goat_t4", "method=goat", "rank=32")["lora_alpha"] == 64
+    assert method_of("goat_t4", "method=full") == {"name": "full"}
+    assert method_of("glue", "method=lora")["lora_alpha"] == 16  # the default where a sweep sets none
+    assert method_of("singlora_t1", "method=singlora")["alpha"] == 8
+    assert method_of("singlora_t1", "method=loraplus")["loraplus_lr_ratio"] == 20
+
+
+def test_every_point_of_a_paper_grid_validates() -> None:
+    for point in grid_points(grid_axes(sweep_config("goat_t4"))):
+        identify(sweep_config("goat_t4", [f"{k}={v}" for k, v in point.items()]))
+
+
+def test_gpu_hours_estimate_from_recorded_runs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert "no GPU run of this sweep recorded yet" in estimate_gpu_hours(str(tmp_path), "goat_t4", 126)
+    folder = tmp_path / "goat_t4"
+    folder.mkdir()
+    for i, seconds in enumerate([30.0, 36.0, 90.0]):
+        record = {
+            "run_id": f"r{i}",
+            "sweep": "goat_t4",
+            "status": "ok",
+            "device": "NVIDIA H100",
+            "run_seconds": seconds,
+        }
+        (folder / f"r{i}.json").write_text(json.dumps(record))
+    (folder / "cpu.json").write_text(
+        json.dumps({"run_id": "c", "sweep": "goat_t4", "status": "ok", "device": "cpu", "run_seconds": 9e9})
+    )
+    text = estimate_gpu_hours(str(tmp_path), "goat_t4", 126)
+    assert text.startswith("~1.3 GPU-hours for 126 points (median 36 s per run over 3 recorded runs on NVIDIA H100)")
+    assert cli_main(["grid", "goat_t4", "--store", str(tmp_path)]) == 0
+    assert "~1.3 GPU-hours" in capsys.readouterr().out
+
+
+def test_status_lists_the_missing_points_once_per_run_id(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert cli_main(["status", "demo", "--store", str(tmp_path), "--grid"]) == 0
+    out = capsys.readouterr().out
+    assert "missing: 27 grid points" in out  # 36 points; full FT's rank-8 points are its rank-4 runs
+    assert "python -m bench.run sweep=demo method=full task=glue_rte rank=4 lr=0.002 seed=0" in out
