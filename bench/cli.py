@@ -84,12 +84,6 @@ def _missing_points(sweep: str, by_id: dict[str, dict]) -> list[dict[str, str]]:
     return missing
 
 
-def _perf(args: argparse.Namespace) -> int:
-    from bench.perf import main as perf_main
-
-    return perf_main(args.perf_args)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="peftbench", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -112,9 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--store", default=None, help="results store root (default: the sweep's store.root)")
     grid.set_defaults(handler=_grid)
 
-    perf = commands.add_parser("perf", help="time each method's training step (see `peftbench perf --help`)")
-    perf.add_argument("perf_args", nargs=argparse.REMAINDER, help="options of bench.perf (--model, --rank, …)")
-    perf.set_defaults(handler=_perf)
+    # listed for --help only: main() hands `perf` and its options to bench.perf's own parser
+    commands.add_parser("perf", help="time each method's training step (see `peftbench perf --help`)")
     return parser
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from methods.targets import in_head
+
 _UNUSED_COPY = ".original_module."
 
 
@@ -32,11 +34,6 @@ class ParamCounts:
         return 100.0 * self.trainable_params / self.total_params
 
 
-def _in_head(name: str, head_modules: Iterable[str]) -> bool:
-    parts = name.split(".")
-    return any(head in parts for head in head_modules)
-
-
 def count_params(model: torch.nn.Module, head_modules: Iterable[str]) -> ParamCounts:
     """Count trainable / head / total parameters; each shared tensor is counted once."""
     head_modules = list(head_modules)
@@ -49,7 +46,7 @@ def count_params(model: torch.nn.Module, head_modules: Iterable[str]) -> ParamCo
         total += param.numel()
         if param.requires_grad:
             trainable += param.numel()
-            if _in_head(name, head_modules):
+            if in_head(name, head_modules):
                 head += param.numel()
     return ParamCounts(trainable, head, total)
 

@@ -29,6 +29,7 @@ from bench.config import CONF_DIR
 from bench.measure import PeakMemory, count_params
 from bench.models import load_classifier, load_tokenizer
 from methods.base import RunContext, get_method, method_names
+from methods.targets import in_head
 
 BASELINES = ("frozen_base", "full")
 LABELS = 2
@@ -62,16 +63,23 @@ class StepClock:
         return 1000 * (time.perf_counter() - begin)
 
 
-def prepare(name: str, base: torch.nn.Module, spec: Any, rank: int, batch: dict, steps: int) -> tuple[Any, Any, Any]:
+def load_base(model_name: str) -> tuple[Any, torch.nn.Module]:
+    """(model config, seeded classifier) of a conf/model entry; a config model needs no tokenizer."""
+    spec = OmegaConf.load(CONF_DIR / "model" / f"{model_name}.yaml")
+    pad = spec.config.get("pad_token_id", 0) if spec.source == "config" else load_tokenizer(spec).pad_token_id
+    torch.manual_seed(0)
+    return spec, load_classifier(spec, LABELS, pad)
+
+
+def prepare(name: str, base: torch.nn.Module, spec: Any, ctx: RunContext) -> tuple[Any, Any, Any]:
     """(model, method, params) for a row: a baseline or a registered method applied to a copy of `base`."""
     model = copy.deepcopy(base)
     if name in BASELINES:
         for param_name, param in model.named_parameters():
-            param.requires_grad_(name == "full" or any(h in param_name.split(".") for h in spec.head_modules))
+            param.requires_grad_(name == "full" or in_head(param_name, spec.head_modules))
         return model, None, None
     method = get_method(name)
     params = method.parse({"name": name})
-    ctx = perf_context(spec, rank, steps, batch)
     torch.manual_seed(0)
     return method.apply(model, params, ctx), method, params
 
@@ -87,9 +95,9 @@ def measure_row(
     name: str, base: torch.nn.Module, spec: Any, rank: int, batch: dict, steps: int, warmup: int, bf16: bool
 ) -> dict[str, Any]:
     device = batch["input_ids"].device
-    model, method, params = prepare(name, base, spec, rank, batch, steps + warmup)
-    model.to(device).train()
     ctx = perf_context(spec, rank, steps + warmup, batch)
+    model, method, params = prepare(name, base, spec, ctx)
+    model.to(device).train()
     groups = method.optimizer_param_groups(model, params, ctx) if method else None
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(groups if groups is not None else trainable, lr=1e-4)
@@ -142,11 +150,9 @@ def run_perf(
     device: str,
     repeats: int = 1,
 ) -> pd.DataFrame:
-    spec = OmegaConf.load(CONF_DIR / "model" / f"{model_name}.yaml")
-    torch.manual_seed(0)
-    pad = spec.config.get("pad_token_id", 0) if spec.source == "config" else load_tokenizer(spec).pad_token_id
     target = torch.device(device)
-    base = load_classifier(spec, LABELS, pad).to(target)  # SVD inits then run on the device too
+    spec, base = load_base(model_name)
+    base.to(target)  # SVD inits then run on the device too
     bf16 = target.type == "cuda"
     batch = synthetic_batch(base.config.vocab_size, batch_size, seq, target)
     measure_row("frozen_base", base, spec, rank, batch, 2, warmup, bf16)  # process warm-up (allocator, threads)
@@ -198,9 +204,7 @@ def harness_overhead(model_name: str, batch_size: int, seq: int, steps: int, rou
 
     from bench.train import BenchTrainer, DivergenceGuard
 
-    spec = OmegaConf.load(CONF_DIR / "model" / f"{model_name}.yaml")
-    pad = spec.config.get("pad_token_id", 0) if spec.source == "config" else load_tokenizer(spec).pad_token_id
-    base = load_classifier(spec, LABELS, pad)
+    spec, base = load_base(model_name)
     rows = [
         {k: v[0] for k, v in synthetic_batch(base.config.vocab_size, 1, seq, torch.device("cpu"), seed=i).items()}
         for i in range(batch_size * (steps + 2))

@@ -14,12 +14,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from methods.base import Method, RunContext, register
+from methods.targets import in_head
 
 WEIGHTS = "bitfit.safetensors"
 
 
 def _trainable(name: str, head_modules: list[str]) -> bool:
-    return name.endswith(".bias") or name == "bias" or any(h in name.split(".") for h in head_modules)
+    return name.endswith(".bias") or name == "bias" or in_head(name, head_modules)
 
 
 @register

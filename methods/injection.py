@@ -25,7 +25,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from bench.errors import ConfigError
-from methods.targets import matches
+from methods.targets import in_head, matches
 
 WEIGHTS = "adapter_model.safetensors"
 CONFIG = "adapter_config.json"
@@ -179,10 +179,10 @@ def inject(
             )
     for name, layer in layers.items():
         _replace(model, name, layer)
+        for param in layer.adapter_parameters():
+            param.requires_grad_(True)
     for name, param in model.named_parameters():
-        in_head = any(h in name.split(".") for h in head_modules)
-        is_adapter = ".base_layer." not in f".{name}" and any(name.startswith(f"{n}.") for n, _ in targets)
-        if in_head or is_adapter:
+        if in_head(name, head_modules):
             param.requires_grad_(True)
     return InjectedModel(model, config)
 

@@ -25,6 +25,12 @@ def matches(module_name: str, targets: Iterable[str]) -> bool:
     return any(module_name == t or module_name.endswith(f".{t}") for t in targets)
 
 
+def in_head(param_name: str, head_modules: Iterable[str]) -> bool:
+    """Whether a parameter belongs to the task head: one of its dotted name's parts is a head module."""
+    parts = param_name.split(".")
+    return any(head in parts for head in head_modules)
+
+
 def target_layers(model: torch.nn.Module, targets: Iterable[str]) -> list[TargetLayer]:
     """Every nn.Linear / GPT-2 Conv1D whose name matches `targets`, in model order."""
     targets = list(targets)
