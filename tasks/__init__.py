@@ -4,4 +4,4 @@ from bench.plugins import import_all
 
 
 def load_all() -> None:
-    import_all(__name__, skip={"base", "metrics", "offline"})
+    import_all(__name__, skip={"base", "generation", "metrics", "offline"})

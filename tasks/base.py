@@ -1,22 +1,26 @@
 """The task interface and the registry of task families (`family:` in conf/task/*.yaml).
 
 A task entry is data (its YAML: hub id, fields, metrics, primary metric, offline source); a family
-module (`tasks/glue.py`, …) is the code that loads, tokenizes and scores every task of that family.
+module (`tasks/glue.py`, `tasks/gsm8k.py`, …) is the code that loads, preprocesses and scores every
+task of that family. A family also says which kind of model it needs (a classifier with a fresh head,
+a causal LM) and how to batch and evaluate it, so the runner never branches on a task.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from omegaconf import DictConfig
+from transformers import DataCollatorWithPadding
 
 from bench.errors import ConfigError
 
 if TYPE_CHECKING:
     from datasets import Dataset
-    from transformers import PreTrainedTokenizerBase
+    from transformers import Trainer
 
 
 @dataclass
@@ -26,12 +30,17 @@ class TaskData:
     train: Dataset
     evals: dict[str, Dataset]
     protocol: dict[str, Any] = field(default_factory=dict)
+    processor: Any = None  # the tokenizer or image processor, for tasks that evaluate by generating
 
 
 class Task:
-    """Base class of a task family. `cfg` is the task's YAML entry."""
+    """Base class of a task family. `cfg` is the task's YAML entry; `processor` is the model's tokenizer
+    (modality "text") or image processor ("image")."""
 
     family: ClassVar[str]
+    model_kind: ClassVar[str] = "sequence-classification"  # a key of bench.models.KINDS
+    modality: ClassVar[str] = "text"
+    fresh_head: ClassVar[bool] = True  # a new task head, trained with the adapter (not for causal LMs)
 
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg
@@ -47,11 +56,40 @@ class Task:
     def validate(self, data: str) -> None:
         """One-line ConfigErrors for a bad task entry or an unavailable data source."""
 
-    def prepare(self, data: str, tokenizer: PreTrainedTokenizerBase) -> TaskData:
+    def prepare(self, data: str, processor: Any) -> TaskData:
         raise NotImplementedError
+
+    def model_head(self, processor: Any) -> dict[str, Any]:
+        """Config values for the model's head (num_labels, ...); nothing for a causal LM."""
+        return {}
+
+    def head_modules(self, model_cfg: DictConfig) -> list[str]:
+        """The modules trained in full next to the adapter: the model's fresh task head, if any."""
+        return list(model_cfg.head_modules) if self.fresh_head else []
+
+    def collator(self, processor: Any) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
+        """Turn a list of preprocessed rows into a batch."""
+        return DataCollatorWithPadding(processor)
+
+    def evaluate(self, trainer: Trainer, data: TaskData) -> dict[str, float]:
+        """The task's metrics on every eval split of `data` for the trained model in `trainer`."""
+        raise NotImplementedError
+
+
+class ClassificationTask(Task):
+    """A task scored from the logits of a classification (or 1-output regression) head."""
 
     def score(self, predictions: np.ndarray, references: np.ndarray, suffix: str = "") -> dict[str, float]:
         raise NotImplementedError
+
+    def evaluate(self, trainer: Trainer, data: TaskData) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        for suffix, split in data.evals.items():
+            prediction = trainer.predict(split)
+            logits = prediction.predictions
+            logits = logits[0] if isinstance(logits, tuple) else logits
+            metrics.update(self.score(np.asarray(logits), np.asarray(prediction.label_ids), suffix))
+        return metrics
 
 
 _FAMILIES: dict[str, type[Task]] = {}

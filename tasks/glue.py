@@ -11,24 +11,18 @@ from typing import Any
 
 import numpy as np
 from datasets import Dataset, load_dataset
-from omegaconf import OmegaConf
 from transformers import PreTrainedTokenizerBase
 
-from bench.config import CONF_DIR, check_choice
+from bench.config import check_choice
 from bench.errors import ConfigError
-from tasks.base import Task, TaskData, register_family
+from bench.models import classifier_head
+from tasks.base import ClassificationTask, TaskData, register_family
 from tasks.metrics import METRICS
-from tasks.offline import load_split, require_offline
-
-
-def offline_glue_tasks() -> list[str]:
-    """GLUE tasks whose YAML names an offline source."""
-    entries = {p.stem: OmegaConf.load(p) for p in sorted((CONF_DIR / "task").glob("glue_*.yaml"))}
-    return [name for name, entry in entries.items() if entry.get("offline") is not None]
+from tasks.offline import load_split, require_offline, tasks_with_offline
 
 
 @register_family
-class Glue(Task):
+class Glue(ClassificationTask):
     family = "glue"
 
     def validate(self, data: str) -> None:
@@ -43,12 +37,15 @@ class Glue(Task):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
                 raise ConfigError(f"task.{key}={value!r} is not valid; give a positive integer or null")
         if data == "offline":
-            require_offline(cfg, offline_glue_tasks())
+            require_offline(cfg, tasks_with_offline("glue_"))
+
+    def model_head(self, processor: PreTrainedTokenizerBase) -> dict[str, Any]:
+        return classifier_head(self.cfg.num_labels, processor.pad_token_id)
 
     def _raw_splits(self, data: str) -> tuple[Dataset, dict[str, Dataset], dict[str, Any]]:
         cfg = self.cfg
         if data == "offline":
-            train, held_out, protocol = load_split(cfg, offline_glue_tasks())
+            train, held_out, protocol = load_split(cfg, tasks_with_offline("glue_"))
             return train, {"": held_out}, protocol
         hub = load_dataset(cfg.hub.path, cfg.hub.name)
         evals = {suffix: hub[split] for split, suffix in cfg.eval_splits.items()}

@@ -1,0 +1,175 @@
+"""What the causal-LM tasks share: prompt + answer rows, the loss on the answer only, greedy generation.
+
+Training rows are `prompt` + `target` + EOS; the labels are -100 on every prompt token, so the loss is
+the answer's alone. Prompt and target are tokenized separately and concatenated, so the boundary is the
+same token at training and at evaluation. Evaluation generates from the prompt alone (left-padded,
+greedy unless the task's `generation.num_beams` says otherwise) and hands the decoded text to the task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+from datasets import Dataset
+from transformers import DataCollatorForSeq2Seq, GenerationConfig, PreTrainedTokenizerBase
+
+from bench.errors import ConfigError
+from tasks.base import Task, TaskData
+
+if TYPE_CHECKING:
+    from transformers import Trainer
+
+IGNORE_INDEX = -100  # the label value torch's cross-entropy skips
+
+
+def special_prefix(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The ids a tokenizer puts before any text on its own (Llama's <s>, BERT's [CLS]; none for SmolLM2)."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a")["input_ids"]
+    for start in range(len(full) - len(plain) + 1):
+        if full[start : start + len(plain)] == plain:
+            return full[:start]
+    return []
+
+
+def end_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """EOS, or a BERT-style tokenizer's [SEP] when it has no EOS (the tiny test models)."""
+    token = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    if token is None:
+        raise ConfigError(f"tokenizer {type(tokenizer).__name__} has no EOS or SEP token to end an answer with")
+    return token
+
+
+class PromptEncoder:
+    """Token ids of prompts and of prompt + answer rows for one tokenizer."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.prefix = special_prefix(tokenizer)
+        self.eos = end_token_id(tokenizer)
+
+    def prompt(self, text: str) -> list[int]:
+        ids = self.prefix + self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return ids[-self.max_length :]  # a long prompt keeps its end, where the question is asked
+
+    def example(self, prompt: str, target: str) -> dict[str, list[int]]:
+        """input_ids, attention_mask and labels (-100 on the prompt), cut at max_length."""
+        prompt_ids = self.prefix + self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        target_ids = self.tokenizer(target, add_special_tokens=False)["input_ids"] + [self.eos]
+        ids = (prompt_ids + target_ids)[: self.max_length]
+        labels = ([IGNORE_INDEX] * len(prompt_ids) + target_ids)[: self.max_length]
+        return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
+
+
+def generation_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model inside a PEFT or injected wrapper (adapters in place), which has `generate`."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+@torch.no_grad()
+def generate(
+    model: torch.nn.Module,
+    prompts: list[list[int]],
+    pad_id: int,
+    eos_id: int,
+    settings: dict[str, Any],
+    bf16: bool = False,
+) -> list[list[int]]:
+    """The generated ids (prompt excluded, cut at EOS) for each prompt, in order; deterministic."""
+    net = generation_model(model)
+    was_training = net.training
+    net.eval()
+    device = next(net.parameters()).device
+    config = GenerationConfig(
+        max_new_tokens=int(settings["max_new_tokens"]), do_sample=False, num_beams=int(settings["num_beams"]),
+        pad_token_id=pad_id, eos_token_id=eos_id,
+    )  # fmt: skip
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and device.type == "cuda" else None
+    outputs: list[list[int]] = []
+    batch = int(settings["batch_size"])
+    try:
+        for start in range(0, len(prompts), batch):
+            chunk = prompts[start : start + batch]
+            width = max(len(p) for p in chunk)
+            ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in chunk], device=device)
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device)
+            with autocast or contextlib.nullcontext():
+                result = net.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+            for row in result[:, width:].tolist():
+                outputs.append(row[: row.index(eos_id)] if eos_id in row else row)
+    finally:
+        net.train(was_training)
+    return outputs
+
+
+def check_generation_settings(cfg: Any) -> None:
+    settings = cfg.get("generation")
+    for key in ("max_new_tokens", "num_beams", "batch_size"):
+        value = None if settings is None else settings.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ConfigError(f"task.generation.{key}={value!r} is not valid; give a positive integer")
+
+
+class GenerativeTask(Task):
+    """A task learnt as prompt -> answer text by a causal LM and scored on what it generates.
+
+    Subclasses give the training rows and the eval sets as (prompt, target/reference) and `score_texts`.
+    """
+
+    model_kind = "causal-lm"
+    fresh_head = False
+
+    def validate(self, data: str) -> None:
+        check_generation_settings(self.cfg)
+        for key in ("max_train_samples", "max_eval_samples"):
+            value = self.cfg.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                raise ConfigError(f"task.{key}={value!r} is not valid; give a positive integer or null")
+        if not isinstance(self.cfg.max_seq_length, int) or self.cfg.max_seq_length <= 0:
+            raise ConfigError(f"task.max_seq_length={self.cfg.max_seq_length!r} is not valid; give a positive integer")
+
+    def collator(self, processor: PreTrainedTokenizerBase) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
+        return DataCollatorForSeq2Seq(processor, padding=True, label_pad_token_id=IGNORE_INDEX)
+
+    def format_prompt(self, **fields: str) -> str:
+        return self.cfg.prompt.format(**fields)
+
+    def splits(self, data: str) -> tuple[Dataset, dict[str, Dataset], dict[str, Any]]:
+        """(train rows with `prompt`, `target`; eval sets name -> rows with `prompt`, `reference`; protocol)."""
+        raise NotImplementedError
+
+    def score_texts(self, name: str, outputs: list[str], references: list[str]) -> dict[str, float]:
+        raise NotImplementedError
+
+    def prepare(self, data: str, processor: PreTrainedTokenizerBase) -> TaskData:
+        train, evals, protocol = self.splits(data)
+        if self.cfg.max_train_samples is not None:
+            train = train.shuffle(seed=0).select(range(min(self.cfg.max_train_samples, len(train))))
+        if self.cfg.max_eval_samples is not None:
+            evals = {k: v.select(range(min(self.cfg.max_eval_samples, len(v)))) for k, v in evals.items()}
+        protocol["train_rows"] = len(train)
+        protocol["eval_rows"] = {name or "eval": len(rows) for name, rows in evals.items()}
+        encoder = PromptEncoder(processor, self.cfg.max_seq_length)
+        train_ids = train.map(
+            lambda row: encoder.example(row["prompt"], row["target"]),
+            remove_columns=train.column_names, desc=f"tokenize {self.name}",
+        )  # fmt: skip
+        evals = {
+            name: rows.map(lambda row: {"prompt_ids": encoder.prompt(row["prompt"])}) for name, rows in evals.items()
+        }
+        return TaskData(train=train_ids, evals=evals, protocol=protocol, processor=processor)
+
+    def evaluate(self, trainer: Trainer, data: TaskData) -> dict[str, float]:
+        tokenizer = data.processor
+        eos = end_token_id(tokenizer)
+        settings = dict(self.cfg.generation)
+        metrics: dict[str, float] = {}
+        for name, rows in data.evals.items():
+            ids = generate(trainer.model, rows["prompt_ids"], tokenizer.pad_token_id, eos, settings, trainer.args.bf16)
+            texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
+            metrics.update(self.score_texts(name, texts, rows["reference"]))
+        return metrics

@@ -1,0 +1,119 @@
+"""Prompt masking, greedy determinism and the three tracks end to end offline on tiny models."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+import bench.model_cache
+import bench.run
+from bench.config import CONF_DIR
+from bench.models import load_model, load_tokenizer
+from tasks.generation import IGNORE_INDEX, PromptEncoder, generate
+from tests.conftest import compose_run
+
+TINY_LLAMA = OmegaConf.load(CONF_DIR / "model" / "tiny-llama.yaml")
+SMOLLM2 = OmegaConf.load(CONF_DIR / "model" / "smollm2-135m.yaml")
+LLM_SMOKE = [
+    "model=tiny-llama", "task.max_eval_samples=4", "task.generation.max_new_tokens=6", "task.max_seq_length=160"
+]  # fmt: skip
+
+
+def test_prompt_tokens_are_masked_and_answer_ends_with_eos() -> None:
+    tokenizer = load_tokenizer(TINY_LLAMA)
+    encoder = PromptEncoder(tokenizer, max_length=128)
+    prompt, target = "### Instruction:\nhow many legs has a cat\n\n### Response:\n", "four legs #### 4"
+    example = encoder.example(prompt, target)
+    prompt_ids = encoder.prompt(prompt)
+    n = len(prompt_ids)
+    assert example["input_ids"][:n] == prompt_ids  # training sees the same prompt tokens as generation
+    assert example["labels"][:n] == [IGNORE_INDEX] * n
+    answer_ids = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.sep_token_id]
+    assert example["labels"][n:] == answer_ids == example["input_ids"][n:]
+    assert prompt_ids[0] == tokenizer.cls_token_id  # the tokenizer's own leading special token is kept
+    short = PromptEncoder(tokenizer, max_length=n + 2).example(prompt, target)
+    assert len(short["input_ids"]) == len(short["labels"]) == n + 2
+
+
+def test_greedy_generation_is_deterministic() -> None:
+    torch.manual_seed(0)
+    model = load_model(TINY_LLAMA, "causal-lm")
+    prompts = [[101, 2054, 2003], [101, 7592, 2088, 2129, 2024], [101, 2748]]
+    settings = {"max_new_tokens": 12, "num_beams": 1, "batch_size": 2}
+    first = generate(model, prompts, pad_id=0, eos_id=102, settings=settings)
+    second = generate(model, prompts, pad_id=0, eos_id=102, settings=settings)
+    assert first == second
+    assert [len(ids) for ids in first] == [12, 12, 12] or any(102 not in ids for ids in first)
+
+
+def test_same_model_same_accuracy_twice(tmp_path: Path) -> None:
+    """The whole pipeline twice with one seed: the same generations, so the same metrics."""
+    first = bench.run.run(compose_run(tmp_path / "a", *LLM_SMOKE, "task=gsm8k"))
+    second = bench.run.run(compose_run(tmp_path / "b", *LLM_SMOKE, "task=gsm8k"))
+    assert first["status"] == second["status"] == "ok", first["error"]
+    assert first["metrics"] == second["metrics"]
+    assert first["final_loss"] == second["final_loss"]
+
+
+def test_gsm8k_pipeline_end_to_end(store: Path) -> None:
+    record = bench.run.run(compose_run(store, *LLM_SMOKE, "task=gsm8k"))
+    assert record["status"] == "ok", record["error"]
+    assert set(record["metrics"]) == {"accuracy", "accuracy_flexible", "primary"}
+    assert record["metrics"]["primary"] == record["metrics"]["accuracy"]
+    assert record["protocol"]["name"] == "offline" and record["protocol"]["source_rows"] == 1319
+    assert record["protocol"]["train_rows"] + round(0.3 * 1319) == 1319
+    assert record["head_params"] == 0  # a causal LM gets no fresh head
+
+
+def test_commonsense_trains_once_and_records_eight_sets(store: Path) -> None:
+    record = bench.run.run(compose_run(store, *LLM_SMOKE, "task=commonsense", "task.max_train_samples=64"))
+    assert record["status"] == "ok", record["error"]
+    sets = ["cs_boolq", "cs_piqa", "cs_siqa", "cs_hellaswag", "cs_winogrande", "cs_arc_e", "cs_arc_c", "cs_obqa"]
+    assert set(record["metrics"]) == {f"{s}/accuracy" for s in sets} | {"accuracy", "primary"}
+    per_set = [record["metrics"][f"{s}/accuracy"] for s in sets]
+    assert record["metrics"]["accuracy"] == pytest.approx(sum(per_set) / 8)
+    assert record["protocol"]["eval_rows"] == dict.fromkeys(sets, 4)
+    assert len(list((store / "adhoc").glob("*.json"))) == 1  # one record for the 8 sets
+
+
+def test_one_commonsense_set(store: Path) -> None:
+    record = bench.run.run(compose_run(store, *LLM_SMOKE, "task=cs_arc_c"))
+    assert record["status"] == "ok", record["error"]
+    assert set(record["metrics"]) == {"accuracy", "primary"}
+    assert record["protocol"]["source_rows"] == {"cs_arc_c": 299}
+
+
+@pytest.mark.parametrize(("task", "method"), [("img_fashion_mnist", "lora"), ("img_digits", "goat")])
+def test_image_pipeline_end_to_end(store: Path, task: str, method: str) -> None:
+    overrides = ["model=tiny-clip", f"task={task}", f"method={method}", "task.max_train_samples=64"]
+    record = bench.run.run(compose_run(store, *overrides, "task.max_eval_samples=40"))
+    assert record["status"] == "ok", record["error"]
+    assert set(record["metrics"]) >= {"accuracy", "primary"}
+    assert 0.0 <= record["metrics"]["accuracy"] <= 1.0
+    assert record["head_params"] == 32 * 10 + 10  # the fresh linear head: hidden 32 -> 10 classes
+    assert record["protocol"]["eval_rows"] == {"eval": 40}
+
+
+def test_smollm2_loads_from_the_package_and_is_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PEFTBENCH_CACHE", str(tmp_path))
+    folder = bench.model_cache.converted_folder(SMOLLM2)
+    assert folder.parent == tmp_path / "models" and (folder / bench.model_cache.COMPLETE).exists()
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no staging folder left
+
+    def no_gguf_parse(*args: object) -> None:
+        raise AssertionError("the GGUF file was parsed again")
+
+    monkeypatch.setattr(bench.model_cache, "_convert", no_gguf_parse)
+    started = time.perf_counter()
+    model = load_model(SMOLLM2, "causal-lm")
+    seconds = time.perf_counter() - started
+    assert seconds < 10, f"second load took {seconds:.1f} s"
+    assert sum(p.numel() for p in model.parameters()) == 134_515_008
+    assert json.loads((folder / "config.json").read_text()).get("quantization_config") is None
+    tokenizer = load_tokenizer(SMOLLM2)
+    assert tokenizer.decode(tokenizer("The answer is 42.")["input_ids"]) == "The answer is 42."
