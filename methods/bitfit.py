@@ -32,7 +32,8 @@ class BitFit(Method):
     def validate(self, params: Any, model: torch.nn.Module, ctx: RunContext) -> None:
         # Llama-family models have no bias terms: BitFit would train nothing
         if not any(_trainable(name, []) for name, _ in model.named_parameters()):
-            raise ConfigError(f"method bitfit needs bias terms and {type(model).__name__} has none; choose another method")
+            model_name = type(model).__name__
+            raise ConfigError(f"method bitfit needs bias terms and {model_name} has none; choose another method")
 
     def apply(self, model: torch.nn.Module, params: Any, ctx: RunContext) -> torch.nn.Module:
         for name, param in model.named_parameters():

@@ -31,7 +31,7 @@ TRAIN_SOURCES = ("metamathqa", "gsm8k")
 
 
 def normalize_number(text: str) -> Decimal | None:
-    """"$1,234.50" -> Decimal("1234.50"); None for anything that is not a number."""
+    """ "$1,234.50" -> Decimal("1234.50"); None for anything that is not a number."""
     cleaned = text.replace(",", "").replace("$", "").rstrip(".")
     try:
         return Decimal(cleaned)
