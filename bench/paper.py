@@ -31,21 +31,37 @@ def load_paper_table(name: str) -> dict[str, Any]:
     return yaml.safe_load((PAPER_DIR / f"{name}.yaml").read_text())
 
 
+COLUMNS = ["method", "model", "task", "rank", "lr", "seed", "data", "status", "metric", "value", "select_by"]
+
+
 def metric_frame(store_root: str | Path, sweep: str) -> pd.DataFrame:
-    """One row per (record, metric): what a paper column may ask for, failed runs left out."""
+    """One row per (record, metric): what a paper column may ask for, failed runs left out.
+
+    A record that trained once and evaluated several sets (`commonsense`: metrics `cs_boolq/accuracy`,
+    …) gives one row per set under the set's task name; its learning rate is chosen by the record's
+    primary metric (the mean over the sets), as the papers do, not set by set. Every other row selects
+    by its own value.
+    """
     rows = []
     for record in RunStore(store_root).iter_records(sweep):
         if record["status"] not in ("ok", "diverged"):
             continue
         base = {k: record.get(k) for k in ("method", "model", "task", "rank", "lr", "seed", "data", "status")}
-        for metric, value in (record.get("metrics") or {}).items():
-            if isinstance(value, int | float) and metric != "primary":
-                rows.append({**base, "metric": metric, "value": float(value)})
-        if record["status"] == "diverged":
-            rows.append({**base, "metric": None, "value": np.nan})
-    return pd.DataFrame(
-        rows, columns=["method", "model", "task", "rank", "lr", "seed", "data", "status", "metric", "value"]
-    )
+        metrics = record.get("metrics") or {}
+        for metric, value in metrics.items():
+            if not isinstance(value, int | float) or metric == "primary":
+                continue
+            task, sep, name = metric.rpartition("/")
+            if sep:
+                rows.append({**base, "task": task, "metric": name, "value": float(value),
+                             "select_by": float(metrics["primary"])})  # fmt: skip
+            else:
+                rows.append({**base, "metric": metric, "value": float(value), "select_by": float(value)})
+        if record["status"] == "diverged":  # marks the lr ineligible for its task, or for each set it evaluates
+            sets = ((record.get("config") or {}).get("task") or {}).get("evaluate") or []
+            for task in sets if len(sets) > 1 else [base["task"]]:
+                rows.append({**base, "task": task, "metric": None, "value": np.nan, "select_by": np.nan})
+    return pd.DataFrame(rows, columns=COLUMNS)
 
 
 def best_cell(runs: pd.DataFrame, metric: str) -> tuple[float, float, int] | None:
@@ -54,8 +70,10 @@ def best_cell(runs: pd.DataFrame, metric: str) -> tuple[float, float, int] | Non
     runs = runs[(runs["metric"] == metric) & ~runs["lr"].isin(diverged)]
     if runs.empty:
         return None
-    by_lr = runs.groupby("lr")["value"].agg(["mean", "std", "count"])
-    best = by_lr.loc[by_lr["mean"].idxmax()]
+    by_lr = runs.groupby("lr").agg(
+        mean=("value", "mean"), std=("value", "std"), count=("value", "count"), select=("select_by", "mean")
+    )
+    best = by_lr.loc[by_lr["select"].idxmax()]
     return 100 * best["mean"], 100 * best["std"], int(best["count"])
 
 

@@ -17,7 +17,9 @@ from bench.run import identify
 @pytest.mark.parametrize(
     ("sweep", "points"),
     [("glue", 2 * 8 * 3 * 3), ("goat_t4", 9 * 7 * 2), ("subspace_t2", 11 * 8 * 4 * 4 * 5), ("subspace_t3", 7040),
-     ("subspace_t4", 7040), ("singlora_t1", 2 * 4 * 3 * 5)],
+     ("subspace_t4", 7040), ("singlora_t1", 2 * 4 * 3 * 5), ("gsm8k", 8), ("commonsense", 8), ("vit", 8 * 7 * 2),
+     ("goat_t1", 8 * 7 * 2), ("goat_t2", 8), ("goat_t3", 8), ("goat_t6", 3 * 3), ("singlora_t2", 4 * 3),
+     ("demo_llm", 2), ("demo_llm_gsm8k", 2)],
 )  # fmt: skip
 def test_paper_sweeps_compose_with_their_grid(sweep: str, points: int) -> None:
     assert len(grid_points(grid_axes(sweep_config(sweep)))) == points
@@ -39,9 +41,25 @@ def test_grid_wide_alpha_and_dropout_reach_only_the_methods_that_have_them() -> 
     assert method_of("singlora_t1", "method=loraplus")["loraplus_lr_ratio"] == 20
 
 
-def test_every_point_of_a_paper_grid_validates() -> None:
-    for point in grid_points(grid_axes(sweep_config("goat_t4"))):
-        identify(sweep_config("goat_t4", [f"{k}={v}" for k, v in point.items()]))
+@pytest.mark.parametrize("sweep", ["goat_t4", "goat_t1", "goat_t2", "goat_t3", "goat_t6", "singlora_t2"])
+def test_every_point_of_a_paper_grid_validates(sweep: str) -> None:
+    for point in grid_points(grid_axes(sweep_config(sweep))):
+        identify(sweep_config(sweep, [f"{k}={v}" for k, v in point.items()]))
+
+
+def test_track_sweeps_carry_the_papers_settings() -> None:
+    vit = sweep_config("goat_t1", ["task=img_dtd", "method=goat"])
+    assert (vit.trainer.num_train_epochs, vit.trainer.per_device_train_batch_size) == (76, 512)  # per-set epochs
+    assert sweep_config("goat_t1", ["task=img_svhn"]).trainer.num_train_epochs == 4
+    commonsense = sweep_config("goat_t3", ["method=lora"])
+    assert (commonsense.model.name, commonsense.task.name, commonsense.task.generation.num_beams) == (
+        "llama2-7b", "commonsense", 4
+    )  # fmt: skip
+    assert method_of("goat_t3", "method=lora", "rank=32")["lora_alpha"] == 64
+    gsm8k = sweep_config("goat_t2", ["method=goat"])
+    assert (gsm8k.sweep, gsm8k.task.train_on, gsm8k.task.max_train_samples, gsm8k.trainer.num_train_epochs) == (
+        "goat_t2", "metamathqa", 100000, 5
+    )  # fmt: skip
 
 
 def test_gpu_hours_estimate_from_recorded_runs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

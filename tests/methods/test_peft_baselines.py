@@ -6,12 +6,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from bench.config import CONF_DIR
+from bench.errors import ConfigError
 from bench.measure import count_params
 from methods.base import get_method
 from methods.targets import TargetLayer, target_layers
 from tests.helpers import TINY, TINY_LLAMA, build, context, tiny_batch, tiny_classifier
+
+TINY_GPT2 = OmegaConf.load(CONF_DIR / "model" / "tiny-gpt2.yaml")
 
 RANK = 4
 ADAPTER_PARAMS = {  # per target layer, closed form
@@ -46,7 +50,14 @@ def test_trainable_params_closed_form(name: str, spec: DictConfig) -> None:
     assert counts.head_params == head_size(base, spec)
 
 
-@pytest.mark.parametrize("spec", [TINY, TINY_LLAMA], ids=["roberta", "llama"])
+def test_bitfit_refuses_a_model_without_biases() -> None:
+    with pytest.raises(
+        ConfigError, match="^method bitfit needs bias terms and LlamaForSequenceClassification has none"
+    ):
+        build("bitfit", RANK, TINY_LLAMA)  # it would train the head alone: a linear probe, not BitFit
+
+
+@pytest.mark.parametrize("spec", [TINY, TINY_GPT2], ids=["roberta", "gpt2"])
 def test_bitfit_trains_biases_and_head_only(spec: DictConfig) -> None:
     base, model = build("bitfit", RANK, spec)[:2]
     head = set(spec.head_modules)
