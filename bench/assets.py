@@ -6,7 +6,10 @@ folders with `importlib.util.find_spec`, which reads no code.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from bench.errors import ConfigError
@@ -35,3 +38,22 @@ def package_path(package: str, relative: str) -> Path:
     if not path.exists():
         raise ConfigError(f"offline asset {relative!r} is missing from package {package!r} at {path}")
     return path
+
+
+def hub_offline() -> bool:
+    return any(os.environ.get(k, "").lower() in ("1", "true", "yes") for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+@contextlib.contextmanager
+def from_hub_cache(what: str, sweep: str) -> Iterator[None]:
+    """Turn "not in the cache" while the hub is switched off into one line naming the asset and the fix."""
+    try:
+        yield
+    except OSError:  # transformers' and datasets' errors for a missing cached file are OSErrors
+        if not hub_offline():
+            raise
+        command = f"peftbench prefetch {sweep}" if sweep != "adhoc" else "peftbench prefetch none <your overrides>"
+        raise ConfigError(
+            f"{what} is not in the local Hugging Face cache and the hub is off (HF_HUB_OFFLINE=1); "
+            f"run `{command}` where there is internet"
+        ) from None

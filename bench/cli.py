@@ -1,4 +1,4 @@
-"""`peftbench` command line: report, status and grid of a sweep (training runs go through `bench.run`)."""
+"""`peftbench` command line: report, status, grid and prefetch of a sweep (training runs go through `bench.run`)."""
 
 from __future__ import annotations
 
@@ -40,6 +40,13 @@ def _grid(args: argparse.Namespace) -> int:
         "estimate": estimate_gpu_hours(store, cfg.sweep, len(grid_points(axes))),
     }
     print(describe(args.sweep, axes, extra))
+    return 0
+
+
+def _prefetch(args: argparse.Namespace) -> int:
+    from bench.prefetch import prefetch
+
+    prefetch(args.sweep, args.overrides)
     return 0
 
 
@@ -105,6 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("sweep")
     grid.add_argument("--store", default=None, help="results store root (default: the sweep's store.root)")
     grid.set_defaults(handler=_grid)
+
+    fetch = commands.add_parser("prefetch", help="download every hub model and dataset a sweep needs (login node)")
+    fetch.add_argument("sweep")
+    fetch.add_argument(
+        "overrides", nargs="*", help="Hydra overrides narrowing or changing the grid, e.g. task=glue_rte"
+    )
+    fetch.set_defaults(handler=_prefetch)
 
     # listed for --help only: main() hands `perf` and its options to bench.perf's own parser
     commands.add_parser("perf", help="time each method's training step (see `peftbench perf --help`)")

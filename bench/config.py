@@ -23,7 +23,7 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = ("method", "model", "task", "trainer", "logger", "sweep")
 DATA_SOURCES = ("hub", "offline")
 # Trainer keys that change how a run is watched or kept, not what it computes.
-BOOKKEEPING_TRAINER_KEYS = frozenset({"save_adapter", "progress_bar"})
+BOOKKEEPING_TRAINER_KEYS = frozenset({"save_adapter", "progress_bar", "checkpoint_steps"})
 
 
 def group_choices(group: str) -> list[str]:

@@ -21,6 +21,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
 
+from bench.assets import from_hub_cache
+from bench.checkpoints import latest_complete
 from bench.config import (
     check_overrides,
     check_store_writable,
@@ -33,6 +35,7 @@ from bench.measure import PeakMemory, Stopwatch, count_params
 from bench.models import load_model, load_processor
 from bench.record import new_record, now
 from bench.store import RunStore
+from bench.tracking import track
 from bench.train import batch_sampler, optimizer_steps, train_and_evaluate, training_arguments
 from methods.base import Method, RunContext, get_method
 from tasks.base import Task, build_task
@@ -78,15 +81,20 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
     record = new_record(**fields, finished_at=now())
     path = store.write(record)
     _report(record, path)
+    track(cfg, record)
     return record
 
 
 def _train_point(cfg, method, params, axes, task, store, run_id, work_dir) -> dict[str, Any]:  # noqa: ANN001
     """Load, adapt, train and evaluate; returns the record fields this produces."""
     set_seed(axes["seed"])
-    processor = load_processor(cfg.model, task.modality)
-    data = task.prepare(cfg.data, processor)
-    model = load_model(cfg.model, task.model_kind, **task.model_head(processor))
+    model_name = f"model {cfg.model.get('hub_id') or cfg.model.name!r}"
+    with from_hub_cache(model_name, cfg.sweep):
+        processor = load_processor(cfg.model, task.modality)
+    with from_hub_cache(f"the data of task {task.name!r} ({', '.join(p for p, _ in task.hub_datasets())})", cfg.sweep):
+        data = task.prepare(cfg.data, processor)
+    with from_hub_cache(model_name, cfg.sweep):
+        model = load_model(cfg.model, task.model_kind, **task.model_head(processor))
     collate = task.collator(processor)
     ctx = RunContext(
         rank=axes["rank"],
@@ -104,10 +112,13 @@ def _train_point(cfg, method, params, axes, task, store, run_id, work_dir) -> di
     counts = count_params(model, ctx.head_modules)
     use_bf16 = bool(cfg.trainer.bf16) and torch.cuda.is_available()
     args = training_arguments(cfg, str(work_dir), use_bf16)
+    resume = latest_complete(work_dir)
     memory = PeakMemory()
     memory.start()
     with Stopwatch() as watch:
-        outcome = train_and_evaluate(model, collate, task, data, method, params, ctx, args)
+        outcome = train_and_evaluate(
+            model, collate, task, data, method, params, ctx, args, str(resume[0]) if resume else None
+        )
     fields: dict[str, Any] = {
         "protocol": data.protocol,
         "trainable_params": counts.trainable_params,
@@ -118,6 +129,7 @@ def _train_point(cfg, method, params, axes, task, store, run_id, work_dir) -> di
         "train_seconds": outcome.train_seconds,  # the Trainer's own clock: training only, not evaluation
         "run_seconds": watch.seconds,
         "steps": outcome.steps,
+        "resumed_from_step": resume[1] if resume else None,
         "final_loss": outcome.final_loss,
         "dtypes": {"params": str(next(model.parameters()).dtype).removeprefix("torch."),
                    "autocast": "bfloat16" if use_bf16 else None},

@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from bench.checkpoints import MarkCompleteCheckpoints
 from methods.base import Method, RunContext
 from tasks.base import Task, TaskData
 
@@ -128,7 +129,11 @@ def training_arguments(cfg: DictConfig, output_dir: str, use_bf16: bool) -> Trai
         logging_strategy="steps",
         logging_nan_inf_filter=False,  # keep NaN/inf visible: they make a run `diverged`
         eval_strategy="no",
-        save_strategy="no",
+        # checkpoints for resuming a preempted run (bench.checkpoints); two kept, so a kill during the
+        # newest save still leaves a complete one
+        save_strategy="steps" if trainer.checkpoint_steps > 0 else "no",
+        save_steps=max(int(trainer.checkpoint_steps), 1),
+        save_total_limit=2,
         report_to="none",
         disable_tqdm=not trainer.progress_bar,
         dataloader_num_workers=0,
@@ -145,6 +150,7 @@ def train_and_evaluate(
     method_params: Any,
     ctx: RunContext,
     args: TrainingArguments,
+    resume_from: str | None = None,
 ) -> TrainOutcome:
     """Train, then evaluate with the task's own metrics (skipped if training diverged)."""
     guard = DivergenceGuard()
@@ -153,12 +159,12 @@ def train_and_evaluate(
         args=args,
         train_dataset=data.train,
         data_collator=collate,
-        callbacks=[guard, *method.callbacks(model, method_params, ctx)],
+        callbacks=[guard, MarkCompleteCheckpoints(), *method.callbacks(model, method_params, ctx)],
         method=method,
         method_params=method_params,
         ctx=ctx,
     )
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=resume_from)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     final_loss = losses[-1] if losses else result.training_loss
     outcome = TrainOutcome(

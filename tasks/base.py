@@ -59,6 +59,10 @@ class Task:
     def prepare(self, data: str, processor: Any) -> TaskData:
         raise NotImplementedError
 
+    def hub_datasets(self) -> list[tuple[str, str | None]]:
+        """The (path, config name) of every hub dataset the task reads under data=hub (for prefetch)."""
+        return []
+
     def model_head(self, processor: Any) -> dict[str, Any]:
         """Config values for the model's head (num_labels, ...); nothing for a causal LM."""
         return {}

@@ -119,6 +119,10 @@ class Commonsense(GenerativeTask):
         if data == "offline":
             require_offline(self.cfg, [self.name])
 
+    def hub_datasets(self) -> list[tuple[str, str | None]]:
+        sets = [self.cfg.sets[name].hub for name in self.cfg.evaluate]
+        return [(self.cfg.train_hub.path, self.cfg.train_hub.name), *((s.path, s.name) for s in sets)]
+
     def _eval_rows(self, name: str, rows: Dataset) -> Dataset:
         build, _ = FORMATS[self.cfg.sets[name].format]
 

@@ -39,6 +39,9 @@ class Glue(ClassificationTask):
         if data == "offline":
             require_offline(cfg, tasks_with_offline("glue_"))
 
+    def hub_datasets(self) -> list[tuple[str, str | None]]:
+        return [(self.cfg.hub.path, self.cfg.hub.name)]
+
     def model_head(self, processor: PreTrainedTokenizerBase) -> dict[str, Any]:
         return classifier_head(self.cfg.num_labels, processor.pad_token_id)
 

@@ -74,6 +74,9 @@ class Gsm8k(GenerativeTask):
         if data == "offline":
             require_offline(self.cfg, [self.name])
 
+    def hub_datasets(self) -> list[tuple[str, str | None]]:
+        return [(s.path, s.name) for s in (self.cfg.hub[self.cfg.train_on], self.cfg.hub.test)]
+
     def _rows(self, rows: Dataset, question: str, answer: str, for_training: bool) -> Dataset:
         metamath = for_training and self.cfg.train_on == "metamathqa"
 

@@ -106,6 +106,9 @@ class ImageClassification(ClassificationTask):
         elif cfg.get("hub") is None:
             raise ConfigError(f"task {cfg.name!r} has no hub data (data=hub); use data=offline")
 
+    def hub_datasets(self) -> list[tuple[str, str | None]]:
+        return [] if self.cfg.get("hub") is None else [(self.cfg.hub.path, self.cfg.hub.name)]
+
     def model_head(self, processor: Any) -> dict[str, Any]:
         return {"num_labels": int(self.cfg.num_labels)}
 

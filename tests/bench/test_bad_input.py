@@ -56,6 +56,23 @@ def test_unknown_names_on_the_command_line(override: str, message: str) -> None:
             ["method=lora", "method.target_modules=[q_proj]"],
             r"match no linear layer of this model; valid choices:",
         ),
+        # the tracks of the three other task families
+        (["task=gsm8k", "task.train_on=mathqa"], r"^unknown task.train_on 'mathqa'; valid choices: metamathqa, gsm8k"),
+        (["task=gsm8k", "task.generation.max_new_tokens=0"], r"^task.generation.max_new_tokens=0 is not valid"),
+        (
+            ["task=commonsense", "task.evaluate=[cs_mmlu]"],
+            r"^unknown commonsense set 'cs_mmlu'; valid choices: cs_boolq",
+        ),
+        (["task=cs_piqa", "task.generation.num_beams=two"], r"^task.generation.num_beams='two' is not valid"),
+        (
+            ["task=img_cars"],
+            r"^task 'img_cars' has no offline data .*offline image tasks: img_digits, img_fashion_mnist",
+        ),
+        (["task=img_digits", "data=hub"], r"^task 'img_digits' has no hub data \(data=hub\); use data=offline"),
+        (["task=img_digits", "task.num_labels=1"], r"^task.num_labels=1 is not valid; give the number of classes"),
+        (["model=tiny-llama", "method=bitfit"], r"^method bitfit needs bias terms and LlamaForSequenceClassification"),
+        (["model.dtype=int8", "model=smollm2-135m", "task=gsm8k"], r"^unknown model.dtype 'int8'; valid choices"),
+        (["store.root=/proc/peftbench"], r"^store.root='/proc/peftbench' cannot be created"),
     ],
 )
 def test_bad_values_fail_before_training_without_a_record(
