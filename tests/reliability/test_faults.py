@@ -84,14 +84,28 @@ runpy.run_module("bench.run", run_name="__main__", alter_sys=True)
 """
 
 
-def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path: Path) -> None:
-    overrides = ["trainer.max_steps=8", "trainer.checkpoint_steps=2", "lr=1e-3", "method.lora_dropout=0.1"]
+@pytest.mark.parametrize(
+    "setup",
+    [
+        # PEFT's LoRA on an encoder; a hand-written method on a decoder whose embeddings are tied
+        ["model=tiny-roberta", "task=glue_rte", "method.lora_dropout=0.1"],
+        [
+            "method=singlora",
+            "model=tiny-llama",
+            "+model.config.tie_word_embeddings=true",
+            "task=gsm8k",
+            "task.generation.max_new_tokens=4",
+        ],
+    ],
+    ids=["lora-roberta", "singlora-tied-llama"],
+)
+def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path: Path, setup: list[str]) -> None:
+    overrides = [*setup, "trainer.max_steps=8", "trainer.checkpoint_steps=2", "lr=1e-3"]
     uninterrupted = bench.run.run(compose_run(tmp_path / "a", *overrides))
     assert uninterrupted["resumed_from_step"] is None
 
     store = tmp_path / "b"
-    args = ["model=tiny-roberta", "trainer=smoke", "data=offline", "task=glue_rte", "task.max_eval_samples=16",
-            *overrides, f"store.root={store}"]  # fmt: skip
+    args = ["trainer=smoke", "data=offline", "task.max_eval_samples=16", *overrides, f"store.root={store}"]
     killed = subprocess.run([sys.executable, "-c", KILL_AT_SAVE.format(step=6), *args], cwd=REPO, env=ENV,
                             capture_output=True, text=True, timeout=600)  # fmt: skip
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
