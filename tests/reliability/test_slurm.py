@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from bench.checkpoints import MARKER
-from tests.conftest import REPO
+from tests.conftest import REPO, records
 
 pytestmark = pytest.mark.slurm
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -44,7 +44,7 @@ def _launch(tmp_path: Path, *overrides: str) -> subprocess.Popen:
 
 
 def _records(tmp_path: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in (tmp_path / "runs" / "adhoc").glob("*.json")]
+    return [json.loads(p.read_text()) for p in records(tmp_path / "runs")]
 
 
 def _finish(process: subprocess.Popen, tmp_path: Path) -> None:
@@ -53,9 +53,9 @@ def _finish(process: subprocess.Popen, tmp_path: Path) -> None:
 
 def test_a_sweep_through_slurm_writes_one_record_per_point(tmp_path: Path) -> None:
     _finish(_launch(tmp_path, "lr=1e-4,2e-4,5e-4"), tmp_path)
-    records = _records(tmp_path)
-    assert sorted(r["lr"] for r in records) == [1e-4, 2e-4, 5e-4]
-    assert {r["status"] for r in records} == {"ok"} and len({r["run_id"] for r in records}) == 3
+    written = _records(tmp_path)
+    assert sorted(r["lr"] for r in written) == [1e-4, 2e-4, 5e-4]
+    assert {r["status"] for r in written} == {"ok"} and len({r["run_id"] for r in written}) == 3
     [script] = (tmp_path / "sweep" / ".submitit").glob("*/*_submission.sh")
     text = script.read_text()
     assert "#SBATCH --array=0-2%3" in text and "#SBATCH --job-name=peftbench-adhoc" in text
