@@ -75,10 +75,12 @@ def load_processor(model_cfg: DictConfig, modality: str) -> Any:
 
 
 def _dtype(model_cfg: DictConfig) -> torch.dtype:
-    """The entry's weight dtype on a GPU (LLMs load in bf16 there); always float32 on CPU."""
-    name = model_cfg.get("dtype") or "float32"
-    check_choice("model.dtype", name, ["float32", "bfloat16", "float16"])
-    return getattr(torch, name) if torch.cuda.is_available() else torch.float32
+    """The weight dtype: the entry's `dtype` on a GPU (LLMs load in bf16 there), its `cpu_dtype` on CPU
+    (default float32: CPUs train fp32; `+model.cpu_dtype=bfloat16` checks the bf16 path without a GPU)."""
+    key = "dtype" if torch.cuda.is_available() else "cpu_dtype"
+    name = model_cfg.get(key) or "float32"
+    check_choice(f"model.{key}", name, ["float32", "bfloat16"])
+    return getattr(torch, name)
 
 
 def load_model(model_cfg: DictConfig, kind: str, **head: Any) -> torch.nn.Module:
@@ -92,7 +94,7 @@ def load_model(model_cfg: DictConfig, kind: str, **head: Any) -> torch.nn.Module
             config = AutoConfig.for_model(model_cfg.architecture, **{**values, **head})
         except ValueError as exc:
             raise ConfigError(f"model.architecture={model_cfg.architecture!r} is not valid: {exc}") from None
-        return auto.from_config(config)
+        return auto.from_config(config, dtype=_dtype(model_cfg))
     return auto.from_pretrained(_location(model_cfg), dtype=_dtype(model_cfg), **head)
 
 

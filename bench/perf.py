@@ -81,7 +81,7 @@ def prepare(name: str, base: torch.nn.Module, spec: Any, ctx: RunContext) -> tup
     method = get_method(name)
     params = method.parse({"name": name})
     torch.manual_seed(0)
-    return method.apply(model, params, ctx), method, params
+    return method.adapt(model, params, ctx), method, params
 
 
 def perf_context(spec: Any, rank: int, steps: int, batch: dict) -> RunContext:
@@ -215,7 +215,7 @@ def harness_overhead(model_name: str, batch_size: int, seq: int, steps: int, rou
     medians: dict[str, list[float]] = {"bare": [], "peftbench": []}
     for _ in range(rounds):
         for kind in medians:
-            model = method.apply(copy.deepcopy(base), params, ctx)
+            model = method.adapt(copy.deepcopy(base), params, ctx)
             timer = StepTimer()
             with tempfile.TemporaryDirectory() as out:
                 args = TrainingArguments(

@@ -37,7 +37,7 @@ from bench.record import new_record, now
 from bench.store import RunStore
 from bench.tracking import track
 from bench.train import batch_sampler, optimizer_steps, train_and_evaluate, training_arguments
-from methods.base import Method, RunContext, get_method
+from methods.base import Method, RunContext, get_method, trainable_dtypes
 from tasks.base import Task, build_task
 
 log = logging.getLogger("peftbench")
@@ -108,10 +108,12 @@ def _train_point(cfg, method, params, axes, task, store, run_id, work_dir) -> di
         sample_batches=batch_sampler(data.train, collate, cfg.trainer.per_device_train_batch_size, axes["seed"]),
     )
     method.validate(params, model, ctx)
+    base_dtype = next(model.parameters()).dtype
     set_seed(axes["seed"])  # the adapter's init depends on the seed alone, not on what loading drew
-    model = method.apply(model, params, ctx)
+    model = method.adapt(model, params, ctx)  # trainable parameters in float32 whatever the base dtype
     counts = count_params(model, ctx.head_modules)
-    use_bf16 = bool(cfg.trainer.bf16) and torch.cuda.is_available()
+    # a bf16 base always computes under bf16 autocast (its float32 adapters and head need it)
+    use_bf16 = base_dtype == torch.bfloat16 or (bool(cfg.trainer.bf16) and torch.cuda.is_available())
     args = training_arguments(cfg, str(work_dir), use_bf16)
     resume = latest_complete(work_dir)
     memory = PeakMemory()
@@ -132,7 +134,7 @@ def _train_point(cfg, method, params, axes, task, store, run_id, work_dir) -> di
         "steps": outcome.steps,
         "resumed_from_step": resume[1] if resume else None,
         "final_loss": outcome.final_loss,
-        "dtypes": {"params": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "dtypes": {"base": str(base_dtype).removeprefix("torch."), "trainable": trainable_dtypes(model),
                    "autocast": "bfloat16" if use_bf16 else None},
     }  # fmt: skip
     if outcome.diverged_at_step is not None:

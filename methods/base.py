@@ -5,7 +5,8 @@ dataclass (every field with a `help` text), and overrides only what it needs; th
 nothing. The runner calls these hooks and never branches on a method's name:
 
 - `validate(params, model, ctx)`: one-line ConfigErrors before training (default: rank vs layers),
-- `apply(model, params, ctx)`: wrap/freeze the model and return it,
+- `apply(model, params, ctx)`: wrap/freeze the model and return it (the runner calls `adapt`, which
+  applies and then keeps every trainable parameter in float32 whatever the base model's dtype),
 - `optimizer_param_groups(model, params, ctx)`: custom groups (LoRA+), or None for the Trainer's,
 - `callbacks(model, params, ctx)`: Trainer callbacks (AdaLoRA budget, ReLoRA restarts, ramps),
 - `aux_loss(model, params)`: a term added to the training loss (MoE balance, regularisers),
@@ -84,6 +85,12 @@ class Method:
     def apply(self, model: torch.nn.Module, params: Any, ctx: RunContext) -> torch.nn.Module:
         raise NotImplementedError
 
+    def adapt(self, model: torch.nn.Module, params: Any, ctx: RunContext) -> torch.nn.Module:
+        """`apply`, then every trainable parameter in float32 (what the runner calls)."""
+        model = self.apply(model, params, ctx)
+        upcast_trainable(model)
+        return model
+
     def optimizer_param_groups(
         self, model: torch.nn.Module, params: Any, ctx: RunContext
     ) -> list[dict[str, Any]] | None:
@@ -110,6 +117,24 @@ class Method:
         from peft import PeftModel
 
         return PeftModel.from_pretrained(base_model, out_dir)
+
+
+def upcast_trainable(model: torch.nn.Module) -> None:
+    """Keep every trainable parameter in float32, whatever the base model's dtype.
+
+    On a bf16 base (LLaMA on a GPU) a bf16 parameter loses every update below bf16's resolution (8 bits
+    of mantissa). PEFT keeps its adapters in float32 (`autocast_adapter_dtype=True`) but not a
+    `modules_to_save` head, and our own layers and full FT would train bf16: one rule for every method
+    keeps the comparison fair. The forward still computes in bf16 under autocast.
+    """
+    for param in model.parameters():
+        if param.requires_grad and param.is_floating_point() and param.dtype != torch.float32:
+            param.data = param.data.float()
+
+
+def trainable_dtypes(model: torch.nn.Module) -> list[str]:
+    """The distinct dtypes of the trainable parameters (for the record)."""
+    return sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.requires_grad})
 
 
 def _coerce(name: str, value: Any, hint: Any) -> Any:

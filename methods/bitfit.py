@@ -48,7 +48,7 @@ class BitFit(Method):
         (out / "bitfit_config.json").write_text(json.dumps({"method": self.name, "tensors": sorted(tensors)}))
 
     def load(self, base_model: torch.nn.Module, out_dir: str, params: Any, ctx: RunContext) -> torch.nn.Module:
-        model = self.apply(base_model, params, ctx)
+        model = self.adapt(base_model, params, ctx)
         missing = model.load_state_dict(load_file(str(Path(out_dir) / WEIGHTS)), strict=False)
         if missing.unexpected_keys:
             raise ValueError(f"BitFit weights do not fit this model: {missing.unexpected_keys[:3]}")

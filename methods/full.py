@@ -29,4 +29,4 @@ class FullFineTuning(Method):
 
     def load(self, base_model: torch.nn.Module, out_dir: str, params: Any, ctx: RunContext) -> torch.nn.Module:
         load_model(base_model, str(Path(out_dir) / WEIGHTS))
-        return self.apply(base_model, params, ctx)
+        return self.adapt(base_model, params, ctx)

@@ -58,8 +58,10 @@ class AdapterLayer(nn.Module):
         self.transposed = isinstance(base_layer, Conv1D)
         self.in_features, self.out_features = linear_features(base_layer)
         self.disabled = False
-        # new adapter tensors live where the base weight lives, in its dtype
-        self.factory = {"dtype": base_layer.weight.dtype, "device": base_layer.weight.device}
+        # adapter tensors live where the base weight lives but always in float32, as PEFT keeps them
+        # (`autocast_adapter_dtype`): on a bf16 base, updates below bf16's resolution would be lost.
+        # The forward computes in the activations' dtype (the weights are cast, gradients flow back).
+        self.factory = {"dtype": torch.float32, "device": base_layer.weight.device}
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -91,6 +93,12 @@ class InjectedModel(nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.model(*args, **kwargs)
+
+    @property
+    def config(self) -> Any:
+        """The wrapped model's config: the Trainer reads `keys_to_ignore_at_inference` from it (without it a
+        decoder classifier's cache would be gathered as a prediction), as PEFT's wrapper exposes it too."""
+        return self.model.config
 
     def get_base_model(self) -> nn.Module:
         """The wrapped model, its adapters in place (as PEFT's method of the same name): for `generate`."""
@@ -219,7 +227,7 @@ class NativeMethod:
         model.save_pretrained(out_dir)
 
     def load(self, base_model: nn.Module, out_dir: str, params: Any, ctx: Any) -> InjectedModel:
-        model = self.apply(base_model, params, ctx)
+        model = self.adapt(base_model, params, ctx)
         model.load_adapter(out_dir)
         return model
 
@@ -233,7 +241,7 @@ class NativeMethod:
         ctx = RunContext(rank=rank, lr=0.0, seed=0, target_modules=list(target_modules),
                          head_modules=list(head_modules), total_steps=1)  # fmt: skip
         self.validate(params, model, ctx)
-        return self.apply(model, params, ctx)
+        return self.adapt(model, params, ctx)
 
 
 def adapter_layers_of(model: nn.Module, kind: type[AdapterLayer] = AdapterLayer) -> list[AdapterLayer]:

@@ -4,13 +4,17 @@ With W0 = U·diag(S)·Vᵀ: A = diag(√(S_min/s))·V_minᵀ, B = U_min·diag(�
 so W_res + s·B·A = W0 and s·B·A is W0's minor rank-r part. Built on PEFT's LoRA layer (only the init
 is ours), so a saved adapter is a plain PEFT LoRA adapter relative to the original W0 (rank 2r,
 converted like PiSSA's) that `PeftModel.from_pretrained` loads onto the untouched base model.
-`goat_variant: true` reproduces GOAT's in-repo MiLoRA: S divided by an extra ρ = 10 and s = 2.
+
+`goat_variant: true` reproduces the MiLoRA of GOAT's code base (Facico/GOAT-PEFT
+`goat/peta/src/goat/layer.py:127-142, 164-168, 209`, init_type "milora"), which GOAT's tables ran: S is
+divided by s·ρ with ρ = 10 and the usual s = α/r, so the adapter holds a tenth of the minor part,
+s·B·A = U_min·diag(S_min/10)·V_minᵀ, and W_res = W0 − s·B·A.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from peft.tuners.lora import LoraLayer
@@ -18,25 +22,33 @@ from peft.tuners.lora import LoraLayer
 from methods.base import RunContext, register
 from methods.lora import LoraParams, ResidualInitLora
 
-GOAT_RHO, GOAT_SCALE = 10.0, 2.0
+GOAT_RHO = 10.0  # GOAT's layer.py: `rho = 10`
 
 
 @dataclass
 class MiLoraParams(LoraParams):
-    goat_variant: bool = field(default=False, metadata={"help": "GOAT's in-repo variant: S/ρ with ρ = 10, s = 2"})
+    goat_variant: bool = field(default=False, metadata={"help": "GOAT's in-repo variant: S/(s·ρ), ρ = 10"})
 
 
 @torch.no_grad()
-def minor_init(layer: LoraLayer, rho: float) -> None:
-    """A, B from the r smallest singular triplets of W0 (divided by ρ); W0 ← W0 − s·B·A."""
+def svd_init(layer: LoraLayer, part: Literal["major", "minor"], rho: float) -> None:
+    """A, B from W0's r largest ("major", PiSSA) or smallest ("minor") singular triplets, S divided by s·ρ;
+    W0 ← W0 − s·B·A, so the layer's output is unchanged."""
     weight = layer.base_layer.weight
     a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
     rank, scale = a.shape[0], layer.scaling["default"]
     u, s, vh = torch.linalg.svd(weight.float(), full_matrices=False)
-    root = torch.sqrt(s[-rank:] / (scale * rho))
-    a.copy_(root[:, None] * vh[-rank:])
-    b.copy_(u[:, -rank:] * root[None, :])
+    index = slice(0, rank) if part == "major" else slice(s.numel() - rank, s.numel())
+    root = torch.sqrt(s[index] / (scale * rho))
+    a.copy_(root[:, None] * vh[index])
+    b.copy_(u[:, index] * root[None, :])
     weight.copy_((weight.float() - scale * b.float() @ a.float()).to(weight.dtype))
+
+
+def svd_init_all(peft_model: torch.nn.Module, part: Literal["major", "minor"], rho: float) -> None:
+    for module in peft_model.modules():
+        if isinstance(module, LoraLayer) and "default" in module.lora_A:
+            svd_init(module, part, rho)
 
 
 @register
@@ -45,12 +57,8 @@ class MiLora(ResidualInitLora):
     Params = MiLoraParams
 
     def apply(self, model: torch.nn.Module, params: MiLoraParams, ctx: RunContext) -> torch.nn.Module:
-        if params.goat_variant:
-            params = MiLoraParams(**{**params.__dict__, "lora_alpha": GOAT_SCALE * ctx.rank})
-        peft_model = super(ResidualInitLora, self).apply(model, params, ctx)
-        for module in peft_model.modules():
-            if isinstance(module, LoraLayer) and "default" in module.lora_A:
-                minor_init(module, GOAT_RHO if params.goat_variant else 1.0)
+        peft_model = super(ResidualInitLora, self).apply(model, params, ctx)  # plain LoRA, then our init
+        svd_init_all(peft_model, "minor", GOAT_RHO if params.goat_variant else 1.0)
         return self._keep_initial(peft_model)
 
     def peft_options(self, params: Any, ctx: RunContext) -> dict[str, Any]:

@@ -7,8 +7,10 @@ top-k renormalised to sum to 1 (HydraLoRA: dense, no top-k):
 
 All experts are one batched contraction (einsum over the expert axis, no Python loop): with the
 non-selected gates at zero this is exactly the top-k sum, at the cost of a single rank-r LoRA.
-The Switch load-balancing loss E·Σ_i f_i·P_i (f_i: share of token-slots routed to i, P_i: mean router
-probability) is summed over layers and added to the training loss with `aux_loss_coef` (1e-3).
+The Switch load-balancing loss E·Σ_i f_i·P_i is summed over layers and added to the training loss with
+`aux_loss_coef` (1e-3). As in GOAT's released layer, f_i = (tokens routing to expert i) / N tokens, so the
+f_i sum to k (with k = 1 this is Switch's classic loss); P_i = the mean router probability of expert i.
+`lora_dropout` (GOAT's scripts: 0.05) drops the experts' input, not the router's.
 MoE adapters cannot merge into one weight: the update depends on the input through the router.
 """
 
@@ -32,6 +34,7 @@ class MoeParams:
     top_k: int = field(default=2, metadata={"help": "experts used per token"})
     lora_alpha: float = field(default=16.0, metadata={"help": "scale numerator α"})
     aux_loss_coef: float = field(default=1e-3, metadata={"help": "weight of the load-balancing loss"})
+    lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the experts' input (not the router's)"})
     target_modules: list[str] | None = field(
         default=None, metadata={"help": "layer names to adapt; null = the model config's target_modules"}
     )
@@ -43,6 +46,8 @@ class MoeParams:
             raise ConfigError(f"method.top_k={self.top_k} is not valid; give 1..num_experts={self.num_experts}")
         if self.lora_alpha <= 0 or self.aux_loss_coef < 0:
             raise ConfigError("method.lora_alpha must be > 0 and method.aux_loss_coef >= 0")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ConfigError(f"method.lora_dropout={self.lora_dropout} is not valid; give a value in [0, 1)")
 
 
 class MoeLoraLayer(AdapterLayer):
@@ -52,10 +57,18 @@ class MoeLoraLayer(AdapterLayer):
     """
 
     def __init__(
-        self, base_layer: nn.Linear, experts: int, expert_rank: int, top_k: int | None, scale: float, shared_a: bool
+        self,
+        base_layer: nn.Linear,
+        experts: int,
+        expert_rank: int,
+        top_k: int | None,
+        scale: float,
+        shared_a: bool,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__(base_layer)
         self.experts, self.expert_rank, self.top_k, self.scale = experts, expert_rank, top_k, scale
+        self.dropout = nn.Dropout(dropout)
         self.router = nn.Linear(self.in_features, experts, bias=False, **self.factory)
         self.lora_A = nn.Parameter(
             torch.empty(1 if shared_a else experts, expert_rank, self.in_features, **self.factory)
@@ -71,14 +84,15 @@ class MoeLoraLayer(AdapterLayer):
 
         The renormalised top-k probabilities p_i / Σ_topk p_j equal a softmax over the top-k logits.
         """
-        logits = self.router(x)
+        logits = nn.functional.linear(x, self.router.weight.to(x.dtype))  # float32 router on any activations
         if self.top_k is None:
             return torch.softmax(logits.float(), dim=-1).to(logits.dtype), logits, None
         top_logits, top_index = logits.topk(self.top_k, dim=-1)
         weights = torch.softmax(top_logits.float(), dim=-1).to(logits.dtype)  # under autocast: the router's dtype
         return torch.zeros_like(logits).scatter(-1, top_index, weights), logits, top_index
 
-    def _slot_counts(self, top_index: torch.Tensor) -> torch.Tensor:
+    def _token_counts(self, top_index: torch.Tensor) -> torch.Tensor:
+        """How many tokens route to each expert (a token counts once for each of its k experts)."""
         flat = top_index.reshape(-1)
         return torch.zeros(self.experts, device=flat.device).scatter_add_(
             0, flat, torch.ones_like(flat, dtype=torch.float)
@@ -87,14 +101,16 @@ class MoeLoraLayer(AdapterLayer):
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         gates, logits, top_index = self.gates(x)
         if top_index is not None:
-            if self.training:  # Switch balance: E · Σ_i f_i · P_i, f_i = share of the N·k token-slots
-                slots = self._slot_counts(top_index) / top_index.numel()
+            if self.training:  # Switch balance: E · Σ_i f_i · P_i, f_i = tokens to i / N (Σ f_i = k)
+                tokens = top_index.numel() // self.top_k
+                routed = self._token_counts(top_index) / tokens
                 mean_prob = torch.softmax(logits.float(), dim=-1).reshape(-1, self.experts).mean(0)
-                self.balance_loss = self.experts * (slots * mean_prob).sum()
+                self.balance_loss = self.experts * (routed * mean_prob).sum()
             else:
-                self.expert_load += self._slot_counts(top_index.detach())
+                self.expert_load += self._token_counts(top_index.detach())
         elif not self.training:
             self.expert_load += gates.detach().reshape(-1, self.experts).sum(0).float()
+        x = self.dropout(x)  # the experts' input only: the router saw x undropped
         a = self.lora_A.to(x.dtype)
         # all experts in two flat matmuls: (N, in) @ (in, E·r_e), then (N, E·r_e) @ (E·r_e, out)
         projected = (x @ a.reshape(-1, self.in_features).T).unflatten(-1, (a.shape[0], self.expert_rank))
@@ -139,7 +155,7 @@ class MoeMethod(NativeMethod, Method):
     def make_layer(self, name: str, linear: nn.Linear, params: MoeParams, ctx: RunContext) -> MoeLoraLayer:
         return MoeLoraLayer(
             linear, params.num_experts, self.expert_rank(params, ctx), self.top_k(params),
-            self.scale(params, ctx, linear_features(linear)[0]), self.shared_a,
+            self.scale(params, ctx, linear_features(linear)[0]), self.shared_a, params.lora_dropout,
         )  # fmt: skip
 
     def aux_loss(self, model: nn.Module, params: MoeParams) -> torch.Tensor | None:
@@ -150,7 +166,8 @@ class MoeMethod(NativeMethod, Method):
         return params.aux_loss_coef * torch.stack(losses).sum()
 
     def extra_metrics(self, model: nn.Module) -> dict[str, list[float]]:
-        """`expert_load`: each expert's share of the token-slots routed during evaluation, over all layers."""
+        """`expert_load`: each expert's share of the token-slots (a token with top-k counts k times; dense
+        routers count their gates) routed during evaluation, summed over layers; the shares sum to 1."""
         loads = [layer.expert_load for layer in adapter_layers_of(model, MoeLoraLayer)]
         total = torch.stack(loads).sum(0)
         return {"expert_load": [round(float(v), 6) for v in (total / total.sum().clamp_min(1e-12)).tolist()]}

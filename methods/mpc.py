@@ -3,7 +3,10 @@
 No extra parameters; on ΔW = B·A (A ∈ R^{r×in}, B ∈ R^{out×r}):
 - `lora_mpco` adds λ·(‖A·Aᵀ − I_r‖_F² + ‖BᵀB − I_r‖_F²) over all layers (orthogonality),
 - `lora_mpcd` adds λ·(‖A·Aᵀ − I_r‖_F² + ‖BᵀB − diag(BᵀB)‖_F²) (diagonal BᵀB),
-- `lora_mpcn` puts a nonlinearity between A and B: ΔW·x := s·B·σ(A·x), i.e. a parallel adapter.
+- `lora_mpcn` puts a nonlinearity between A and B: Δ(x) = B·drop(σ(A·x)), a parallel adapter, exactly as
+  the reference computes it (Subspace-Tuning `loralib/loralib/layers_PA.py`, which its tables print as both
+  "PA" and "LoRA+MPCn"): no α/r factor (its `scaling` is computed and never used), dropout after the
+  activation. `scale: alpha_over_r` multiplies by α/r instead — a rank-dependent learning-rate change.
 The paper gives no λ: `mpc_lambda` defaults to 1e-3 (our choice) and is sweepable. MPCo/MPCd use
 PEFT's LoRA layers (their A and B); MPCn needs its own layer (a nonlinearity cannot be merged).
 """
@@ -93,19 +96,23 @@ class MpcnParams(LoraParams):
     activation: Literal["relu", "gelu", "tanh", "silu"] = field(
         default="relu", metadata={"help": "σ between A and B (a parallel adapter's ReLU by default)"}
     )
+    scale: Literal["one", "alpha_over_r"] = field(
+        default="one", metadata={"help": "one: B·drop(σ(A·x)), the reference's; alpha_over_r: times lora_alpha / r"}
+    )
 
 
 class MpcnLayer(AdapterLayer):
-    def __init__(self, base_layer: nn.Linear, rank: int, alpha: float, activation: str, dropout: float) -> None:
+    def __init__(self, base_layer: nn.Linear, rank: int, scale: float, activation: str, dropout: float) -> None:
         super().__init__(base_layer)
         self.lora_A = nn.Parameter(torch.empty(rank, self.in_features, **self.factory))
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, **self.factory))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
-        self.scale, self.act, self.dropout = alpha / rank, ACTIVATIONS[activation](), nn.Dropout(dropout)
+        self.scale, self.act, self.dropout = scale, ACTIVATIONS[activation](), nn.Dropout(dropout)
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
-        hidden = self.act(self.dropout(x) @ self.lora_A.to(x.dtype).T)
-        return (hidden @ self.lora_B.to(x.dtype).T) * self.scale
+        hidden = self.dropout(self.act(x @ self.lora_A.to(x.dtype).T))  # dropout after σ, as the reference
+        out = hidden @ self.lora_B.to(x.dtype).T
+        return out if self.scale == 1.0 else out * self.scale
 
 
 @register
@@ -114,4 +121,5 @@ class LoraMpcn(NativeMethod, Method):
     Params = MpcnParams
 
     def make_layer(self, name: str, linear: nn.Linear, params: MpcnParams, ctx: RunContext) -> MpcnLayer:
-        return MpcnLayer(linear, ctx.rank, params.lora_alpha, params.activation, params.lora_dropout)
+        scale = params.lora_alpha / ctx.rank if params.scale == "alpha_over_r" else 1.0
+        return MpcnLayer(linear, ctx.rank, scale, params.activation, params.lora_dropout)

@@ -1,6 +1,11 @@
 """SingLoRA (Bensaïd et al. 2025, arXiv 2507.05566): one low-rank matrix, W = W0 + (α/r)·u(t)·A·Aᵀ.
 
-A ∈ R^{max(in,out)×r}, Kaiming-uniform(a=√5). For a non-square layer the update is
+A ∈ R^{n×r}, n = max(in, out), initialised with entries of order n^(−1/2) as the paper asks (§3.2, §4.2,
+appendix A.1: "Θ(n^{−1/2}) (known as Kaiming initialization)"): U(±1/√n), i.e. Kaiming-uniform(a=√5) with
+the fan taken over the layer width n (`init: paper`). `init: fan_r` is what the unofficial codes
+(kyegomez/SingLoRA, peft-singlora) do — Kaiming with PyTorch's default fan_in, which on an (n, r) tensor is r,
+so U(±1/√r) and (α/r)·A·Aᵀ comes out n/r times larger; it is kept only to reproduce those codes (the
+authors released none). For a non-square layer the update is
 Δ(x) = (α/r)·u(t)·A[:out]·(A[:in]ᵀ·x), computed right to left so no out×in matrix is formed.
 u(t) = min(t/T, 1) with t the optimizer steps taken: the output equals the base model's at t = 0.
 T is `ramp_share` of the run's steps (the paper's appendix: 1%, robust for 0.5–8%) unless
@@ -13,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -29,6 +35,10 @@ class SingLoraParams:
     alpha: float | None = field(default=None, metadata={"help": "scale numerator α; null = r (the paper's α = r)"})
     ramp_share: float = field(default=0.01, metadata={"help": "T as a share of the run's optimizer steps"})
     ramp_steps: int | None = field(default=None, metadata={"help": "T in optimizer steps; overrides ramp_share"})
+    init: Literal["paper", "fan_r"] = field(
+        default="paper",
+        metadata={"help": "paper: A ~ U(±1/√n), n = max(in, out); fan_r: U(±1/√r), the unofficial codes' init"},
+    )
     target_modules: list[str] | None = field(
         default=None, metadata={"help": "layer names to adapt; null = the model config's target_modules"}
     )
@@ -43,11 +53,12 @@ class SingLoraParams:
 
 
 class SingLoraLayer(AdapterLayer):
-    def __init__(self, base_layer: nn.Linear, rank: int, alpha: float) -> None:
+    def __init__(self, base_layer: nn.Linear, rank: int, alpha: float, init: str = "paper") -> None:
         super().__init__(base_layer)
         self.rank, self.scale = rank, alpha / rank
-        self.A = nn.Parameter(base_layer.weight.new_empty(max(self.in_features, self.out_features), rank))
-        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
+        self.A = nn.Parameter(torch.empty(max(self.in_features, self.out_features), rank, **self.factory))
+        # on the (n, r) tensor, fan_out is n (the layer width) and fan_in is r
+        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5), mode="fan_out" if init == "paper" else "fan_in")
         # u(t) and (α/r)·u(t), kept as 0-d tensors: updating them never synchronises with the device,
         # and a 0-d float32 factor keeps the activations' dtype (no cast kernel)
         self.register_buffer("ramp", torch.zeros((), **self.factory))
@@ -98,7 +109,8 @@ class SingLora(NativeMethod, Method):
     Params = SingLoraParams
 
     def make_layer(self, name: str, linear: nn.Linear, params: SingLoraParams, ctx: RunContext) -> SingLoraLayer:
-        return SingLoraLayer(linear, ctx.rank, params.alpha if params.alpha is not None else float(ctx.rank))
+        alpha = params.alpha if params.alpha is not None else float(ctx.rank)
+        return SingLoraLayer(linear, ctx.rank, alpha, params.init)
 
     def ramp_steps(self, params: SingLoraParams, ctx: RunContext) -> int:
         return params.ramp_steps or max(1, round(params.ramp_share * ctx.total_steps))

@@ -39,7 +39,7 @@ def build(name: str, rank: int | None = 4, spec: DictConfig = TINY, **values: ob
     ctx = context(rank, spec=spec)
     method.validate(params, base, ctx)
     torch.manual_seed(1)
-    return base, method.apply(copy.deepcopy(base), params, ctx).eval(), method, params
+    return base, method.adapt(copy.deepcopy(base), params, ctx).eval(), method, params
 
 
 def context(

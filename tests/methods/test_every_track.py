@@ -51,7 +51,7 @@ def test_method_trains_on_track(name: str, kind: str) -> None:
             method.validate(params, model, ctx)
         return
     method.validate(params, model, ctx)
-    adapted = method.apply(model, params, ctx)
+    adapted = method.adapt(model, params, ctx)
     counts = count_params(adapted, head_modules)
     assert 0 < counts.trainable_params < counts.total_params or name == "full"
     assert counts.head_params == (32 * 10 + 10 if head_modules else 0)

@@ -69,6 +69,27 @@ def test_singlora_params_and_output_at_t0(spec: DictConfig) -> None:
     assert torch.allclose(logits(model), logits(base), atol=1e-6)  # u(0) = 0
 
 
+@pytest.mark.parametrize("init", ["paper", "fan_r"])
+@pytest.mark.parametrize(("in_features", "out_features"), [(576, 576), (576, 1536)])
+def test_singlora_init_scales_with_the_layer_width(in_features: int, out_features: int, init: str) -> None:
+    """The paper's A ~ U(±1/√n), n = max(in, out): std 1/√(3n); the unofficial codes' fan = r: 1/√(3r)."""
+    torch.manual_seed(0)
+    base = torch.nn.Linear(in_features, out_features)
+    layer = SingLoraLayer(base, rank=8, alpha=8.0, init=init)
+    fan = max(in_features, out_features) if init == "paper" else 8
+    assert layer.A.std().item() == pytest.approx(1 / math.sqrt(3 * fan), rel=0.1)
+    assert layer.A.abs().max().item() <= 1 / math.sqrt(fan)
+    x = torch.randn(4, in_features)
+    assert torch.equal(layer(x), base(x))  # u = 0 before the first optimizer step
+
+
+def test_singlora_config_defaults_to_the_papers_init() -> None:
+    _, model, _, params = build("singlora", 4)
+    assert params.init == "paper"
+    layer = next(layer for _, layer in model.adapter_layers())
+    assert layer.A.abs().max().item() <= 1 / math.sqrt(32)  # n = 32 on the tiny model, not r = 4
+
+
 def test_singlora_delta_is_symmetric_on_square_layers_and_matches_its_weight() -> None:
     _, model, _, _ = build("singlora", 4, TINY_LLAMA)
     set_ramp(model, 0.5)
@@ -169,14 +190,34 @@ def test_mpc_aux_loss_is_lambda_times_penalty_over_layers(name: str) -> None:
     assert method.aux_loss(model, params).item() == pytest.approx(expected.item(), rel=1e-6)
 
 
-def test_mpcn_is_a_parallel_adapter_with_no_op_init() -> None:
-    base, model, _, _ = build("lora_mpcn", 4)
+def test_mpcn_is_the_references_parallel_adapter_unscaled() -> None:
+    """Subspace-Tuning's layers_PA.py: B·drop(ReLU(A x)), no α/r factor, whatever α and r."""
+    base, model, _, _ = build("lora_mpcn", 4, lora_alpha=32)
     assert torch.allclose(logits(model), logits(base), atol=1e-6)
     perturb(model)
     _, layer = next(model.adapter_layers())
     x = torch.randn(3, layer.in_features)
-    expected = layer.base_layer(x) + layer.scale * torch.relu(x @ layer.lora_A.T) @ layer.lora_B.T
+    expected = layer.base_layer(x) + torch.relu(x @ layer.lora_A.T) @ layer.lora_B.T
     assert torch.allclose(layer(x), expected, atol=1e-6)
+    _, scaled, _, _ = build("lora_mpcn", 4, lora_alpha=32, scale="alpha_over_r")
+    perturb(scaled)
+    _, layer = next(scaled.adapter_layers())
+    expected = layer.base_layer(x) + 8.0 * torch.relu(x @ layer.lora_A.T) @ layer.lora_B.T
+    assert torch.allclose(layer(x), expected, atol=1e-5)
+
+
+def test_mpcn_dropout_acts_after_the_activation() -> None:
+    _, model, _, _ = build("lora_mpcn", 4, lora_dropout=0.5)
+    perturb(model)
+    _, layer = next(model.adapter_layers())
+    layer.train()
+    x = torch.randn(64, layer.in_features)
+    torch.manual_seed(5)
+    hidden_mask = torch.nn.functional.dropout(torch.ones(64, 4), 0.5)  # the mask the layer will draw
+    torch.manual_seed(5)
+    out = layer.delta(x)
+    expected = (torch.relu(x @ layer.lora_A.T) * hidden_mask) @ layer.lora_B.T
+    assert torch.allclose(out, expected, atol=1e-5)
 
 
 # ---------- MiLoRA ----------
@@ -194,14 +235,28 @@ def test_milora_residual_plus_adapter_is_w0_with_the_minor_components() -> None:
     assert torch.allclose(logits(model), logits(base), atol=1e-5)
 
 
-def test_milora_goat_variant_divides_by_rho_with_scale_two() -> None:
-    base, model, _, _ = build("milora", 4, goat_variant=True)
+@pytest.mark.parametrize(("name", "scale", "part"), [("milora", 16 / 4, slice(-4, None)), ("pissa", 2.0, slice(0, 4))])
+def test_goat_variants_hold_a_tenth_of_their_svd_part(name: str, scale: float, part: slice) -> None:
+    """GOAT's layer.py: S/(s·ρ), ρ = 10; MiLoRA keeps s = α/r, PiSSA fixes s = 2; W_res + s·B·A = W0."""
+    base, model, _, _ = build(name, 4, goat_variant=True)
     w0 = base.roberta.encoder.layer[0].attention.self.query.weight
     layer = model.base_model.model.roberta.encoder.layer[0].attention.self.query
-    assert layer.scaling["default"] == 2.0
-    delta = 2.0 * layer.lora_B["default"].weight @ layer.lora_A["default"].weight
+    assert layer.scaling["default"] == scale
+    delta = scale * layer.lora_B["default"].weight @ layer.lora_A["default"].weight
     u, s, vh = torch.linalg.svd(w0, full_matrices=False)
-    assert torch.allclose(delta, u[:, -4:] @ torch.diag(s[-4:] / 10) @ vh[-4:], atol=1e-5)
+    assert torch.allclose(delta, u[:, part] @ torch.diag(s[part] / 10) @ vh[part], atol=1e-5)
+    assert torch.allclose(layer.base_layer.weight + delta, w0, atol=1e-5)
+    assert torch.allclose(logits(model), logits(base), atol=1e-5)
+
+
+@pytest.mark.parametrize("sweep", ["goat_t1", "goat_t2", "goat_t4", "goat_t3", "subspace_t2", "commonsense"])
+def test_goat_sweeps_run_goats_own_milora_and_pissa(sweep: str) -> None:
+    """GOAT ran its in-repo MiLoRA/PiSSA for Tables 1, 2, 4; Table 3's † rows are other papers' numbers."""
+    from bench.grid import sweep_config
+
+    expected = sweep in ("goat_t1", "goat_t2", "goat_t4")
+    for name in ("milora", "pissa"):
+        assert sweep_config(sweep, [f"method={name}"]).method.goat_variant is expected
 
 
 def test_milora_saves_as_a_peft_lora_adapter_for_the_untouched_base(tmp_path: Path) -> None:
@@ -276,7 +331,29 @@ def test_moe_delta_equals_the_explicit_sum_over_selected_experts() -> None:
     assert torch.allclose(layer.delta(x), expected, atol=1e-6)
 
 
+def test_load_balancing_loss_with_top2_counts_tokens_not_slots() -> None:
+    """GOAT's layer: f_i = tokens routed to i / N tokens (Σ f_i = k), P_i = mean router probability."""
+    _, model, _, _ = build("molora", 16, num_experts=4, top_k=2)
+    layer = moe_layers(model)[0]
+    router_logits = torch.tensor(
+        [[3.0, 2.0, 0.0, -1.0], [0.0, 1.0, 4.0, 2.0], [5.0, 4.0, 0.0, 1.0], [1.0, 3.0, 2.0, 0.0]]
+    )  # token t's logits; top-2: {0, 1}, {2, 3}, {0, 1}, {1, 2}
+    with torch.no_grad():
+        layer.router.weight.zero_()
+        layer.router.weight[:, :4] = router_logits.T
+    x = torch.zeros(4, 32)
+    x[range(4), range(4)] = 1.0
+    layer.train()
+    layer.delta(x)
+    f = [2 / 4, 3 / 4, 2 / 4, 1 / 4]  # tokens choosing each expert / 4 tokens: Σ f_i = 2 = k
+    probs = [[math.exp(v) / sum(math.exp(w) for w in row) for v in row] for row in router_logits.tolist()]
+    p = [sum(row[i] for row in probs) / 4 for i in range(4)]
+    expected = 4 * sum(fi * pi for fi, pi in zip(f, p, strict=True))
+    assert layer.balance_loss.item() == pytest.approx(expected, rel=1e-5)  # not expected / k (token-slots)
+
+
 def test_load_balancing_loss_on_a_hand_made_routing() -> None:
+    """With k = 1 the same code gives Switch's classic loss E·Σ f_i·P_i, f_i the share of tokens."""
     _, model, _, _ = build("molora", 16, num_experts=4, top_k=1)
     layer = moe_layers(model)[0]
     c = 2.0
@@ -291,6 +368,30 @@ def test_load_balancing_loss_on_a_hand_made_routing() -> None:
     f = [2 / 4, 1 / 4, 1 / 4, 0.0]
     p = [(2 * a + 2 * b) / 4, (a + 3 * b) / 4, (a + 3 * b) / 4, b]
     assert layer.balance_loss.item() == pytest.approx(4 * sum(fi * pi for fi, pi in zip(f, p, strict=True)), rel=1e-5)
+
+
+@pytest.mark.parametrize("name", MOE)
+def test_moe_dropout_drops_the_experts_input_in_training_only(name: str) -> None:
+    _, model, _, _ = build(name, 16, lora_dropout=0.5)
+    perturb(model)
+    layer = moe_layers(model)[0]
+    x = torch.randn(8, 32)
+    layer.train()
+    assert not torch.allclose(layer(x), layer(x))
+    layer.eval()
+    assert torch.equal(layer(x), layer(x))
+    gates, _, _ = layer.gates(x)  # the router's input is not dropped: its gates are deterministic in training
+    layer.train()
+    assert torch.equal(layer.gates(x)[0], gates)
+
+
+@pytest.mark.parametrize("sweep", ["goat_t1", "goat_t2", "goat_t3", "goat_t4", "goat_t6"])
+def test_goat_sweeps_give_the_moe_methods_their_dropout(sweep: str) -> None:
+    from bench.grid import sweep_config
+
+    for method in ("goat", "molora", "hydralora"):
+        cfg = sweep_config(sweep, [f"method={method}"])
+        assert cfg.method.lora_dropout == 0.05
 
 
 @pytest.mark.parametrize("name", [*MOE, "lora_mpcn"])

@@ -136,10 +136,55 @@ def test_loraplus_groups_have_b_at_ratio_times_a() -> None:
 
 def test_kasa_aux_loss_follows_beta_and_gamma() -> None:
     method = get_method("kasa")
-    _, model = build("kasa", RANK)[:2]
-    _, silent = build("kasa", RANK, beta=0.0, gamma=0.0)[:2]
-    assert method.aux_loss(model, None).item() > 0
-    assert method.aux_loss(silent, None).item() == 0
+    _, model, _, params = build("kasa", RANK)
+    _, silent, _, silent_params = build("kasa", RANK, beta=0.0, gamma=0.0)
+    assert method.aux_loss(model, params).item() > 0
+    assert method.aux_loss(silent, silent_params).item() == 0
+
+
+def _literal_reference_loss(factors: list, beta: float, gamma: float) -> float:
+    """KaSA's main.py as written: full-size identities, unsquared Frobenius norms, mean over layers."""
+    total = 0.0
+    for diag, a, b in factors:
+        a, b = a.double(), b.double()
+        l2 = (diag.double() ** 2).sum()
+        l3 = torch.linalg.norm(a.T @ a - torch.eye(a.shape[1], dtype=torch.float64)) + torch.linalg.norm(
+            b @ b.T - torch.eye(b.shape[0], dtype=torch.float64)
+        )
+        total += float((beta * l2 + gamma * l3).detach())
+    return total / len(factors)
+
+
+def test_kasa_reference_aux_loss_on_hand_made_factors() -> None:
+    from methods.kasa import reference_kasa_loss
+
+    a1 = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0]])  # r = 2, in = 3
+    b1 = torch.tensor([[2.0, 0.0], [0.0, 1.0], [0.0, 0.0], [1.0, 1.0]])  # out = 4
+    d1 = torch.tensor([0.5, -1.0])
+    a2 = torch.eye(2, 5)  # orthonormal rows: ‖AᵀA − I_5‖ = √3 (three zero directions)
+    b2 = torch.zeros(3, 2)  # ‖BBᵀ − I_3‖ = √3
+    d2 = torch.tensor([2.0, 0.0])
+    factors = [(d1, a1, b1), (d2, a2, b2)]
+    got = reference_kasa_loss(factors, beta=0.1, gamma=0.3).item()
+    assert got == pytest.approx(_literal_reference_loss(factors, 0.1, 0.3), rel=1e-6)
+    # by hand for the second layer: β·4 + γ·(√3 + √3)
+    assert _literal_reference_loss([factors[1]], 0.1, 0.3) == pytest.approx(0.4 + 0.3 * 2 * 3**0.5)
+
+
+def test_kasa_aux_forms_on_a_model() -> None:
+    from methods.kasa import kasa_factors
+
+    method = get_method("kasa")
+    _, model, _, params = build("kasa", RANK, beta=0.2, gamma=0.5)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(0.1 * torch.randn_like(param))
+    factors = kasa_factors(model)
+    assert len(factors) == 4
+    assert method.aux_loss(model, params).item() == pytest.approx(_literal_reference_loss(factors, 0.2, 0.5), rel=1e-5)
+    peft_params = method.parse({"name": "kasa", "beta": 0.2, "gamma": 0.5, "aux_form": "peft"})
+    assert method.aux_loss(model, peft_params).item() == pytest.approx(model.base_model._get_kasa_loss().item())
 
 
 SAVE_LOAD = [*PEFT_METHODS, "bitfit", "full"]
@@ -168,3 +213,44 @@ def test_layers_listing_matches_peft() -> None:
     assert target_layers(tiny_classifier(), ["query"])[0] == TargetLayer(
         "roberta.encoder.layer.0.attention.self.query", 32, 32
     )
+
+
+def test_lora_ga_reference_init_on_a_known_gradient() -> None:
+    """A = c·V_rᵀ, B = c·U[:, r:2r] with c = out^(1/4)/√γ and no singular values; W_res + s·B·A = W0."""
+    from peft import LoraConfig, get_peft_model
+
+    from methods.lora_ga import reference_init
+
+    torch.manual_seed(0)
+    out_f, in_f, r, gamma = 48, 32, 4, 16.0
+    u, _ = torch.linalg.qr(torch.randn(out_f, out_f))
+    v, _ = torch.linalg.qr(torch.randn(in_f, in_f))
+    s = torch.tensor([2.0**-i for i in range(in_f)])  # well separated: the randomised SVD is exact here
+    grad = u[:, :in_f] @ torch.diag(s) @ v.T
+    model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(in_f, out_f)), LoraConfig(r=r, target_modules=["0"]))
+    layer = model.base_model.model[0]
+    w0 = layer.base_layer.weight.detach().clone()
+    reference_init(layer, grad, "ArB2r", gamma)
+    a, b, scale = layer.lora_A["default"].weight, layer.lora_B["default"].weight, layer.scaling["default"]
+    c = out_f**0.25 / gamma**0.5
+    assert torch.allclose((a @ v[:, :r]).abs(), c * torch.eye(r), atol=1e-4)  # rows ±c·v_i, i < r
+    assert torch.allclose((u[:, r : 2 * r].T @ b).abs(), c * torch.eye(r), atol=1e-4)  # columns ±c·u_i, r <= i < 2r
+    assert torch.allclose(layer.base_layer.weight + scale * b @ a, w0, atol=1e-5)
+
+
+@pytest.mark.parametrize("init_form", ["reference", "peft"])
+def test_lora_ga_init_forms_on_a_model(init_form: str) -> None:
+    base, model, _, _ = build("lora_ga", RANK, init_form=init_form)
+    c = 32**0.25 / 16**0.5  # out^(1/4) / √γ on the tiny model's 32 × 32 query
+    eye = torch.eye(RANK)
+    for name in ("roberta.encoder.layer.0.attention.self.query", "roberta.encoder.layer.1.attention.self.value"):
+        layer = model.base_model.model.get_submodule(name)
+        a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+        residual = layer.base_layer.weight + layer.scaling["default"] * b @ a
+        assert torch.allclose(residual, base.get_submodule(name).weight, atol=1e-5)  # W_res + s·B·A = W0
+        if init_form == "reference":  # orthonormal singular vectors times c on both factors
+            assert torch.allclose(a @ a.T, c**2 * eye, atol=1e-4)
+            assert torch.allclose(b.T @ b, c**2 * eye, atol=1e-4)
+        else:  # PEFT: A unscaled, B's columns c·σ_i (the gradient's singular values, tiny on a random model)
+            assert torch.allclose(a @ a.T, eye, atol=1e-4)
+            assert b.norm(dim=0).max() < 1e-3 * c
