@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from bench.errors import ConfigError
 
@@ -76,6 +76,35 @@ def normalized_axes(cfg: DictConfig, uses_rank: bool) -> dict[str, Any]:
         raise ConfigError(f"seed={seed!r} is not valid; give an integer >= 0")
     check_choice("data source", cfg.data, DATA_SOURCES)
     return {"rank": rank, "lr": lr, "seed": seed, "data": cfg.data}
+
+
+def apply_sweep_targets(cfg: DictConfig) -> None:
+    """Resolve a sweep's per-method target sets into `method.target_modules` (recorded and hashed).
+
+    A sweep may say which layers each method adapts, by the name of one of the model's `target_sets` or as a
+    list: `targets: {default: all_linear, ssl: qkv}` (the papers' params columns differ per method), or per
+    model when a grid spans several: `targets: {default: {roberta-base: qv, gpt2: all_linear}}`. A method
+    config that names its own `target_modules` keeps them; methods without the key (full FT) are untouched.
+    """
+    targets = cfg.get("targets")
+    if not targets or "target_modules" not in cfg.method or cfg.method.target_modules is not None:
+        return
+    key = cfg.method.name if cfg.method.name in targets else "default"
+    choice = targets.get(key)
+    if isinstance(choice, DictConfig):  # per model
+        choice = choice.get(cfg.model.name)
+    if choice is None:
+        return
+    if isinstance(choice, str):
+        sets = cfg.model.get("target_sets") or {}
+        if choice not in sets:
+            raise ConfigError(
+                f"targets.{key}={choice!r} is not a target set of model {cfg.model.name!r}; "
+                f"valid choices: {', '.join(sets) or '(none)'}"
+            )
+        choice = sets[choice]
+    with open_dict(cfg.method):
+        cfg.method.target_modules = list(choice)
 
 
 def check_store_writable(root: str | os.PathLike) -> Path:

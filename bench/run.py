@@ -24,6 +24,7 @@ from transformers import set_seed
 from bench.assets import from_hub_cache
 from bench.checkpoints import latest_complete
 from bench.config import (
+    apply_sweep_targets,
     check_overrides,
     check_store_writable,
     compute_run_id,
@@ -46,6 +47,7 @@ log = logging.getLogger("peftbench")
 def identify(cfg: DictConfig) -> tuple[Method, Any, dict[str, Any], Task, str]:
     """Validate a config without loading anything heavy; returns its method, params, axes, task, run_id."""
     method = get_method(cfg.method.get("name"))
+    apply_sweep_targets(cfg)
     params = method.parse(OmegaConf.to_container(cfg.method, resolve=True))
     axes = normalized_axes(cfg, method.uses_rank)
     task = build_task(cfg.task)

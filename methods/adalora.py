@@ -1,7 +1,11 @@
 """AdaLoRA (Zhang et al. 2023, arXiv 2303.10512) through PEFT's `AdaLoraConfig`.
 
 Each layer starts at `init_r` SVD-form triplets (P·diag(E)·Q) and the budget is pruned by importance
-to `target_r` per layer on average (the run's `rank`) between `tinit` and `total_step − tfinal`.
+to `target_r` per layer on average between `tinit` and `total_step − tfinal`. What the run's `rank` means
+differs between papers: `rank_means: target` (the AdaLoRA paper: rank = target_r, init_r = 1.5 × rank)
+or `rank_means: initial` (Subspace Tuning's and LLM-Adapters' tables, whose params column counts r
+triplets per layer, LoRA's count + r: rank = init_r, target_r = `target_share` × rank, as Subspace Tuning's
+DeBERTaV3 scripts start at 2 and prune to 1).
 `total_step` comes from the trainer; a callback calls `update_and_allocate` after every optimizer
 step, before the gradients are zeroed, as PEFT requires. PEFT adds the orthogonality regulariser
 (`orth_reg_weight`) to the loss itself.
@@ -10,7 +14,7 @@ step, before the gradients are zeroed, as PEFT requires. PEFT adds the orthogona
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from peft import AdaLoraConfig, get_peft_model
@@ -24,8 +28,14 @@ from methods.targets import check_rank, require_targets
 
 @dataclass
 class AdaLoraParams(LoraParams):
+    rank_means: Literal["target", "initial"] = field(
+        default="target", metadata={"help": "target: rank = target_r (init 1.5×); initial: rank = init_r"}
+    )
+    target_share: float = field(
+        default=0.5, metadata={"help": "rank_means=initial: target_r = target_share × rank (at least 1)"}
+    )
     init_r: int | None = field(
-        default=None, metadata={"help": "starting rank per layer; null = 1.5 × rank (the paper's 12 for 8)"}
+        default=None, metadata={"help": "rank_means=target: starting rank per layer; null = 1.5 × rank (12 for 8)"}
     )
     tinit: float = field(
         default=0.1, metadata={"help": "warm-up before pruning: steps (>= 1) or a share of total steps (< 1)"}
@@ -42,6 +52,8 @@ class AdaLoraParams(LoraParams):
         super().check()
         if self.deltaT < 1:
             raise ConfigError(f"method.deltaT={self.deltaT} is not valid; give a positive integer")
+        if not 0.0 < self.target_share <= 1.0:
+            raise ConfigError(f"method.target_share={self.target_share} is not valid; give a value in (0, 1]")
 
 
 def _steps(value: float, total: int) -> int:
@@ -74,9 +86,13 @@ class AdaLora(Method):
                 f"method.tinit={params.tinit} and method.tfinal={params.tfinal} leave no pruning phase in "
                 f"{total} steps; need tinit < total_steps - tfinal"
             )
+        if params.rank_means == "initial":
+            init_r, target_r = ctx.rank, max(1, round(params.target_share * ctx.rank))
+        else:
+            init_r, target_r = params.init_r or ctx.rank + ctx.rank // 2, ctx.rank
         return AdaLoraConfig(
-            init_r=params.init_r or ctx.rank + ctx.rank // 2,
-            target_r=ctx.rank,
+            init_r=init_r,
+            target_r=target_r,
             tinit=tinit,
             tfinal=tfinal,
             deltaT=params.deltaT,
@@ -93,7 +109,7 @@ class AdaLora(Method):
 
     def validate(self, params: AdaLoraParams, model: torch.nn.Module, ctx: RunContext) -> None:
         config = self.adalora_config(params, ctx)
-        if config.init_r < ctx.rank:
+        if config.init_r < config.target_r:
             raise ConfigError(f"method.init_r={params.init_r} is below rank={ctx.rank}; give init_r >= rank")
         check_rank(config.init_r, require_targets(model, ctx.target_modules))
 

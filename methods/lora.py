@@ -76,6 +76,8 @@ class ResidualInitLora(Lora):
     """
 
     def apply(self, model: torch.nn.Module, params: Any, ctx: RunContext) -> torch.nn.Module:
+        if next(model.parameters()).is_meta:  # a shapes-only model (parameter counting): no weights to decompose
+            return get_peft_model(model, lora_config(params, ctx))
         return self._keep_initial(super().apply(model, params, ctx))
 
     @staticmethod

@@ -63,9 +63,7 @@ def test_trainable_parameters_are_float32_on_a_bf16_base_and_a_step_runs(name: s
 
 
 def test_record_states_the_base_and_trainable_dtypes(store: Path) -> None:
-    record = bench.run.run(
-        compose_run(store, "model=tiny-llama", "+model.cpu_dtype=bfloat16", "method=goat", "rank=8")
-    )
+    record = bench.run.run(compose_run(store, "model=tiny-llama", "+model.cpu_dtype=bfloat16", "method=goat", "rank=8"))
     assert record["status"] == "ok", record["error"]
     assert record["dtypes"] == {"base": "bfloat16", "trainable": ["float32"], "autocast": "bfloat16"}
     plain = bench.run.run(compose_run(store, "model=tiny-llama", "method=goat", "rank=8"))

@@ -1,0 +1,80 @@
+"""Trainable-parameter counts of a method on a model's real architecture, without its weights.
+
+The model is built from its entry's `hub_config` (the hub config's dimensions) on the meta device, so
+counting LLaMA-7B costs no memory and no download; the method is applied exactly as in a run (its
+resolved targets, rank and settings). This is what the papers' params columns are checked against
+(`bench.paper`), and what `peftbench grid` can show before anything runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from transformers import AutoConfig
+
+from bench.errors import ConfigError
+from bench.measure import count_params
+from bench.models import KINDS
+from methods.base import RunContext, get_method
+from tasks.base import build_task
+
+
+@dataclass(frozen=True)
+class MetaCount:
+    """Parameters of an adapted model: `adapter` = trainable minus the task head; `backbone` = the model as
+    loaded for the task minus its head (before the method changed anything)."""
+
+    adapter: int
+    head: int
+    backbone: int
+
+
+def meta_model(model_cfg: DictConfig, kind: str, **head: Any) -> torch.nn.Module:
+    """The entry's architecture with its real dimensions on the meta device (no weights, no memory)."""
+    if model_cfg.get("hub_config") is not None:
+        values = OmegaConf.to_container(model_cfg.hub_config, resolve=True)
+    elif model_cfg.source == "config":
+        values = {"model_type": model_cfg.architecture, **OmegaConf.to_container(model_cfg.config, resolve=True)}
+    else:
+        raise ConfigError(f"model {model_cfg.name!r} has no hub_config: its dimensions are unknown offline")
+    model_type = values.pop("model_type")
+    config = AutoConfig.for_model(model_type, **values, **head)
+    with torch.device("meta"):
+        return KINDS[kind].from_config(config)
+
+
+def _task_head(task_cfg: DictConfig, kind: str) -> dict[str, Any]:
+    if kind == "causal-lm":
+        return {}
+    labels = int(task_cfg.get("num_labels") or 2)
+    return {"num_labels": labels, **({"problem_type": "regression"} if labels == 1 else {})}
+
+
+def count_on_meta(cfg: DictConfig) -> MetaCount:
+    """Apply a run config's method to its model's real architecture on the meta device and count."""
+    from bench.config import apply_sweep_targets
+
+    task = build_task(cfg.task)
+    model = meta_model(cfg.model, task.model_kind, **_task_head(cfg.task, task.model_kind))
+    method = get_method(cfg.method.name)
+    apply_sweep_targets(cfg)
+    params = method.parse(OmegaConf.to_container(cfg.method, resolve=True))
+    head_modules = task.head_modules(cfg.model)
+    before = count_params(model, head_modules)
+    ctx = RunContext(
+        rank=cfg.rank if method.uses_rank else None, lr=float(cfg.lr), seed=0, head_modules=head_modules,
+        target_modules=list(getattr(params, "target_modules", None) or cfg.model.target_modules), total_steps=1000,
+    )  # fmt: skip
+    method.validate(params, model, ctx)
+    adapted = method.adapt(model, params, ctx)
+    for name, param in adapted.named_parameters():
+        # PEFT re-registers AdaLoRA's constant `ranknum` as a new (trainable) Parameter when it moves an adapter
+        # next to a meta base weight; on a real model it stays frozen
+        if ".ranknum." in f".{name}.":
+            param.requires_grad_(False)
+    counts = count_params(adapted, head_modules)
+    head = counts.head_params
+    return MetaCount(counts.trainable_params - head, head, before.total_params - before.head_params)
