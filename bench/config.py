@@ -78,6 +78,40 @@ def normalized_axes(cfg: DictConfig, uses_rank: bool) -> dict[str, Any]:
     return {"rank": rank, "lr": lr, "seed": seed, "data": cfg.data}
 
 
+POINT_KEYS = ("method", "model", "task")
+
+
+def _point_matches(when: DictConfig, cfg: DictConfig) -> bool:
+    for key, wanted in when.items():
+        if key not in POINT_KEYS:
+            raise ConfigError(f"protocol_rules: `when` key {key!r} is not valid; valid keys: {', '.join(POINT_KEYS)}")
+        names = [wanted] if isinstance(wanted, str) else list(wanted)
+        if cfg[key].name not in names:
+            return False
+    return True
+
+
+def apply_protocol_rules(cfg: DictConfig) -> None:
+    """Merge a sweep's per-point settings into the point's config (recorded, and hashed into the run_id).
+
+    A paper's protocol varies settings by task, model or method (RTE trains 50 epochs, full FT uses lr 1e-5,
+    one LoRA+ cell uses ratio 80); a sweep lists them in order, and each entry whose `when` matches the point
+    is merged: `protocol_rules: [{when: {task: glue_rte}, set: {trainer: {num_train_epochs: 50}}}]`.
+    """
+    for rule in cfg.get("protocol_rules") or []:
+        if set(rule) != {"when", "set"}:
+            raise ConfigError(f"protocol_rules entry {dict(rule)} is not valid; give `when` and `set`")
+        if _point_matches(rule.when, cfg):
+            with open_dict(cfg):
+                cfg.merge_with(OmegaConf.to_container(rule.set, resolve=False))
+
+
+def resolve_point(cfg: DictConfig) -> None:
+    """A sweep's per-point settings, then its per-method targets (see both): what the point really runs."""
+    apply_protocol_rules(cfg)
+    apply_sweep_targets(cfg)
+
+
 def apply_sweep_targets(cfg: DictConfig) -> None:
     """Resolve a sweep's per-method target sets into `method.target_modules` (recorded and hashed).
 

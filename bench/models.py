@@ -84,10 +84,13 @@ def _dtype(model_cfg: DictConfig) -> torch.dtype:
 
 
 def load_model(model_cfg: DictConfig, kind: str, **head: Any) -> torch.nn.Module:
-    """A model of `kind` (see KINDS); `head` holds config values such as num_labels for a fresh head."""
+    """A model of `kind` (see KINDS); `head` holds config values such as num_labels for a fresh head, and the
+    entry's `config_overrides` change others (DeBERTa's `cls_dropout`, which Subspace Tuning sets per task)."""
     check_choice("model source", model_cfg.source, SOURCES)
     check_choice("model kind", kind, KINDS)
     auto = KINDS[kind]
+    overrides = model_cfg.get("config_overrides")
+    head = {**(OmegaConf.to_container(overrides, resolve=True) if overrides else {}), **head}
     if model_cfg.source == "config":
         values = OmegaConf.to_container(model_cfg.config, resolve=True)
         try:

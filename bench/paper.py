@@ -34,8 +34,11 @@ def load_paper_table(name: str) -> dict[str, Any]:
 COLUMNS = ["method", "model", "task", "rank", "lr", "seed", "data", "status", "metric", "value", "select_by"]
 
 
-def metric_frame(store_root: str | Path, sweep: str) -> pd.DataFrame:
+def metric_frame(store_root: str | Path, sweep: str, select: str = "final") -> pd.DataFrame:
     """One row per (record, metric): what a paper column may ask for, failed runs left out.
+
+    `select`: the table's choice of evaluation, `final` (the trained model's) or `best` (the best evaluation
+    during training, as papers that report the best dev score do; a record without one gives its final).
 
     A record that trained once and evaluated several sets (`commonsense`: metrics `cs_boolq/accuracy`,
     …) gives one row per set under the set's task name; its learning rate is chosen by the record's
@@ -47,7 +50,7 @@ def metric_frame(store_root: str | Path, sweep: str) -> pd.DataFrame:
         if record["status"] not in ("ok", "diverged"):
             continue
         base = {k: record.get(k) for k in ("method", "model", "task", "rank", "lr", "seed", "data", "status")}
-        metrics = record.get("metrics") or {}
+        metrics = (record.get("best_metrics") if select == "best" else None) or record.get("metrics") or {}
         for metric, value in metrics.items():
             if not isinstance(value, int | float) or metric == "primary":
                 continue
@@ -107,7 +110,8 @@ def _text(ours: tuple[Any, str] | None, paper: float | None) -> str:
 def paper_report(store_root: str | Path, sweep: str, name: str) -> pd.DataFrame:
     """The paper's table with our cells filled in (display strings)."""
     table = load_paper_table(name)
-    frame = metric_frame(store_root, sweep)
+    check_choice("paper table select", table.get("select", "final"), ["final", "best"])
+    frame = metric_frame(store_root, sweep, table.get("select", "final"))
     rows = []
     for row in table["rows"]:
         model = row.get("model") or table.get("model")

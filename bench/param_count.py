@@ -55,12 +55,12 @@ def _task_head(task_cfg: DictConfig, kind: str) -> dict[str, Any]:
 
 def count_on_meta(cfg: DictConfig) -> MetaCount:
     """Apply a run config's method to its model's real architecture on the meta device and count."""
-    from bench.config import apply_sweep_targets
+    from bench.config import resolve_point
 
+    resolve_point(cfg)
     task = build_task(cfg.task)
     model = meta_model(cfg.model, task.model_kind, **_task_head(cfg.task, task.model_kind))
     method = get_method(cfg.method.name)
-    apply_sweep_targets(cfg)
     params = method.parse(OmegaConf.to_container(cfg.method, resolve=True))
     head_modules = task.head_modules(cfg.model)
     before = count_params(model, head_modules)

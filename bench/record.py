@@ -20,7 +20,8 @@ from bench.config import CONF_DIR
 
 FIELDS = (
     "run_id", "sweep", "status", "error", "method", "model", "task", "rank", "lr", "seed", "data",
-    "protocol", "config", "metrics", "primary_metric", "trainable_params", "head_params", "total_params",
+    "protocol", "config", "metrics", "best_metrics", "best_step", "eval_history", "primary_metric",
+    "trainable_params", "head_params", "total_params",
     "trainable_pct", "peak_memory_bytes", "peak_memory_reserved_bytes", "peak_memory_kind",
     "train_seconds", "run_seconds", "steps", "final_loss", "resumed_from_step", "versions", "git_commit", "git_dirty",
     "device", "dtypes", "started_at", "finished_at", "hostname",

@@ -24,12 +24,12 @@ from transformers import set_seed
 from bench.assets import from_hub_cache
 from bench.checkpoints import latest_complete
 from bench.config import (
-    apply_sweep_targets,
     check_overrides,
     check_store_writable,
     compute_run_id,
     experiment_config,
     normalized_axes,
+    resolve_point,
 )
 from bench.errors import ConfigError, one_line
 from bench.measure import PeakMemory, Stopwatch, count_params
@@ -37,7 +37,14 @@ from bench.models import load_model, load_processor
 from bench.record import new_record, now
 from bench.store import RunStore
 from bench.tracking import track
-from bench.train import batch_sampler, optimizer_steps, train_and_evaluate, training_arguments
+from bench.train import (
+    batch_sampler,
+    best_evaluation,
+    check_eval_every,
+    optimizer_steps,
+    train_and_evaluate,
+    training_arguments,
+)
 from methods.base import Method, RunContext, get_method, trainable_dtypes
 from tasks.base import Task, build_task
 
@@ -47,9 +54,10 @@ log = logging.getLogger("peftbench")
 def identify(cfg: DictConfig) -> tuple[Method, Any, dict[str, Any], Task, str]:
     """Validate a config without loading anything heavy; returns its method, params, axes, task, run_id."""
     method = get_method(cfg.method.get("name"))
-    apply_sweep_targets(cfg)
+    resolve_point(cfg)
     params = method.parse(OmegaConf.to_container(cfg.method, resolve=True))
     axes = normalized_axes(cfg, method.uses_rank)
+    check_eval_every(cfg.trainer.get("eval_every"))
     task = build_task(cfg.task)
     task.validate(cfg.data)
     return method, params, axes, task, compute_run_id(experiment_config(cfg, axes))
@@ -95,7 +103,7 @@ def _train_point(cfg, method, params, axes, task, store, run_id, work_dir) -> di
     with from_hub_cache(model_name, cfg.sweep):
         processor = load_processor(cfg.model, task.modality)
     with from_hub_cache(f"the data of task {task.name!r} ({', '.join(p for p, _ in task.hub_datasets())})", cfg.sweep):
-        data = task.prepare(cfg.data, processor)
+        data = task.prepare(cfg.data, processor, axes["seed"])
     with from_hub_cache(model_name, cfg.sweep):
         model = load_model(cfg.model, task.model_kind, **task.model_head(processor))
     collate = task.collator(processor)
@@ -122,7 +130,16 @@ def _train_point(cfg, method, params, axes, task, store, run_id, work_dir) -> di
     memory.start()
     with Stopwatch() as watch:
         outcome = train_and_evaluate(
-            model, collate, task, data, method, params, ctx, args, str(resume[0]) if resume else None
+            model,
+            collate,
+            task,
+            data,
+            method,
+            params,
+            ctx,
+            args,
+            str(resume[0]) if resume else None,
+            check_eval_every(cfg.trainer.get("eval_every")),
         )
     fields: dict[str, Any] = {
         "protocol": data.protocol,
@@ -144,6 +161,11 @@ def _train_point(cfg, method, params, axes, task, store, run_id, work_dir) -> di
         error = f"loss became NaN/inf at step {outcome.diverged_at_step}"
         return {**fields, "status": "diverged", "error": error, "metrics": {}, "final_loss": None}
     metrics = {**outcome.metrics, "primary": outcome.metrics[task.primary]}
+    best = best_evaluation(outcome.history, task.primary)
+    if best is not None:  # the protocol evaluated during training: its best evaluation, with its step
+        fields["eval_history"] = outcome.history
+        fields["best_metrics"] = {**{k: v for k, v in best.items() if k != "step"}, "primary": best[task.primary]}
+        fields["best_step"] = best["step"]
     if cfg.trainer.save_adapter:
         method.save(model, str(store.sweep_dir(cfg.sweep) / "adapters" / run_id))
     return {**fields, "status": "ok", "metrics": metrics}

@@ -7,10 +7,12 @@ training and makes the run `diverged` (it is recorded, never dropped).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,12 +20,16 @@ from omegaconf import DictConfig
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from bench.checkpoints import MarkCompleteCheckpoints
+from bench.errors import ConfigError
 from methods.base import Method, RunContext
 from methods.injection import InjectedModel
 from tasks.base import Task, TaskData
 
 PASSED_THROUGH = (
     "num_train_epochs",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_epsilon",
     "max_steps",
     "per_device_train_batch_size",
     "per_device_eval_batch_size",
@@ -38,9 +44,13 @@ PASSED_THROUGH = (
 
 @dataclass
 class TrainOutcome:
-    """What training and evaluation produced; `diverged_at_step` is set when the loss went NaN/inf."""
+    """What training and evaluation produced; `diverged_at_step` is set when the loss went NaN/inf.
+
+    `metrics` are the final model's; `history` holds the evaluations during training (`trainer.eval_every`),
+    each with its `step`, the final one included, so the best can be picked where a protocol reports it."""
 
     metrics: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
     train_seconds: float = 0.0
     steps: int = 0
     final_loss: float | None = None
@@ -83,6 +93,50 @@ class DivergenceGuard(TrainerCallback):
             self.diverged_at_step = state.global_step
             control.should_training_stop = True
         return control
+
+
+class PeriodicEvaluation(TrainerCallback):
+    """Evaluate with the task's own metrics every `every` optimizer steps, or at each epoch's end ("epoch").
+
+    The protocols that report the best dev score (Subspace Tuning, the LoRA paper's GLUE runs) evaluate during
+    training; the last step is left to the final evaluation, which follows at once.
+    """
+
+    def __init__(self, trainer: Trainer, task: Task, data: TaskData, every: int | str) -> None:
+        self.trainer, self.task, self.data, self.every = trainer, task, data, every
+        # kept beside the checkpoints, so a preempted run resumes with the evaluations it had made
+        self.path = Path(trainer.args.output_dir) / "eval_history.json"
+        self.history: list[dict[str, Any]] = json.loads(self.path.read_text()) if self.path.exists() else []
+
+    def _evaluate(self, state) -> None:  # noqa: ANN001
+        if state.global_step >= state.max_steps or any(h["step"] == state.global_step for h in self.history):
+            return
+        self.history.append({"step": state.global_step, **self.task.evaluate(self.trainer, self.data)})
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(self.history))
+
+    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001 (Trainer's signature)
+        if isinstance(self.every, int) and state.global_step % self.every == 0:
+            self._evaluate(state)
+        return control
+
+    def on_epoch_end(self, args, state, control, **kwargs):  # noqa: ANN001
+        if self.every == "epoch":
+            self._evaluate(state)
+        return control
+
+
+def check_eval_every(value: Any) -> int | str | None:
+    """`trainer.eval_every`: null (once, at the end), a positive number of steps, or "epoch"."""
+    if value is None or value == "epoch" or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+        return value
+    raise ConfigError(f"trainer.eval_every={value!r} is not valid; give null, a positive number of steps or 'epoch'")
+
+
+def best_evaluation(history: list[dict[str, Any]], primary: str) -> dict[str, Any] | None:
+    """The evaluation with the highest primary metric (the earliest on ties), or None without history."""
+    scored = [h for h in history if isinstance(h.get(primary), int | float) and math.isfinite(h[primary])]
+    return max(scored, key=lambda h: (h[primary], -h["step"])) if scored else None
 
 
 class BenchTrainer(Trainer):
@@ -172,6 +226,7 @@ def train_and_evaluate(
     ctx: RunContext,
     args: TrainingArguments,
     resume_from: str | None = None,
+    eval_every: int | str | None = None,
 ) -> TrainOutcome:
     """Train, then evaluate with the task's own metrics (skipped if training diverged)."""
     guard = DivergenceGuard()
@@ -185,6 +240,9 @@ def train_and_evaluate(
         method_params=method_params,
         ctx=ctx,
     )
+    periodic = PeriodicEvaluation(trainer, task, data, eval_every) if eval_every is not None else None
+    if periodic is not None:
+        trainer.add_callback(periodic)
     result = trainer.train(resume_from_checkpoint=resume_from)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     final_loss = losses[-1] if losses else result.training_loss
@@ -195,5 +253,7 @@ def train_and_evaluate(
         outcome.diverged_at_step = guard.diverged_at_step or trainer.state.global_step
         return outcome
     outcome.metrics.update(task.evaluate(trainer, data))
+    if periodic is not None:
+        outcome.history = [*periodic.history, {"step": outcome.steps, **outcome.metrics}]
     outcome.metrics.update(method.extra_metrics(model))
     return outcome

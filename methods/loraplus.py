@@ -42,4 +42,6 @@ class LoraPlus(Lora):
             model, torch.optim.AdamW, lr=ctx.lr, loraplus_lr_ratio=params.loraplus_lr_ratio,
             weight_decay=ctx.weight_decay,
         )  # fmt: skip
-        return optimizer.param_groups
+        # only what LoRA+ decides per group: AdamW filled in its own defaults (betas, eps), which would
+        # override the trainer's (the LoRA+ GLUE protocol runs β2 = 0.99)
+        return [{k: g[k] for k in ("params", "lr", "weight_decay")} for g in optimizer.param_groups]

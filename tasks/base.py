@@ -56,7 +56,8 @@ class Task:
     def validate(self, data: str) -> None:
         """One-line ConfigErrors for a bad task entry or an unavailable data source."""
 
-    def prepare(self, data: str, processor: Any) -> TaskData:
+    def prepare(self, data: str, processor: Any, seed: int = 0) -> TaskData:
+        """Load and preprocess the splits; `seed` drives any randomness of the training data (augmentation)."""
         raise NotImplementedError
 
     def hub_datasets(self) -> list[tuple[str, str | None]]:

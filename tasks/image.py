@@ -1,7 +1,11 @@
 """Image classification: a vision tower with a fresh linear head, top-1 accuracy (GOAT Table 1: CLIP ViT-B/32).
 
 Hub protocol: fit on the set's train split, report on its test split, images through the model's own
-preprocessing (CLIP: resize, centre crop, normalise). No CLIP weights and none of the 7 sets exist
+preprocessing (CLIP: resize, centre crop, normalise). GOAT's image protocol (goat/train_vit.py:268-306,
+peta/tasks/cv/registry.py:43-64) adds two things a task entry can ask for: `train_holdout` (10% of the
+train split, at most 5000 rows, drawn as torch's random_split with seed 0, held out and never used) and
+`augment` (training images through RandomResizedCrop(scale 0.9-1.0, ratio 3/4-4/3, bicubic) instead of
+the resize and centre crop; no flip). No CLIP weights and none of the 7 sets exist
 offline; the offline image tasks feed real Fashion-MNIST images (Debian's `dataset-fashion-mnist`, its
 own train/test split) or scikit-learn's 8x8 digits (split seeded and stratified) through the same
 preprocessing and head. With a tiny random vision model that checks the pipeline, not accuracy.
@@ -10,6 +14,7 @@ preprocessing and head. With a tiny random vision model that checks the pipeline
 from __future__ import annotations
 
 import gzip
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -70,6 +75,40 @@ def _as_dataset(images: np.ndarray, labels: np.ndarray, cap: int | None, num_lab
     features = Features({"image": ImageFeature(), "label": ClassLabel(num_classes=num_labels)})
     rows = {"image": [Image.fromarray(a) for a in images], "label": [int(x) for x in labels]}
     return Dataset.from_dict(rows, features=features)
+
+
+def holdout_indices(total: int, fraction: float, max_rows: int | None, seed: int) -> list[int]:
+    """The train rows left after holding out `fraction` (at most `max_rows`) exactly as torch's random_split
+    (seeded) would draw them: a seeded permutation, whose first total − held rows train."""
+    held = int(total * fraction)
+    held = min(held, max_rows) if max_rows is not None else held
+    order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
+    return order[: total - held].tolist()
+
+
+def random_resized_crop(
+    image: Image.Image, size: int, scale: tuple[float, float], ratio: tuple[float, float], rng: np.random.Generator
+) -> Image.Image:
+    """torchvision's RandomResizedCrop (10 tries, then a centre crop within `ratio`), bicubic, with our RNG."""
+    width, height = image.size
+    area = width * height
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+        w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            top, left = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
+            break
+    else:
+        in_ratio = width / height
+        if in_ratio < ratio[0]:
+            w, h = width, round(width / ratio[0])
+        elif in_ratio > ratio[1]:
+            w, h = round(height * ratio[1]), height
+        else:
+            w, h = width, height
+        top, left = (height - h) // 2, (width - w) // 2
+    return image.crop((left, top, left + w, top + h)).resize((size, size), Image.BICUBIC)
 
 
 def stack_images(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -142,23 +181,46 @@ class ImageClassification(ClassificationTask):
                     "source": f"{cfg.hub.path}/{cfg.hub.name}"}  # fmt: skip
         return train, held_out, protocol
 
-    def prepare(self, data: str, processor: Any) -> TaskData:
+    def prepare(self, data: str, processor: Any, seed: int = 0) -> TaskData:
         train, held_out, protocol = self._raw_splits(data)
         image_key, label_key = self.cfg.image_column, self.cfg.label_column
         for rows in (train, held_out):
             check_choice("image column", image_key, rows.column_names)
             check_choice("label column", label_key, rows.column_names)
+        holdout = self.cfg.get("train_holdout")
+        if holdout is not None:
+            total = len(train)
+            train = train.select(holdout_indices(total, holdout.fraction, holdout.max_rows, holdout.seed))
+            protocol["train_holdout"] = {"held_out": total - len(train), "seed": int(holdout.seed)}
 
         def transform(batch: dict[str, list]) -> dict[str, Any]:
             images = [image.convert("RGB") for image in batch[image_key]]
             pixels = processor(images=images, return_tensors="pt")["pixel_values"]
             return {"pixel_values": pixels, "labels": batch[label_key]}
 
+        augment = self.cfg.get("augment")
+        train_transform = transform if augment is None else self._augmented(processor, augment, seed)
         protocol["train_rows"], protocol["eval_rows"] = len(train), {"eval": len(held_out)}
         return TaskData(
-            train=train.with_transform(transform), evals={"": held_out.with_transform(transform)},
+            train=train.with_transform(train_transform), evals={"": held_out.with_transform(transform)},
             protocol=protocol, processor=processor,
         )  # fmt: skip
+
+    def _augmented(self, processor: Any, augment: Any, seed: int) -> Callable[[dict[str, list]], dict[str, Any]]:
+        """Training images through RandomResizedCrop to the processor's crop size, then its normalisation."""
+        check_choice("task.augment.kind", augment.kind, ["random_resized_crop"])
+        crop = processor.crop_size  # a dict or transformers' SizeDict with height and width
+        size = int(crop["height"] if isinstance(crop, dict) else getattr(crop, "height", crop))
+        scale, ratio = tuple(augment.scale), tuple(augment.ratio)
+        rng = np.random.default_rng(seed)
+        image_key, label_key = self.cfg.image_column, self.cfg.label_column
+
+        def transform(batch: dict[str, list]) -> dict[str, Any]:
+            images = [random_resized_crop(i.convert("RGB"), size, scale, ratio, rng) for i in batch[image_key]]
+            pixels = processor(images=images, do_resize=False, do_center_crop=False, return_tensors="pt")
+            return {"pixel_values": pixels["pixel_values"], "labels": batch[label_key]}
+
+        return transform
 
     def score(self, predictions: np.ndarray, references: np.ndarray, suffix: str = "") -> dict[str, float]:
         predicted = np.asarray(predictions).argmax(axis=-1)

@@ -254,3 +254,25 @@ def test_lora_ga_init_forms_on_a_model(init_form: str) -> None:
         else:  # PEFT: A unscaled, B's columns c·σ_i (the gradient's singular values, tiny on a random model)
             assert torch.allclose(a @ a.T, eye, atol=1e-4)
             assert b.norm(dim=0).max() < 1e-3 * c
+
+
+def test_loraplus_optimizer_takes_the_trainers_betas(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """LoRA+ sets each group's lr; Adam's betas stay the trainer's (the LoRA+ GLUE protocol runs β2 = 0.99)."""
+    import bench.run
+    import bench.train
+    from tests.conftest import compose_run
+
+    seen: dict = {}
+    real = bench.train.BenchTrainer.create_optimizer
+
+    def capture(self, model=None):  # noqa: ANN001
+        optimizer = real(self, model)
+        seen["groups"] = optimizer.param_groups
+        return optimizer
+
+    monkeypatch.setattr(bench.train.BenchTrainer, "create_optimizer", capture)
+    record = bench.run.run(compose_run(tmp_path, "method=loraplus", "trainer.adam_beta2=0.99", "lr=1e-3"))
+    assert record["status"] == "ok", record["error"]
+    groups = [g for g in seen["groups"] if g["params"]]
+    assert {tuple(g["betas"]) for g in groups} == {(0.9, 0.99)}
+    assert {g["lr"] for g in groups} == {1e-3, 16e-3}

@@ -6,8 +6,8 @@ from decimal import Decimal
 
 import pytest
 
-from tasks.commonsense import FORMATS, extract_choice
-from tasks.gsm8k import extract_flexible, extract_strict, is_correct, metamath_target
+from tasks.commonsense import FORMATS, LLM_ADAPTERS_LABELS, extract_choice, extract_first
+from tasks.gsm8k import extract_flexible, extract_goat, extract_strict, is_correct
 
 
 @pytest.mark.parametrize(
@@ -38,11 +38,20 @@ def test_gsm8k_correctness_is_numeric_and_none_is_wrong() -> None:
     assert not is_correct(None, "18")
 
 
-def test_metamath_ending_becomes_gsm8k_marker() -> None:
-    response = "Janet has 16 - 3 - 4 = 9 eggs.\nShe makes 9 * 2 = 18 dollars.\nThe answer is: 18"
-    assert metamath_target(response).endswith("dollars.\n#### 18")
-    assert extract_strict(metamath_target(response)) == Decimal(18)
-    assert metamath_target("no closing sentence") == "no closing sentence"
+@pytest.mark.parametrize(
+    ("output", "expected"),
+    [
+        ("so 9 * 2 = 18\n#### 18\nThe answer is: 18", 18),  # a MetaMathQA GSM response as it is
+        ("#### 1,234", 1234),
+        ("#### 3.5", 3),  # GOAT's regex stops at the point: int("3")
+        ("#### -4", -4),
+        ("#### 5\n#### 6", 5),  # the first "####" wins (ours: two answers, wrong)
+        ("The answer is 18.", 0),  # no "####": GOAT scores it as 0
+        ("#### $18", 0),  # "$" right after the marker is no integer
+    ],
+)
+def test_gsm8k_goat_extraction(output: str, expected: int) -> None:
+    assert extract_goat(output) == expected
 
 
 @pytest.mark.parametrize(
@@ -72,6 +81,101 @@ def test_commonsense_extraction(fmt: str, output: str, expected: str | None) -> 
     assert extract_choice(output, labels) == expected
 
 
+# Rows of LLM-Adapters' dataset/<set>/test.json (AGI-Edgerunners/LLM-Adapters@8166572, byte-identical in GOAT-PEFT
+# and Subspace-Tuning) with the hub rows they come from: our formats must rebuild them byte for byte.
+VERBATIM = [
+    ("boolq", {"question": "does ethanol take more energy make that produces", "answer": False, "passage": "All"},
+     "Please answer the following question with true or false, question: does ethanol take more energy make that "
+     "produces?\n\nAnswer format: true/false", "false"),
+    ("piqa", {"goal": "dresser", "sol1": "replace drawer with bobby pin ", "sol2": "finish, woodgrain with  bobby pin ",
+              "label": 1},
+     "Please choose the correct solution to the question: dresser\n\nSolution1: replace drawer with bobby pin \n\n"
+     "Solution2: finish, woodgrain with  bobby pin \n\nAnswer format: solution1/solution2", "solution2"),
+    ("siqa", {"context": "Tracy didn't go home that evening and resisted Riley's attacks.",
+              "question": "What does Tracy need to do before this?", "answerA": "make a new plan",
+              "answerB": "Go home and see Riley", "answerC": "Find somewhere to go", "label": "3"},
+     "Please choose the correct answer to the question: Tracy didn't go home that evening and resisted Riley's "
+     "attacks. What does Tracy need to do before this?\n\nAnswer1: make a new plan Answer2: Go home and see Riley "
+     "Answer3: Find somewhere to go\n\nAnswer format: answer1/answer2/answer3", "answer3"),
+    ("hellaswag", {"activity_label": "Clean and jerk", "ctx_a": "A lady walks to a barbell. She bends down and grabs "
+                   "the pole.", "ctx_b": "the lady", "ctx": "A lady walks to a barbell. She bends down and grabs the "
+                   "pole. the lady", "endings": ["swings and lands in her arms.", "pulls the barbell forward.",
+                   "pulls a rope attached to the barbell.", "stands and lifts the weight over her head."],
+                   "label": "3"},
+     "Please choose the correct ending to complete the given sentence: Clean and jerk: A lady walks to a barbell. She "
+     "bends down and grabs the pole. the lady\n\nEnding1: swings and lands in her arms. Ending2: pulls the barbell "
+     "forward. Ending3: pulls a rope attached to the barbell. Ending4: stands and lifts the weight over her head.\n\n"
+     "Answer format: ending1/ending2/ending3/ending4", "ending4"),
+    ("winogrande", {"sentence": "Sarah was a much better surgeon than Maria so _ always got the easier cases.",
+                    "option1": "Sarah", "option2": "Maria", "answer": "2"},
+     "Please choose the correct answer to fill in the blank to complete the given sentence: Sarah was a much better "
+     "surgeon than Maria so _ always got the easier cases.\n\nOption1: Sarah Option2: Maria Answer format: "
+     "option1/option2", "option2"),
+    ("arc", {"question": "Which piece of safety equipment is used to keep mold spores from entering the respiratory "
+             "system?", "choices": {"text": ["safety goggles", "breathing mask", "rubber gloves", "lead apron"],
+             "label": ["A", "B", "C", "D"]}, "answerKey": "B"},
+     "Please choose the correct answer to the question: Which piece of safety equipment is used to keep mold spores "
+     "from entering the respiratory system?\n\nAnswer1: safety goggles Answer2: breathing mask Answer3: rubber "
+     "gloves Answer4: lead apron\n\nAnswer format: answer1/answer2/answer3/answer4", "answer2"),
+    ("obqa", {"question_stem": "There is most likely going to be fog around:", "fact1": "not used",
+              "choices": {"text": ["a marsh", "a tundra", "the plains", "a desert"], "label": ["A", "B", "C", "D"]},
+              "answerKey": "A"},
+     "Please choose the correct answer to the question: There is most likely going to be fog around:\n\nAnswer1: a "
+     "marsh Answer2: a tundra Answer3: the plains Answer4: a desert\n\nAnswer format: answer1/answer2/answer3/"
+     "answer4", "answer1"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("fmt", "row", "instruction", "answer"), VERBATIM, ids=[v[0] for v in VERBATIM])
+def test_instructions_are_byte_equal_to_llm_adapters(fmt: str, row: dict, instruction: str, answer: str) -> None:
+    build, _ = FORMATS[fmt]
+    assert build(row) == (instruction, answer)
+
+
+def test_templates_are_llm_adapters_own() -> None:
+    """commonsense_evaluate.py:121-140 (evaluation) and finetune.py:323-343 (training), whitespace included."""
+    from omegaconf import OmegaConf
+
+    from bench.config import CONF_DIR
+
+    cfg = OmegaConf.load(CONF_DIR / "task" / "commonsense.yaml")
+    indent = " " * 16
+    assert cfg.prompt.format(instruction="I") == (
+        "Below is an instruction that describes a task. Write a response that appropriately completes the request. "
+        f"\n\n{indent}### Instruction:\n{indent}I\n\n{indent}### Response:\n{indent}"
+    )
+    assert cfg.train_prompt.format(instruction="I") + "the correct answer is true" == (
+        "Below is an instruction that describes a task. Write a response that appropriately completes the request.  "
+        f"\n\n{indent}### Instruction:\n{indent}I\n{indent}\n{indent}### Response:\n{indent}the correct answer is true"
+    )
+    assert cfg.train_on_inputs is True and cfg.generation.num_beams == 4 and cfg.generation.max_new_tokens == 32
+
+
+# Outputs on which LLM-Adapters' rule (first label substring, case-sensitive) and ours (one label, as a word, any
+# case) disagree: `accuracy` follows theirs, `accuracy_strict` ours.
+DISAGREEMENTS = [
+    ("boolq", "the correct answer is true. false", "true", None),
+    ("boolq", "The correct answer is True", None, "true"),
+    ("boolq", "falsely", "false", None),
+    ("boolq", "TRUE", None, "true"),
+    ("piqa", "solution2 or solution1", "solution2", None),
+    ("piqa", "Solution1", None, "solution1"),
+    ("siqa", "the correct answer is answer4", "answer4", None),  # their regex has answer1-5 for SIQA
+    ("siqa", "answer3answer1", "answer3", None),
+    ("hellaswag", "ending2, not ending3", "ending2", None),
+    ("winogrande", "option2 ### Response: option1", "option2", None),
+    ("winogrande", "### Response: option1", None, "option1"),  # LLM-Adapters keeps what precedes it
+    ("arc", "answer1answer2", "answer1", None),
+    ("obqa", "ANSWER2", None, "answer2"),
+]
+
+
+@pytest.mark.parametrize(("fmt", "output", "first", "strict"), DISAGREEMENTS)
+def test_first_match_and_strict_rules_disagree_as_designed(fmt: str, output: str, first: str, strict: str) -> None:
+    assert extract_first(output, LLM_ADAPTERS_LABELS[fmt]) == first
+    assert extract_choice(output, FORMATS[fmt][1]) == strict
+
+
 def test_commonsense_formats_build_llm_adapters_instructions() -> None:
     boolq, _ = FORMATS["boolq"]
     instruction, answer = boolq({"question": "is the sky blue", "answer": True, "passage": "..."})
@@ -93,10 +197,10 @@ def test_commonsense_formats_build_llm_adapters_instructions() -> None:
     assert siqa(row)[0].endswith("Answer3: c\n\nAnswer format: answer1/answer2/answer3")
     hellaswag, _ = FORMATS["hellaswag"]
     row = {"activity_label": "Roof", "ctx_a": "A man is on a roof.", "ctx_b": "he", "endings": list("wxyz")}
-    instruction, answer = hellaswag({**row, "label": "3"})
+    instruction, answer = hellaswag({**row, "ctx": "A man is on a roof. he", "label": "3"})
     assert instruction.startswith(
-        "Please choose the correct ending to complete the given sentence: Roof: A man is on a roof. He"
-    )
+        "Please choose the correct ending to complete the given sentence: Roof: A man is on a roof. he"
+    )  # the hub's ctx as it is
     assert answer == "ending4"
     winogrande, _ = FORMATS["winogrande"]
     assert winogrande({"sentence": "_ won.", "option1": "A", "option2": "B", "answer": "2"})[1] == "option2"
@@ -107,3 +211,37 @@ def test_commonsense_formats_build_llm_adapters_instructions() -> None:
     obqa, _ = FORMATS["obqa"]
     row = {"question_stem": "Q", "choices": {"text": list("abcd"), "label": list("ABCD")}, "answerKey": "B"}
     assert obqa(row)[1] == "answer2"
+
+
+def test_goat_gsm8k_subset_filters_type_and_length_in_file_order() -> None:
+    """GOAT's selection (llama_dataset_preprocessing.py:232-281): type contains "GSM", prompt + " " + response under
+    max_tokens tokens (BOS counted), the first `keep` rows in file order, responses untouched."""
+    from datasets import Dataset
+    from omegaconf import OmegaConf
+
+    from bench.config import CONF_DIR
+    from bench.models import load_tokenizer
+    from tasks.generation import PromptEncoder
+    from tasks.gsm8k import goat_subset
+
+    tokenizer = load_tokenizer(OmegaConf.load(CONF_DIR / "model" / "tiny-llama.yaml"))
+    encoder = PromptEncoder(tokenizer, max_length=512, separator=" ")
+    short, long = "two plus two is four #### 4\nThe answer is: 4", "many words " * 40 + "#### 4"
+    rows = Dataset.from_list([
+        {"prompt": "Q0", "target": short, "type": "GSM_AnsAug"},
+        {"prompt": "Q1", "target": short, "type": "MATH_AnsAug"},  # not GSM
+        {"prompt": "Q2", "target": long, "type": "GSM_SV"},  # too long
+        {"prompt": "Q3", "target": short, "type": "GSM_Rephrased"},
+        {"prompt": "Q4", "target": short, "type": "GSM_FOBAR"},
+        {"prompt": "Q5", "target": short, "type": "GSM_AnsAug"},
+    ])  # fmt: skip
+    assert len(encoder.prompt("Q2 " + long)) >= 64 > len(encoder.prompt("Q0 " + short))
+    picked = goat_subset(rows, encoder, keep=3, type_contains="GSM", max_tokens=64)
+    assert picked["prompt"] == ["Q0", "Q3", "Q4"]  # file order, not a sample
+    assert picked["target"][0] == short and "type" not in picked.column_names
+    assert goat_subset(rows, encoder, keep=None, type_contains="GSM", max_tokens=64)["prompt"] == [
+        "Q0",
+        "Q3",
+        "Q4",
+        "Q5",
+    ]

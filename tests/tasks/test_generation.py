@@ -26,18 +26,32 @@ LLM_SMOKE = [
 
 def test_prompt_tokens_are_masked_and_answer_ends_with_eos() -> None:
     tokenizer = load_tokenizer(TINY_LLAMA)
-    encoder = PromptEncoder(tokenizer, max_length=128)
+    encoder = PromptEncoder(tokenizer, max_length=128, separator=" ")
     prompt, target = "### Instruction:\nhow many legs has a cat\n\n### Response:\n", "four legs #### 4"
     example = encoder.example(prompt, target)
     prompt_ids = encoder.prompt(prompt)
     n = len(prompt_ids)
+    # one string, as GOAT tokenizes x + " " + y: the prompt's tokens open it, the loss starts after them
+    whole = [tokenizer.cls_token_id, *tokenizer(prompt + " " + target, add_special_tokens=False)["input_ids"]]
+    assert example["input_ids"] == [*whole, tokenizer.sep_token_id]
     assert example["input_ids"][:n] == prompt_ids  # training sees the same prompt tokens as generation
-    assert example["labels"][:n] == [IGNORE_INDEX] * n
-    answer_ids = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.sep_token_id]
-    assert example["labels"][n:] == answer_ids == example["input_ids"][n:]
+    assert example["labels"] == [IGNORE_INDEX] * n + example["input_ids"][n:]
     assert prompt_ids[0] == tokenizer.cls_token_id  # the tokenizer's own leading special token is kept
     short = PromptEncoder(tokenizer, max_length=n + 2).example(prompt, target)
     assert len(short["input_ids"]) == len(short["labels"]) == n + 2
+
+
+def test_train_on_inputs_puts_the_loss_on_the_whole_text() -> None:
+    tokenizer = load_tokenizer(TINY_LLAMA)
+    example = PromptEncoder(tokenizer, max_length=128, train_on_inputs=True).example("Q: a cat?\n", "four")
+    assert example["labels"] == example["input_ids"]  # LLM-Adapters' default: no masking
+
+
+def test_generation_prompts_are_never_cut() -> None:
+    tokenizer = load_tokenizer(TINY_LLAMA)
+    long = "a word " * 200
+    ids = PromptEncoder(tokenizer, max_length=16).prompt(long)
+    assert len(ids) > 200 and ids[0] == tokenizer.cls_token_id  # the BOS-like token and the start are kept
 
 
 def test_greedy_generation_is_deterministic() -> None:
@@ -63,7 +77,7 @@ def test_same_model_same_accuracy_twice(tmp_path: Path) -> None:
 def test_gsm8k_pipeline_end_to_end(store: Path) -> None:
     record = bench.run.run(compose_run(store, *LLM_SMOKE, "task=gsm8k"))
     assert record["status"] == "ok", record["error"]
-    assert set(record["metrics"]) == {"accuracy", "accuracy_flexible", "primary"}
+    assert set(record["metrics"]) == {"accuracy", "accuracy_flexible", "accuracy_goat", "primary"}
     assert record["metrics"]["primary"] == record["metrics"]["accuracy"]
     assert record["protocol"]["name"] == "offline" and record["protocol"]["source_rows"] == 1319
     assert record["protocol"]["train_rows"] + round(0.3 * 1319) == 1319
@@ -71,12 +85,16 @@ def test_gsm8k_pipeline_end_to_end(store: Path) -> None:
 
 
 def test_commonsense_trains_once_and_records_eight_sets(store: Path) -> None:
-    record = bench.run.run(compose_run(store, *LLM_SMOKE, "task=commonsense", "task.max_train_samples=64"))
+    record = bench.run.run(
+        compose_run(store, *LLM_SMOKE, "task=commonsense", "task.max_train_samples=64", "task.generation.num_beams=1")
+    )
     assert record["status"] == "ok", record["error"]
     sets = ["cs_boolq", "cs_piqa", "cs_siqa", "cs_hellaswag", "cs_winogrande", "cs_arc_e", "cs_arc_c", "cs_obqa"]
-    assert set(record["metrics"]) == {f"{s}/accuracy" for s in sets} | {"accuracy", "primary"}
-    per_set = [record["metrics"][f"{s}/accuracy"] for s in sets]
-    assert record["metrics"]["accuracy"] == pytest.approx(sum(per_set) / 8)
+    metrics = {f"{s}/{m}" for s in sets for m in ("accuracy", "accuracy_strict")}
+    assert set(record["metrics"]) == metrics | {"accuracy", "accuracy_strict", "primary"}
+    for metric in ("accuracy", "accuracy_strict"):
+        per_set = [record["metrics"][f"{s}/{metric}"] for s in sets]
+        assert record["metrics"][metric] == pytest.approx(sum(per_set) / 8)
     assert record["protocol"]["eval_rows"] == dict.fromkeys(sets, 4)
     assert len(list((store / "adhoc").glob("*.json"))) == 1  # one record for the 8 sets
 
@@ -84,7 +102,7 @@ def test_commonsense_trains_once_and_records_eight_sets(store: Path) -> None:
 def test_one_commonsense_set(store: Path) -> None:
     record = bench.run.run(compose_run(store, *LLM_SMOKE, "task=cs_arc_c"))
     assert record["status"] == "ok", record["error"]
-    assert set(record["metrics"]) == {"accuracy", "primary"}
+    assert set(record["metrics"]) == {"accuracy", "accuracy_strict", "primary"}
     assert record["protocol"]["source_rows"] == {"cs_arc_c": 299}
 
 

@@ -1,0 +1,160 @@
+"""Each paper sweep runs its paper's protocol: docs/protocols.md, value by value, against the resolved configs;
+per-point protocol rules; evaluation during training with best and final; the report's choice between them."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from omegaconf import OmegaConf
+
+import bench.run
+from bench.config import CONF_DIR, group_choices
+from bench.errors import ConfigError
+from bench.grid import grid_axes, grid_points, sweep_config
+from bench.paper import paper_report
+from bench.run import identify
+from bench.store import RunStore
+from tests.conftest import compose_run
+
+DOC = CONF_DIR.parent / "docs" / "protocols.md"
+NOT_PAPER_SWEEPS = {"demo", "demo_methods", "demo_llm", "demo_llm_gsm8k", "none"}
+
+
+def _rows() -> list[tuple[str, str, str, str, str]]:
+    """(sweep, setting, point, value, reference) for every table row of the document."""
+    rows, sweep = [], None
+    for line in DOC.read_text().splitlines():
+        if line.startswith("## "):
+            sweep = re.split(r"[ ,]", line[3:], maxsplit=1)[0]
+        match = re.match(r"^\| `([^`]+)` \| (.*?) \| (.*?) \| (.*?) \|$", line)
+        if match and sweep:
+            rows.append((sweep, *match.groups()))
+    return rows
+
+
+ROWS = _rows()
+
+
+def test_every_paper_sweep_has_a_section_with_references() -> None:
+    documented = {s for s, *_ in ROWS} | {
+        m.group(1) for _, _, point, _, _ in ROWS for m in [re.search(r"sweep=(\w+)", point)] if m
+    }
+    assert set(group_choices("sweep")) - NOT_PAPER_SWEEPS <= documented
+    assert len(ROWS) > 100 and all(reference.strip() for *_, reference in ROWS)
+
+
+def _resolve(sweep: str, point: str) -> object:
+    overrides = dict(item.split("=", 1) for item in point.split() if point.strip() not in ("—", "-"))
+    sweep = overrides.pop("sweep", sweep)
+    first = grid_points(grid_axes(sweep_config(sweep)))[0]
+    cfg = sweep_config(sweep, [f"{k}={v}" for k, v in {**first, **overrides}.items()])
+    _, _, axes, _, _ = identify(cfg)  # what the run resolves: protocol rules, per-method targets
+    return cfg, axes
+
+
+@pytest.mark.parametrize(("sweep", "setting", "point", "value", "reference"), ROWS)
+def test_sweep_runs_the_documented_protocol(sweep: str, setting: str, point: str, value: str, reference: str) -> None:
+    cfg, axes = _resolve(sweep, point)
+    if setting in axes:
+        got = axes[setting]
+    else:
+        node = OmegaConf.select(cfg, setting)
+        got = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+    expected = yaml.safe_load(value)
+    if isinstance(expected, float) or isinstance(got, float):
+        assert got == pytest.approx(expected), (setting, point)
+    else:
+        assert got == expected, (setting, point)
+
+
+def test_protocol_rules_merge_in_order_and_reject_bad_keys() -> None:
+    cfg = sweep_config("goat_t4", ["method=full", "task=glue_rte"])
+    identify(cfg)
+    assert cfg.lr == 1e-5 and cfg.trainer.num_train_epochs == 50 and "entails" in cfg.task.input_template
+    bad = sweep_config("goat_t4", ["+protocol_rules=[{when: {dataset: x}, set: {lr: 1}}]"])
+    with pytest.raises(ConfigError, match="`when` key 'dataset' is not valid; valid keys: method, model, task"):
+        identify(bad)
+
+
+def test_a_run_that_evaluates_during_training_records_best_and_final(store: Path) -> None:
+    record = bench.run.run(compose_run(store, "trainer.eval_every=2", "trainer.max_steps=6", "lr=5e-3"))
+    assert record["status"] == "ok", record["error"]
+    history = record["eval_history"]
+    assert [h["step"] for h in history] == [2, 4, 6]
+    assert history[-1]["accuracy"] == record["metrics"]["accuracy"]  # the final evaluation closes the history
+    best = max(history, key=lambda h: (h["accuracy"], -h["step"]))
+    assert record["best_step"] == best["step"]
+    assert record["best_metrics"]["primary"] == record["best_metrics"]["accuracy"] == best["accuracy"]
+    once = bench.run.run(compose_run(store, "trainer.max_steps=6", "lr=5e-3"))
+    assert once["eval_history"] is None and once["best_metrics"] is None  # evaluated once: final only
+
+
+def _glue_record(method: str, task: str, final: float, best: float) -> dict:
+    return {
+        "run_id": f"{method}{task}", "sweep": "st", "status": "ok", "method": method, "model": "roberta-base",
+        "task": task, "rank": 2, "lr": 1e-4, "seed": 0, "data": "hub",
+        "metrics": {"accuracy": final, "primary": final}, "best_metrics": {"accuracy": best, "primary": best},
+        "best_step": 100, "config": {},
+    }  # fmt: skip
+
+
+def test_paper_report_takes_best_or_final_as_the_table_says(tmp_path: Path) -> None:
+    store = RunStore(tmp_path)
+    store.write(_glue_record("lora", "glue_rte", final=0.70, best=0.80))
+    subspace = paper_report(tmp_path, "st", "subspace_t2_roberta_base_glue")  # select: best
+    lora = subspace[(subspace["Method"] == "LoRA") & (subspace["r"] == "2")].iloc[0]
+    assert lora["RTE"] == "80.00 (81.59, Δ -1.59)"
+    store.write({**_glue_record("lora", "glue_rte", final=0.70, best=0.80), "model": "roberta-large", "rank": 32})
+    goat = paper_report(tmp_path, "st", "goat_t4_roberta_large_glue").set_index("Method")  # final
+    assert goat.at["LoRA", "RTE"] == "70.00 (84.47, Δ -14.47)"
+
+
+def test_glue_input_template_makes_one_sequence() -> None:
+    from bench.models import load_tokenizer
+    from tasks.base import build_task
+    from tests.helpers import TINY
+
+    tokenizer = load_tokenizer(TINY)
+    cfg = sweep_config("goat_t4", ["task=glue_rte"])
+    identify(cfg)
+    task = build_task(cfg.task)
+    rows = __import__("datasets").Dataset.from_list([{"sentence1": "A cat.", "sentence2": "An animal.", "label": 0}])
+    encoded = task._tokenize(rows, tokenizer)
+    expected = tokenizer("determine if the second sentence entails the first sentence: A cat.\nAn animal.\nresult: ")
+    assert encoded[0]["input_ids"] == expected["input_ids"]  # one string, not a sentence pair
+
+
+def test_vit_holdout_is_torch_random_split_and_the_crop_is_random_resized() -> None:
+    import numpy as np
+    from PIL import Image
+
+    from tasks.image import holdout_indices, random_resized_crop
+
+    kept = holdout_indices(100, 0.1, 5000, 0)
+    train, _ = torch.utils.data.random_split(range(100), [90, 10], generator=torch.Generator().manual_seed(0))
+    assert kept == list(train.indices)
+    assert len(holdout_indices(80_000, 0.1, 5000, 0)) == 75_000  # the 5000 cap
+    image = Image.fromarray(np.arange(64 * 48 * 3, dtype=np.uint8).reshape(48, 64, 3) % 255)
+    rng = np.random.default_rng(0)
+    crops = [random_resized_crop(image, 32, (0.9, 1.0), (0.75, 1.3333), rng) for _ in range(5)]
+    assert all(c.size == (32, 32) for c in crops)
+    assert len({c.tobytes() for c in crops}) > 1  # random, yet seeded: the same RNG state gives the same crops
+    again = [random_resized_crop(image, 32, (0.9, 1.0), (0.75, 1.3333), np.random.default_rng(0)) for _ in range(1)]
+    assert again[0].tobytes() == crops[0].tobytes()
+
+
+def test_image_run_with_goats_holdout_and_augmentation(store: Path) -> None:
+    record = bench.run.run(
+        compose_run(
+            store, "model=tiny-clip", "task=img_digits", "task.max_train_samples=200", "task.max_eval_samples=20",
+            "task.train_holdout={fraction: 0.1, max_rows: 5000, seed: 0}",
+            "task.augment={kind: random_resized_crop, scale: [0.9, 1.0], ratio: [0.75, 1.3333]}",
+        )
+    )  # fmt: skip
+    assert record["status"] == "ok", record["error"]
+    assert record["protocol"]["train_holdout"] == {"held_out": 20, "seed": 0}
+    assert record["protocol"]["train_rows"] == 180
