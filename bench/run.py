@@ -11,6 +11,7 @@ run is recorded as `failed` with a one-line error, and a sweep goes on with its 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -72,20 +73,30 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
         log.info("skip %s: already done (%s)", run_id, store.record_path(cfg.sweep, run_id))
         return None
 
+    rank, world_size = process_rank()
     fields: dict[str, Any] = {
         "run_id": run_id, "sweep": cfg.sweep, "method": method.name, "model": cfg.model.name,
         "task": task.name, **axes, "primary_metric": task.primary, "started_at": now(),
-        "resumed_from_step": None,
+        "resumed_from_step": None, "world_size": world_size,
         "config": {**OmegaConf.to_container(cfg, resolve=True), "rank": axes["rank"]},
     }  # fmt: skip
     work_dir = store.sweep_dir(cfg.sweep) / ".work" / run_id
+    predictions: list[dict[str, Any]] = []
     try:
-        fields.update(_train_point(cfg, method, params, axes, task, store, run_id, work_dir))
+        point = _train_point(cfg, method, params, axes, task, store, run_id, work_dir)
+        predictions = point.pop("predictions", [])
+        fields.update(point)
     except ConfigError:
         raise
     except Exception as exc:  # any failure of one point is recorded; the sweep goes on
+        if world_size > 1:  # one process of several failed (or lost a peer): no record, torchrun ends the run
+            raise
         log.debug("run %s failed", run_id, exc_info=True)
         fields.update(status="failed", error=one_line(exc))
+    if rank != 0:  # several processes, one run: the first process alone writes (the others hold the same)
+        return None
+    if predictions:  # first the predictions, then the record: a record never points at a missing file
+        fields["predictions_file"] = store.write_predictions(cfg.sweep, run_id, predictions).name
     record = new_record(**fields, finished_at=now())
     path = store.write(record)
     # only once the record is written: a preempted job (SIGUSR2/SIGTERM -> SystemExit) or a kill
@@ -102,7 +113,7 @@ def _train_point(cfg, method, params, axes, task, store, run_id, work_dir) -> di
     model_name = f"model {cfg.model.get('hub_id') or cfg.model.name!r}"
     with from_hub_cache(model_name, cfg.sweep):
         processor = load_processor(cfg.model, task.modality)
-    with from_hub_cache(f"the data of task {task.name!r} ({', '.join(p for p, _ in task.hub_datasets())})", cfg.sweep):
+    with from_hub_cache(f"the data of task {task.name!r} ({', '.join(map(str, task.hub_loads()))})", cfg.sweep):
         data = task.prepare(cfg.data, processor, axes["seed"])
     with from_hub_cache(model_name, cfg.sweep):
         model = load_model(cfg.model, task.model_kind, **task.model_head(processor))
@@ -161,6 +172,10 @@ def _train_point(cfg, method, params, axes, task, store, run_id, work_dir) -> di
         error = f"loss became NaN/inf at step {outcome.diverged_at_step}"
         return {**fields, "status": "diverged", "error": error, "metrics": {}, "final_loss": None}
     metrics = {**outcome.metrics, "primary": outcome.metrics[task.primary]}
+    fields.update(
+        predictions=outcome.predictions, eval_seconds=outcome.eval_seconds,
+        generated_tokens_per_second=outcome.generated_tokens_per_second,
+    )  # fmt: skip
     best = best_evaluation(outcome.history, task.primary)
     if best is not None:  # the protocol evaluated during training: its best evaluation, with its step
         fields["eval_history"] = outcome.history
@@ -169,6 +184,11 @@ def _train_point(cfg, method, params, axes, task, store, run_id, work_dir) -> di
     if cfg.trainer.save_adapter:
         method.save(model, str(store.sweep_dir(cfg.sweep) / "adapters" / run_id))
     return {**fields, "status": "ok", "metrics": metrics}
+
+
+def process_rank() -> tuple[int, int]:
+    """(this process's rank, the number of processes) under torchrun/accelerate; (0, 1) alone."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
 def _report(record: dict[str, Any], path: Path) -> None:

@@ -1,13 +1,19 @@
-"""The results store: one JSON record per run at `<root>/<sweep>/<run_id>.json`.
+"""The results store: one JSON record per run at `<root>/<sweep>/<run_id>.json`, and beside it the run's
+per-example predictions, `<run_id>.preds.jsonl.gz` (one JSON object per evaluated example).
 
 Writes are atomic (a temp file in the same folder, fsynced, then `os.replace`), so a reader or a
-re-launched sweep never sees half a record, and many jobs can write into one folder at once.
+re-launched sweep never sees half a record, and many jobs can write into one folder at once. The
+predictions are written first and the record last: the record is the commit point, so a record never
+points at a missing file; predictions a kill left without their record are replaced when the point runs
+again (and `orphans` lists them).
 A run whose record is complete (`ok`, or `diverged`: a deterministic outcome that the LR-sensitivity
 report needs) is skipped on re-launch; a `failed` one is run again and its record replaced.
 """
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
 import logging
 import os
@@ -22,6 +28,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 COMPLETED = frozenset({"ok", "diverged"})
+PREDICTIONS_SUFFIX = ".preds.jsonl.gz"
 STATUSES = ("ok", "diverged", "failed")
 TEMP_PREFIX = ".tmp-"
 STALE_TEMP_SECONDS = 3600.0
@@ -57,6 +64,9 @@ class RunStore:
     def record_path(self, sweep: str, run_id: str) -> Path:
         return self.sweep_dir(sweep) / f"{run_id}.json"
 
+    def predictions_path(self, sweep: str, run_id: str) -> Path:
+        return self.sweep_dir(sweep) / f"{run_id}{PREDICTIONS_SUFFIX}"
+
     def sweeps(self) -> list[str]:
         if not self.root.is_dir():
             return []
@@ -77,24 +87,46 @@ class RunStore:
         record = self.read(sweep, run_id)
         return record is not None and record.get("status") in COMPLETED
 
-    def write(self, record: dict[str, Any]) -> Path:
-        """Write a record atomically; returns its path."""
-        folder = self.sweep_dir(record["sweep"])
-        folder.mkdir(parents=True, exist_ok=True)
-        payload = json.dumps(record, indent=2, sort_keys=True, default=str, allow_nan=False)
+    def _atomic_write(self, target: Path, payload: bytes) -> Path:
+        target.parent.mkdir(parents=True, exist_ok=True)
         prefix = f"{TEMP_PREFIX}{socket.gethostname()}-{os.getpid()}-"
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=".json")
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=prefix, suffix=".json")
         try:
-            with os.fdopen(fd, "w") as handle:
+            with os.fdopen(fd, "wb") as handle:
                 handle.write(payload)
                 handle.flush()
                 os.fsync(handle.fileno())
-            target = self.record_path(record["sweep"], record["run_id"])
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
         return target
+
+    def write(self, record: dict[str, Any]) -> Path:
+        """Write a record atomically; returns its path."""
+        self.sweep_dir(record["sweep"]).mkdir(parents=True, exist_ok=True)
+        payload = json.dumps(record, indent=2, sort_keys=True, default=str, allow_nan=False)
+        return self._atomic_write(self.record_path(record["sweep"], record["run_id"]), payload.encode())
+
+    def write_predictions(self, sweep: str, run_id: str, rows: list[dict[str, Any]]) -> Path:
+        """Write a run's per-example predictions atomically (before its record); returns the path."""
+        buffer = io.BytesIO()
+        with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as handle:  # mtime 0: same rows, same bytes
+            for row in rows:
+                handle.write((json.dumps(row, sort_keys=True, default=str) + "\n").encode())
+        return self._atomic_write(self.predictions_path(sweep, run_id), buffer.getvalue())
+
+    def read_predictions(self, sweep: str, run_id: str) -> list[dict[str, Any]]:
+        with gzip.open(self.predictions_path(sweep, run_id), "rt", encoding="utf-8") as handle:
+            return [json.loads(line) for line in handle]
+
+    def orphans(self, sweep: str) -> list[Path]:
+        """Predictions files without a complete record (a run killed between its two writes)."""
+        folder = self.sweep_dir(sweep)
+        return sorted(
+            path for path in folder.glob(f"*{PREDICTIONS_SUFFIX}")
+            if not self.is_done(sweep, path.name[: -len(PREDICTIONS_SUFFIX)])
+        )  # fmt: skip
 
     def clean_stale_temps(self, sweep: str) -> int:
         """Remove temp files of writers that died: this host's dead pids, or any over an hour old."""

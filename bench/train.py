@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from bench.checkpoints import MarkCompleteCheckpoints
@@ -39,6 +40,7 @@ PASSED_THROUGH = (
     "lr_scheduler_type",
     "max_grad_norm",
     "logging_steps",
+    "fsdp",
 )
 
 
@@ -51,6 +53,9 @@ class TrainOutcome:
 
     metrics: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
+    predictions: list[dict[str, Any]] = field(default_factory=list)
+    eval_seconds: float | None = None
+    generated_tokens_per_second: float | None = None
     train_seconds: float = 0.0
     steps: int = 0
     final_loss: float | None = None
@@ -111,7 +116,7 @@ class PeriodicEvaluation(TrainerCallback):
     def _evaluate(self, state) -> None:  # noqa: ANN001
         if state.global_step >= state.max_steps or any(h["step"] == state.global_step for h in self.history):
             return
-        self.history.append({"step": state.global_step, **self.task.evaluate(self.trainer, self.data)})
+        self.history.append({"step": state.global_step, **self.task.evaluate(self.trainer, self.data).metrics})
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(json.dumps(self.history))
 
@@ -213,6 +218,7 @@ def training_arguments(cfg: DictConfig, output_dir: str, use_bf16: bool) -> Trai
         disable_tqdm=not trainer.progress_bar,
         dataloader_num_workers=0,
         **{key: trainer[key] for key in PASSED_THROUGH},
+        fsdp_config=OmegaConf.to_container(trainer.fsdp_config, resolve=True) if trainer.get("fsdp_config") else None,
     )
 
 
@@ -252,7 +258,12 @@ def train_and_evaluate(
     if guard.diverged_at_step is not None or not math.isfinite(result.training_loss):
         outcome.diverged_at_step = guard.diverged_at_step or trainer.state.global_step
         return outcome
-    outcome.metrics.update(task.evaluate(trainer, data))
+    started = time.perf_counter()
+    evaluation = task.evaluate(trainer, data)
+    outcome.eval_seconds = time.perf_counter() - started
+    outcome.generated_tokens_per_second = evaluation.generated_tokens_per_second
+    outcome.metrics.update(evaluation.metrics)
+    outcome.predictions = evaluation.predictions
     if periodic is not None:
         outcome.history = [*periodic.history, {"step": outcome.steps, **outcome.metrics}]
     outcome.metrics.update(method.extra_metrics(model))

@@ -28,6 +28,7 @@ from peft.tuners.lora import LoraLayer
 from bench.errors import ConfigError
 from methods.base import RunContext, register
 from methods.lora import Lora, LoraParams
+from methods.targets import require_targets
 
 
 @dataclass
@@ -80,6 +81,16 @@ def reference_kasa_loss(
 class Kasa(Lora):
     name = "kasa"
     Params = KasaParams
+
+    def validate(self, params: KasaParams, model: torch.nn.Module, ctx: RunContext) -> None:
+        """W0 keeps min(in, out) − r singular components: at least one must be left."""
+        for layer in require_targets(model, ctx.target_modules):
+            limit = min(layer.in_features, layer.out_features) - 1
+            if ctx.rank > limit:
+                raise ConfigError(
+                    f"rank={ctx.rank} leaves no singular component of target layer {layer.name!r} "
+                    f"(min(in, out) = {limit + 1}) for KaSA; valid ranks: 1..{limit}"
+                )
 
     def peft_options(self, params: KasaParams, ctx: RunContext) -> dict[str, Any]:
         return {"kasa_config": KasaConfig(beta=params.beta, gamma=params.gamma)}

@@ -23,6 +23,35 @@ if TYPE_CHECKING:
     from transformers import Trainer
 
 
+@dataclass(frozen=True)
+class HubLoad:
+    """One `datasets.load_dataset` call a task makes under data=hub: the run and `peftbench prefetch` make the
+    same call, so the cache a prefetch fills is the cache the run reads."""
+
+    path: str
+    name: str | None = None
+    split: str | None = None
+
+    def load(self) -> Any:
+        from datasets import load_dataset
+
+        return load_dataset(self.path, self.name, split=self.split)
+
+    def __str__(self) -> str:
+        return f"{self.path}{'/' + self.name if self.name else ''}{':' + self.split if self.split else ''}"
+
+
+@dataclass
+class Evaluation:
+    """A task's metrics on its eval splits, and one row per evaluated example (the predictions sidecar):
+    `split` (the eval split or set), `id` (the row's index in it), `prediction`, `reference`, `correct`
+    (None where the metric is not a per-example hit, as a regression's), and `text` for generated answers."""
+
+    metrics: dict[str, float]
+    predictions: list[dict[str, Any]] = field(default_factory=list)
+    generated_tokens_per_second: float | None = None  # generation tasks: this process's rate
+
+
 @dataclass
 class TaskData:
     """Tokenized train split, the eval splits (metric-key suffix -> split), and how they were made."""
@@ -60,8 +89,8 @@ class Task:
         """Load and preprocess the splits; `seed` drives any randomness of the training data (augmentation)."""
         raise NotImplementedError
 
-    def hub_datasets(self) -> list[tuple[str, str | None]]:
-        """The (path, config name) of every hub dataset the task reads under data=hub (for prefetch)."""
+    def hub_loads(self) -> list[HubLoad]:
+        """Every `load_dataset` call the task makes under data=hub (what prefetch repeats)."""
         return []
 
     def model_head(self, processor: Any) -> dict[str, Any]:
@@ -76,25 +105,44 @@ class Task:
         """Turn a list of preprocessed rows into a batch."""
         return DataCollatorWithPadding(processor)
 
-    def evaluate(self, trainer: Trainer, data: TaskData) -> dict[str, float]:
-        """The task's metrics on every eval split of `data` for the trained model in `trainer`."""
+    def evaluate(self, trainer: Trainer, data: TaskData) -> Evaluation:
+        """The task's metrics on every eval split of `data` for the trained model in `trainer`, and the
+        per-example predictions behind them. Under several processes every process gets the same result,
+        computed once over the whole eval set."""
         raise NotImplementedError
 
 
 class ClassificationTask(Task):
-    """A task scored from the logits of a classification (or 1-output regression) head."""
+    """A task scored from the logits of a classification (or 1-output regression) head, with `cfg.metrics`."""
 
-    def score(self, predictions: np.ndarray, references: np.ndarray, suffix: str = "") -> dict[str, float]:
-        raise NotImplementedError
+    regression = False
 
-    def evaluate(self, trainer: Trainer, data: TaskData) -> dict[str, float]:
+    def decide(self, logits: np.ndarray) -> np.ndarray:
+        """The predicted label of each row (the value itself for a 1-output regression head)."""
+        return logits.reshape(-1) if self.regression else logits.argmax(axis=-1)
+
+    def score(self, logits: np.ndarray, references: np.ndarray, suffix: str = "") -> dict[str, float]:
+        from tasks.metrics import METRICS
+
+        predicted = self.decide(np.asarray(logits))
+        return {f"{m}{suffix}": METRICS[m](predicted, np.asarray(references)) for m in self.cfg.metrics}
+
+    def evaluate(self, trainer: Trainer, data: TaskData) -> Evaluation:
         metrics: dict[str, float] = {}
+        rows: list[dict[str, Any]] = []
         for suffix, split in data.evals.items():
-            prediction = trainer.predict(split)
+            prediction = trainer.predict(split)  # gathered over processes, each example once
             logits = prediction.predictions
-            logits = logits[0] if isinstance(logits, tuple) else logits
-            metrics.update(self.score(np.asarray(logits), np.asarray(prediction.label_ids), suffix))
-        return metrics
+            logits = np.asarray(logits[0] if isinstance(logits, tuple) else logits)
+            references = np.asarray(prediction.label_ids)
+            metrics.update(self.score(logits, references, suffix))
+            predicted = self.decide(logits)
+            rows += [
+                {"split": suffix or "eval", "id": i, "prediction": p.item(), "reference": r.item(),
+                 "correct": None if self.regression else bool(p == r)}
+                for i, (p, r) in enumerate(zip(predicted, references, strict=True))
+            ]  # fmt: skip
+        return Evaluation(metrics, rows)
 
 
 _FAMILIES: dict[str, type[Task]] = {}

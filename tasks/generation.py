@@ -12,15 +12,24 @@ decoded text to the task.
 from __future__ import annotations
 
 import contextlib
+import re
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
 from datasets import Dataset
-from transformers import DataCollatorForSeq2Seq, GenerationConfig, PreTrainedTokenizerBase
+from transformers import (
+    DataCollatorForSeq2Seq,
+    GenerationConfig,
+    PreTrainedTokenizerBase,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 
+from bench.config import check_choice
 from bench.errors import ConfigError
-from tasks.base import Task, TaskData
+from tasks.base import Evaluation, Task, TaskData
 
 if TYPE_CHECKING:
     from transformers import Trainer
@@ -79,6 +88,21 @@ def generation_model(model: torch.nn.Module) -> torch.nn.Module:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+class StopAtPattern(StoppingCriteria):
+    """Mark a sequence finished once its generated text holds the task's stop pattern (the end of its answer).
+
+    Only the last `window` tokens are decoded at each step, so the check costs the same at every length; a
+    match there is a match in the whole text, so a sequence never stops before its answer has ended."""
+
+    def __init__(self, pattern: re.Pattern[str], decode: Callable[[list[int]], str], prompt_width: int) -> None:
+        self.pattern, self.decode, self.prompt_width, self.window = pattern, decode, prompt_width, 24
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        tails = input_ids[:, max(self.prompt_width, input_ids.shape[1] - self.window) :].tolist()
+        done = [self.pattern.search(self.decode(tail)) is not None for tail in tails]
+        return torch.tensor(done, device=input_ids.device)
+
+
 @torch.no_grad()
 def generate(
     model: torch.nn.Module,
@@ -87,32 +111,60 @@ def generate(
     eos_id: int,
     settings: dict[str, Any],
     bf16: bool = False,
-) -> list[list[int]]:
-    """The generated ids (prompt excluded, cut at EOS) for each prompt, in order; deterministic."""
+    stop: tuple[re.Pattern[str], Callable[[list[int]], str]] | None = None,
+) -> tuple[list[list[int]], int]:
+    """(the generated ids, prompt excluded and cut at EOS, for each prompt in order; the tokens generated).
+
+    Deterministic. Prompts are batched by length (less padding) and put back in order. With `stop` (a pattern
+    and the tokenizer's decode), greedy decoding ends a batch once every sequence has finished its answer
+    rather than at max_new_tokens; beam search ends at EOS (its beams would need the pattern per beam).
+    """
     net = generation_model(model)
     was_training = net.training
     net.eval()
     device = next(net.parameters()).device
+    beams = int(settings["num_beams"])
     config = GenerationConfig(
-        max_new_tokens=int(settings["max_new_tokens"]), do_sample=False, num_beams=int(settings["num_beams"]),
-        pad_token_id=pad_id, eos_token_id=eos_id,
+        max_new_tokens=int(settings["max_new_tokens"]), do_sample=False, num_beams=beams,
+        pad_token_id=pad_id, eos_token_id=eos_id, cache_implementation=settings.get("cache_implementation"),
     )  # fmt: skip
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and device.type == "cuda" else None
-    outputs: list[list[int]] = []
+    outputs: list[list[int]] = [[] for _ in prompts]
+    generated = 0
     batch = int(settings["batch_size"])
+    order = (
+        sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        if settings.get("sort_by_length", True)
+        else list(range(len(prompts)))
+    )
     try:
-        for start in range(0, len(prompts), batch):
-            chunk = prompts[start : start + batch]
-            width = max(len(p) for p in chunk)
-            ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in chunk], device=device)
-            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device)
+        for start in range(0, len(order), batch):
+            chunk = order[start : start + batch]
+            width = max(len(prompts[i]) for i in chunk)
+            ids = torch.tensor([[pad_id] * (width - len(prompts[i])) + prompts[i] for i in chunk], device=device)
+            mask = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in chunk], device=device)
+            criteria = None
+            if stop is not None and beams == 1:
+                criteria = StoppingCriteriaList([StopAtPattern(stop[0], stop[1], width)])
             with autocast or contextlib.nullcontext():
-                result = net.generate(input_ids=ids, attention_mask=mask, generation_config=config)
-            for row in result[:, width:].tolist():
-                outputs.append(row[: row.index(eos_id)] if eos_id in row else row)
+                result = net.generate(
+                    input_ids=ids, attention_mask=mask, generation_config=config, stopping_criteria=criteria
+                )
+            for index, row in zip(chunk, result[:, width:].tolist(), strict=True):
+                row = row[: row.index(eos_id)] if eos_id in row else row
+                while criteria is not None and row and row[-1] == pad_id:  # a stopped sequence is padded after
+                    row.pop()
+                outputs[index] = row
+                generated += len(row)
     finally:
         net.train(was_training)
-    return outputs
+    return outputs, generated
+
+
+def cut_at_stop(text: str, pattern: re.Pattern[str] | None) -> str:
+    """The text up to the end of its answer (the stop pattern's first match), what the task scores."""
+    match = pattern.search(text) if pattern is not None else None
+    return text[: match.end()] if match else text
 
 
 def check_generation_settings(cfg: Any) -> None:
@@ -121,12 +173,19 @@ def check_generation_settings(cfg: Any) -> None:
         value = None if settings is None else settings.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ConfigError(f"task.generation.{key}={value!r} is not valid; give a positive integer")
+    for key in ("stop_early", "sort_by_length"):
+        if not isinstance(settings.get(key, True), bool):
+            raise ConfigError(f"task.generation.{key}={settings.get(key)!r} is not valid; give true or false")
+    check_choice("task.generation.cache_implementation", settings.get("cache_implementation"), [None, "static"])
 
 
 class GenerativeTask(Task):
     """A task learnt as prompt -> answer text by a causal LM and scored on what it generates.
 
-    Subclasses give the training rows and the eval sets as (prompt, target/reference) and `score_texts`.
+    Subclasses give the training rows and the eval sets as (prompt, target/reference), `score_texts` (the
+    metrics of a set) and `answer` (the answer the primary metric reads from one output, for the sidecar).
+    Under several processes each generates a share of the prompts and the texts are gathered in order, so the
+    eval set is generated once.
     """
 
     model_kind = "causal-lm"
@@ -187,13 +246,56 @@ class GenerativeTask(Task):
         }
         return TaskData(train=train_ids, evals=evals, protocol=protocol, processor=processor)
 
-    def evaluate(self, trainer: Trainer, data: TaskData) -> dict[str, float]:
+    def answer(self, name: str, output: str) -> str | None:
+        """The answer the primary metric reads from one generated output (None: no answer)."""
+        raise NotImplementedError
+
+    def stop_pattern(self) -> re.Pattern[str] | None:
+        """Where an answer ends (GSM8K: its "#### N" line): generation stops there and scoring reads no further,
+        so stopping early changes no score. None: at EOS or max_new_tokens."""
+        return None
+
+    def evaluate(self, trainer: Trainer, data: TaskData) -> Evaluation:
         tokenizer = data.processor
         eos = end_token_id(tokenizer)
         settings = dict(self.cfg.generation)
+        rank, world = trainer.args.process_index, trainer.args.world_size
+        pattern = self.stop_pattern()
+        stop = None if pattern is None or not settings.get("stop_early", True) else (pattern, tokenizer.decode)
         metrics: dict[str, float] = {}
+        predictions: list[dict[str, Any]] = []
+        started, generated = time.perf_counter(), 0
         for name, rows in data.evals.items():
-            ids = generate(trainer.model, rows["prompt_ids"], tokenizer.pad_token_id, eos, settings, trainer.args.bf16)
-            texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
-            metrics.update(self.score_texts(name, texts, rows["reference"]))
-        return metrics
+            prompts = rows["prompt_ids"]
+            mine = list(range(rank, len(prompts), world))
+            ids, count = generate(
+                trainer.model, [prompts[i] for i in mine], tokenizer.pad_token_id, eos, settings, trainer.args.bf16,
+                stop,
+            )  # fmt: skip
+            generated += count
+            texts = [cut_at_stop(t, pattern) for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+            texts = gather_in_order(texts, mine, len(prompts), world)
+            references = rows["reference"]
+            metrics.update(self.score_texts(name, texts, references))
+            for i, (text, reference) in enumerate(zip(texts, references, strict=True)):
+                answer = self.answer(name, text)
+                predictions.append({"split": name or "eval", "id": i, "prediction": answer, "reference": reference,
+                                    "correct": answer == reference, "text": text})  # fmt: skip
+        seconds = time.perf_counter() - started
+        return Evaluation(metrics, predictions, generated_tokens_per_second=generated / max(seconds, 1e-9))
+
+
+def gather_in_order(texts: list[str], indices: list[int], total: int, world: int) -> list[str]:
+    """Every process's texts, placed at their prompts' indices: the whole set, in order, on every process."""
+    if world == 1:
+        return texts
+    import torch.distributed as dist
+
+    shares: list[list[tuple[int, str]]] = [[] for _ in range(world)]
+    dist.all_gather_object(shares, list(zip(indices, texts, strict=True)))
+    ordered: list[str | None] = [None] * total
+    for share in shares:
+        for index, text in share:
+            ordered[index] = text
+    assert all(t is not None for t in ordered), "a process's share of the generations is missing"
+    return ordered  # type: ignore[return-value]

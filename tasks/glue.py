@@ -11,14 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-from datasets import Dataset, load_dataset
+from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
 from bench.config import check_choice
 from bench.errors import ConfigError
 from bench.models import classifier_head
-from tasks.base import ClassificationTask, TaskData, register_family
+from tasks.base import ClassificationTask, HubLoad, TaskData, register_family
 from tasks.metrics import METRICS
 from tasks.offline import load_split, require_offline, tasks_with_offline
 
@@ -26,6 +25,10 @@ from tasks.offline import load_split, require_offline, tasks_with_offline
 @register_family
 class Glue(ClassificationTask):
     family = "glue"
+
+    @property
+    def regression(self) -> bool:
+        return self.cfg.num_labels == 1
 
     def validate(self, data: str) -> None:
         cfg = self.cfg
@@ -41,8 +44,8 @@ class Glue(ClassificationTask):
         if data == "offline":
             require_offline(cfg, tasks_with_offline("glue_"))
 
-    def hub_datasets(self) -> list[tuple[str, str | None]]:
-        return [(self.cfg.hub.path, self.cfg.hub.name)]
+    def hub_loads(self) -> list[HubLoad]:
+        return [HubLoad(self.cfg.hub.path, self.cfg.hub.name)]  # the config's splits together (test included)
 
     def model_head(self, processor: PreTrainedTokenizerBase) -> dict[str, Any]:
         return classifier_head(self.cfg.num_labels, processor.pad_token_id)
@@ -52,7 +55,8 @@ class Glue(ClassificationTask):
         if data == "offline":
             train, held_out, protocol = load_split(cfg, tasks_with_offline("glue_"))
             return train, {"": held_out}, protocol
-        hub = load_dataset(cfg.hub.path, cfg.hub.name)
+        (load,) = self.hub_loads()
+        hub = load.load()
         evals = {suffix: hub[split] for split, suffix in cfg.eval_splits.items()}
         protocol = {
             "name": "paper",
@@ -96,9 +100,3 @@ class Glue(ClassificationTask):
             return encoded
 
         return rows.map(encode, batched=True, remove_columns=rows.column_names, desc=f"tokenize {self.name}")
-
-    def score(self, predictions: np.ndarray, references: np.ndarray, suffix: str = "") -> dict[str, float]:
-        predictions = np.asarray(predictions)
-        regression = self.cfg.num_labels == 1
-        predicted = predictions.reshape(-1) if regression else predictions.argmax(axis=-1)
-        return {f"{m}{suffix}": METRICS[m](predicted, np.asarray(references)) for m in self.cfg.metrics}

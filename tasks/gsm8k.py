@@ -20,16 +20,17 @@ import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from datasets import Dataset, load_dataset
+from datasets import Dataset
 
 from bench.config import check_choice
-from tasks.base import register_family
+from tasks.base import HubLoad, register_family
 from tasks.generation import GenerativeTask, PromptEncoder
 from tasks.offline import require_offline, shipped_requests, split_rows
 
 NUMBER = r"-?[$]?\d[\d,]*(?:\.\d+)?|-?[$]?\.\d+"
 STRICT = re.compile(r"####\s*(" + NUMBER + ")")
 ANY_NUMBER = re.compile(NUMBER)
+ANSWER_END = re.compile(r"####\s*(?:" + NUMBER + r")[^\S\n]*\n")  # a "#### N" line, ended
 GOAT_ANSWER = re.compile(r"####\s*(-?\d+(?:,\d+)*)")
 TRAIN_SOURCES = ("metamathqa", "gsm8k")
 
@@ -55,6 +56,11 @@ def extract_flexible(output: str) -> Decimal | None:
         return extract_strict(output)
     numbers = [n for n in (normalize_number(m) for m in ANY_NUMBER.findall(output)) if n is not None]
     return numbers[-1] if numbers else None
+
+
+def number_text(number: Decimal) -> str:
+    """A number as plain digits with no trailing zeros: Decimal("18.00") -> "18", Decimal("1E+2") -> "100"."""
+    return format(number.normalize(), "f")
 
 
 def is_correct(predicted: Decimal | None, reference: str) -> bool:
@@ -96,8 +102,8 @@ class Gsm8k(GenerativeTask):
         if data == "offline":
             require_offline(self.cfg, [self.name])
 
-    def hub_datasets(self) -> list[tuple[str, str | None]]:
-        return [(s.path, s.name) for s in (self.cfg.hub[self.cfg.train_on], self.cfg.hub.test)]
+    def hub_loads(self) -> list[HubLoad]:
+        return [HubLoad(s.path, s.name, s.split) for s in (self.cfg.hub[self.cfg.train_on], self.cfg.hub.test)]
 
     def _rows(
         self, rows: Dataset, question: str, answer: str, for_training: bool, keep: tuple[str, ...] = ()
@@ -105,7 +111,11 @@ class Gsm8k(GenerativeTask):
         def convert(row: dict[str, Any]) -> dict[str, str]:
             if for_training:
                 return {"prompt": self.format_train_prompt(question=row[question]), "target": row[answer]}
-            return {"prompt": self.format_prompt(question=row[question]), "reference": str(extract_strict(row[answer]))}
+            gold = extract_strict(row[answer])
+            return {
+                "prompt": self.format_prompt(question=row[question]),
+                "reference": "None" if gold is None else number_text(gold),
+            }
 
         return rows.map(convert, remove_columns=[c for c in rows.column_names if c not in keep])
 
@@ -117,8 +127,7 @@ class Gsm8k(GenerativeTask):
             evals = {"": self._rows(held_out, "question", "answer", False)}
             return self._rows(train, "question", "answer", True), evals, protocol
         source, test = cfg.hub[cfg.train_on], cfg.hub.test
-        train = load_dataset(source.path, source.name, split=source.split)
-        evals = load_dataset(test.path, test.name, split=test.split)
+        train, evals = (load.load() for load in self.hub_loads())
         protocol = {
             "name": "paper",
             "description": f"fit on {source.path} {source.split}, generate on {test.path} {test.split}",
@@ -137,6 +146,17 @@ class Gsm8k(GenerativeTask):
                 f"and whose text is under {selection.max_tokens} tokens (GOAT's subset)"
             )
         return train, {"": self._rows(evals, test.question, test.answer, False)}, protocol
+
+    def stop_pattern(self) -> re.Pattern[str]:
+        """An answer ends with its first "#### N" line: what follows is neither generated nor scored."""
+        return ANSWER_END
+
+    def answer(self, name: str, output: str) -> str | None:
+        """The primary rule's number, written as the references are ("18.00" -> "18")."""
+        if self.primary == "accuracy_goat":
+            return str(extract_goat(output))
+        number = (extract_strict if self.primary == "accuracy" else extract_flexible)(output)
+        return None if number is None else number_text(number)
 
     def score_texts(self, name: str, outputs: list[str], references: list[str]) -> dict[str, float]:
         pairs = list(zip(outputs, references, strict=True))

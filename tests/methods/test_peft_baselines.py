@@ -276,3 +276,10 @@ def test_loraplus_optimizer_takes_the_trainers_betas(tmp_path: Path, monkeypatch
     groups = [g for g in seen["groups"] if g["params"]]
     assert {tuple(g["betas"]) for g in groups} == {(0.9, 0.99)}
     assert {g["lr"] for g in groups} == {1e-3, 16e-3}
+
+
+def test_kasa_refuses_a_rank_that_leaves_no_singular_component() -> None:
+    with pytest.raises(
+        ConfigError, match=r"rank=32 leaves no singular component of target layer .* valid ranks: 1..31"
+    ):
+        build("kasa", 32)  # the tiny model's layers are 32 x 32

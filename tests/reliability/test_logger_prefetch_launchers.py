@@ -12,6 +12,7 @@ import bench.run
 from bench.errors import ConfigError
 from bench.grid import sweep_config
 from bench.prefetch import hub_assets
+from tasks.base import HubLoad
 from tests.conftest import compose_run, records, run_cli
 
 SECRET = "sekrit-0123456789abcdef"
@@ -52,11 +53,23 @@ def test_a_second_run_in_the_same_process_is_a_new_wandb_run(store: Path, tmp_pa
 def test_prefetch_lists_every_hub_model_and_dataset_of_a_grid() -> None:
     models, datasets = hub_assets("goat_t4", ["method=lora"])
     assert models == ["FacebookAI/roberta-large"]
-    assert datasets == [("nyu-mll/glue", name) for name in ("cola", "sst2", "mrpc", "qqp", "mnli", "qnli", "rte")]
+    assert datasets == [
+        HubLoad("nyu-mll/glue", name) for name in ("cola", "sst2", "mrpc", "qqp", "mnli", "qnli", "rte")
+    ]
     models, datasets = hub_assets("goat_t3", ["method=goat"])
-    assert models == ["meta-llama/Llama-2-7b-hf"] and datasets[0] == ("zwhe99/commonsense_170k", None)
-    assert len(datasets) == 1 + 8
+    assert models == ["meta-llama/Llama-2-7b-hf"] and datasets[0] == HubLoad("zwhe99/commonsense_170k", None, "train")
+    assert HubLoad("baber/piqa", None, "validation") in datasets and len(datasets) == 1 + 8
     assert hub_assets("demo", []) == ([], [])  # offline protocol, package model: nothing to fetch
+    _, images = hub_assets("goat_t1", ["method=lora", "task=img_svhn"])
+    assert images == [HubLoad("ufldl-stanford/svhn", "cropped_digits", s) for s in ("train", "test")]  # not `extra`
+
+
+def test_prefetch_downloads_one_weight_format() -> None:
+    from bench.prefetch import model_patterns
+
+    both = ["config.json", "model.safetensors", "pytorch_model.bin", "tokenizer.json", "original/consolidated.00.pth"]
+    assert model_patterns(both) == ["*.json", "*.model", "*.txt", "*.safetensors"]
+    assert model_patterns(["config.json", "pytorch_model.bin", "spm.model"]) == ["*.json", "*.model", "*.txt", "*.bin"]
 
 
 def test_missing_asset_in_an_offline_job_is_one_line_and_no_record(store: Path) -> None:
@@ -72,7 +85,7 @@ def test_missing_asset_in_an_offline_job_is_one_line_and_no_record(store: Path) 
 def test_missing_dataset_names_the_task_and_its_hub_id(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ConfigError, match=r"^the data of task 'glue_rte' \(nyu-mll/glue\) is not in the local"):
+    with pytest.raises(ConfigError, match=r"^the data of task 'glue_rte' \(nyu-mll/glue/rte\) is not in the local"):
         bench.run.run(compose_run(store, "data=hub"))
     assert records(store) == []
 

@@ -59,8 +59,8 @@ def test_greedy_generation_is_deterministic() -> None:
     model = load_model(TINY_LLAMA, "causal-lm")
     prompts = [[101, 2054, 2003], [101, 7592, 2088, 2129, 2024], [101, 2748]]
     settings = {"max_new_tokens": 12, "num_beams": 1, "batch_size": 2}
-    first = generate(model, prompts, pad_id=0, eos_id=102, settings=settings)
-    second = generate(model, prompts, pad_id=0, eos_id=102, settings=settings)
+    first, _ = generate(model, prompts, pad_id=0, eos_id=102, settings=settings)
+    second, _ = generate(model, prompts, pad_id=0, eos_id=102, settings=settings)
     assert first == second
     assert [len(ids) for ids in first] == [12, 12, 12] or any(102 not in ids for ids in first)
 

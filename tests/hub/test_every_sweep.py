@@ -1,0 +1,68 @@
+"""Every `conf/sweep/*.yaml` through the path real users take, on hub-shaped fixtures: the unchanged sweep file,
+Hydra's multirun, `load_dataset(hub id)` and `from_pretrained(hub id)` from an offline Hugging Face cache, at
+smoke scale (one lr, seed and rank per method; 2 optimizer steps; 4 eval rows; 4 new tokens), then its
+`peftbench report --paper` table. `make test-hub` (CI runs it); a sweep file added without being run here fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.cli import main as cli_main
+from bench.config import group_choices
+from bench.grid import grid_axes, sweep_config
+from bench.paper import load_paper_table, paper_tables
+from tests.conftest import REPO
+from tests.hub.fixtures import build_hub_cache
+
+pytestmark = pytest.mark.hub
+SMOKE = [
+    "trainer.max_steps=2", "trainer.per_device_train_batch_size=2", "trainer.per_device_eval_batch_size=4",
+    "trainer.checkpoint_steps=0", "trainer.progress_bar=false", "task.max_eval_samples=4",
+]  # fmt: skip
+GENERATION = ["task.generation.max_new_tokens=4", "task.generation.batch_size=4"]
+
+
+@pytest.fixture(scope="module")
+def hf_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_hub_cache(tmp_path_factory.mktemp("hf_home"))
+
+
+def _paper_table(sweep: str) -> str | None:
+    return next((t for t in paper_tables() if load_paper_table(t).get("sweep") == sweep), None)
+
+
+def _one_of_each(sweep: str) -> list[str]:
+    """The grid with one value on the lr, seed and rank axes: every method x task x model once."""
+    axes = grid_axes(sweep_config(sweep))
+    return [f"{key}={values[0]}" for key, values in axes.items() if key in ("lr", "seed", "rank")]
+
+
+@pytest.mark.parametrize("sweep", [s for s in group_choices("sweep")])
+def test_sweep_runs_through_the_hub_path(sweep: str, hf_home: Path, tmp_path: Path) -> None:
+    cfg = sweep_config(sweep)
+    tasks = grid_axes(cfg).get("task") or [cfg.task.name]
+    generative = any(sweep_config(sweep, [f"task={t}"]).task.family in ("gsm8k", "commonsense") for t in tasks)
+    env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "TRANSFORMERS_VERBOSITY": "error"}  # fmt: skip
+    store = tmp_path / "runs"
+    command = [
+        sys.executable, "-m", "bench.run", f"sweep={sweep}", *_one_of_each(sweep), *SMOKE,
+        *(GENERATION if generative else []), f"store.root={store}", f"hydra.sweep.dir={tmp_path}/hydra",
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stderr[-4000:]
+    records = [json.loads(p.read_text()) for p in (store / cfg.sweep).glob("*.json")]
+    failed = [f"{r['method']} {r['task']} {r['model']}: {r['error']}" for r in records if r["status"] != "ok"]
+    assert records and not failed, failed
+    assert {r["data"] for r in records} == {cfg.data}
+    table = _paper_table(cfg.sweep)
+    if table is not None:
+        assert cli_main(["report", cfg.sweep, "--store", str(store), "--out", str(tmp_path), "--paper", table]) == 0
+        assert (tmp_path / cfg.sweep / "tables" / f"paper_{table}.md").read_text().count("|") > 10
