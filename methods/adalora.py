@@ -7,8 +7,10 @@ or `rank_means: initial` (Subspace Tuning's and LLM-Adapters' tables, whose para
 triplets per layer, LoRA's count + r: rank = init_r, target_r = `target_share` × rank, as Subspace Tuning's
 DeBERTaV3 scripts start at 2 and prune to 1).
 `total_step` comes from the trainer; a callback calls `update_and_allocate` after every optimizer
-step, before the gradients are zeroed, as PEFT requires. PEFT adds the orthogonality regulariser
-(`orth_reg_weight`) to the loss itself.
+step, before the gradients are zeroed, as PEFT requires. The orthogonality regulariser
+`orth_reg_weight`·R_orth (PEFT's form) enters the loss through `aux_loss`: PEFT adds it in
+`AdaLoraModel.forward`, which the task-less `PeftModel` that `get_peft_model` returns here never calls
+(its forward runs the wrapped model directly).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from transformers import TrainerCallback
 from bench.errors import ConfigError
 from methods.base import Method, RunContext, register
 from methods.lora import LoraParams
+from methods.lowrank import orth_reg
 from methods.targets import check_rank, require_targets
 
 
@@ -118,3 +121,16 @@ class AdaLora(Method):
 
     def callbacks(self, model: torch.nn.Module, params: Any, ctx: RunContext) -> list[TrainerCallback]:
         return [_BudgetCallback(model)]
+
+    def aux_loss(self, model: torch.nn.Module, params: AdaLoraParams) -> torch.Tensor | None:
+        """orth_reg_weight · R_orth, R_orth = the mean over layers and factors of ‖PᵀP − I‖_F (P = lora_B) and
+        ‖QQᵀ − I‖_F (Q = lora_A), unsquared: PEFT's `AdaLoraModel.forward` form."""
+        if params.orth_reg_weight == 0:
+            return None
+        pairs = [(m.lora_A["default"], m.lora_B["default"]) for m in model.modules() if _is_svd_layer(m)]
+        penalty = orth_reg(pairs)
+        return None if penalty is None else params.orth_reg_weight * penalty
+
+
+def _is_svd_layer(module: torch.nn.Module) -> bool:
+    return hasattr(module, "lora_E") and "default" in getattr(module, "lora_A", {})
