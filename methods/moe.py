@@ -98,7 +98,12 @@ class MoeLoraLayer(AdapterLayer):
             0, flat, torch.ones_like(flat, dtype=torch.float)
         )
 
-    def delta(self, x: torch.Tensor) -> torch.Tensor:
+    def route(self, x: torch.Tensor) -> torch.Tensor:
+        """The (..., E) expert weights of each token (zero for unused experts), in x's dtype or the router's.
+
+        Records the balance loss while training and the expert load in evaluation. The one hook a layer with
+        another router overrides (AdaMoLE's thresholds); `delta` applies the experts to whatever it returns.
+        """
         gates, logits, top_index = self.gates(x)
         if top_index is not None:
             if self.training:  # Switch balance: E · Σ_i f_i · P_i, f_i = tokens to i / N (Σ f_i = k)
@@ -110,6 +115,10 @@ class MoeLoraLayer(AdapterLayer):
                 self.expert_load += self._token_counts(top_index.detach())
         elif not self.training:
             self.expert_load += gates.detach().reshape(-1, self.experts).sum(0).float()
+        return gates
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        gates = self.route(x)
         x = self.dropout(x)  # the experts' input only: the router saw x undropped
         a = self.lora_A.to(x.dtype)
         # all experts in two flat matmuls: (N, in) @ (in, E·r_e), then (N, E·r_e) @ (E·r_e, out)
