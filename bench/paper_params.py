@@ -9,10 +9,10 @@ A table says how its column reads under `params:` in `conf/paper/<table>.yaml`:
   ("0.83%" of base + adapter, "+ 877k" parameters on top of LoRA at the same rank and model).
 - `base`: a number (the paper's own denominator, e.g. Subspace Tuning's flat 125M for RoBERTa-base) or
   `backbone` (the model as loaded for the task, without its task head).
-- `decimals`: the printed precision (default: the printed value's own). Ours agrees when, printed to that
-  precision, it is at most one in the last digit from the paper's: the papers round their intermediate
-  counts (Subspace Tuning prints r 16 as twice its rounded r 8), so demanding the same digits would fail
-  rows that are right.
+- `decimals`: the printed precision (default: the printed value's own; a row's `params_decimals` overrides
+  it). Ours agrees when, printed to that precision, it is at most one in the last digit from the paper's: the
+  papers round their intermediate counts (Subspace Tuning prints r 16 as twice its rounded r 8), so demanding
+  the same digits would fail rows that are right.
 Trainable parameters exclude the task head, which every method trains in full (the tables leave it out).
 A row that cannot match (the paper's own count is off, or a method's count is inferred) carries a
 `params_note` saying why; `check_table_params` reports every row, the note included.
@@ -115,10 +115,11 @@ def check_table_params(name: str) -> list[ParamsCheck]:
             continue
         printed = str(printed)
         ours, kind = _ours(table, spec, row)
+        row_spec = {**spec, **({"decimals": row["params_decimals"]} if "params_decimals" in row else {})}
         checks.append(
             ParamsCheck(
                 label=row["label"], model=row.get("model") or table.get("model"), rank=row.get("rank"),
-                paper=printed, ours=_format(ours, kind, spec), matches=_agrees(ours, printed, spec),
+                paper=printed, ours=_format(ours, kind, row_spec), matches=_agrees(ours, printed, row_spec),
                 note=row.get("params_note"),
             )
         )  # fmt: skip

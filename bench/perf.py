@@ -1,13 +1,19 @@
-"""Per-step cost of every method against the physical limit and against PEFT's LoRA (`peftbench perf`).
+"""Per-step cost of every method against the true floor and against PEFT's LoRA (`peftbench perf`).
 
-For one model and one synthetic batch, time the training step (forward + backward + optimizer step)
-of: the frozen base model (only the task head trains: the floor for any adapter method), full
-fine-tuning, and every registered method at the same rank; the PEFT rows are PEFT's own LoRA and
-DoRA (the `lora` and `dora` methods are thin PEFT builders). Each row is the median of `steps` timed
-steps after `warmup` steps, given as ratios to the frozen base and to PEFT LoRA measured in the same
-process, with peak memory. On a GPU the steps run in bf16 autocast and are timed with CUDA events.
-The harness's own overhead (its Trainer subclass, callbacks and measurement) is measured against a
-bare transformers Trainer on the same model and data.
+For one model and one synthetic batch, time the training step (forward + backward + optimizer step, plus the
+method's per-step hooks and auxiliary loss) of every registered method at the same rank and of three
+baselines: `floor`, the frozen base with activation gradients through every layer and no weight gradient
+(forward + input-gradient backward: what an adapter inside every layer cannot go below), `head_only` (only the
+task head trains: the backward never enters the encoder) and `full` fine-tuning. Ratios are to the floor and
+to PEFT's LoRA measured in the same process.
+
+Timing is interleaved: `rounds` passes over all methods (A B C … A B C …), each row the median over rounds of
+its per-round median step, with the spread of those round medians, so drift of the machine hits every method
+alike. Methods whose step is exactly LoRA's computation (PiSSA, MiLoRA, OLoRA, rsLoRA, LoRA+, LoRA-GA, ReLoRA
+between restarts) should land within ±3% of LoRA; the table says how far they are, i.e. what ratio the run
+can resolve. On a GPU the steps run in bf16 autocast and are timed with CUDA events.
+The harness's own overhead (its Trainer subclass, callbacks and measurement) is measured against a bare
+transformers Trainer on the same model and data.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import copy
 import statistics
 import time
 from collections.abc import Callable
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +33,15 @@ from omegaconf import OmegaConf
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from bench.config import CONF_DIR
+from bench.errors import ConfigError
 from bench.measure import PeakMemory, count_params
 from bench.models import load_classifier, load_tokenizer
 from methods.base import RunContext, get_method, method_names
 from methods.targets import in_head
 
-BASELINES = ("frozen_base", "full")
+BASELINES = ("floor", "head_only", "full")
+# whose training step is exactly LoRA's computation: a machine that times them apart cannot resolve smaller ratios
+LORA_IDENTICAL = ("pissa", "milora", "olora", "rslora", "loraplus", "lora_ga", "relora")
 LABELS = 2
 
 
@@ -76,7 +86,9 @@ def prepare(name: str, base: torch.nn.Module, spec: Any, ctx: RunContext) -> tup
     model = copy.deepcopy(base)
     if name in BASELINES:
         for param_name, param in model.named_parameters():
-            param.requires_grad_(name == "full" or in_head(param_name, spec.head_modules))
+            param.requires_grad_(name == "full" or (name == "head_only" and in_head(param_name, spec.head_modules)))
+        if name == "floor":  # gradients flow from the loss back to the embeddings' output: every layer, no weight
+            model.get_input_embeddings().register_forward_hook(lambda module, args, output: output.requires_grad_())
         return model, None, None
     method = get_method(name)
     params = method.parse({"name": name})
@@ -100,7 +112,8 @@ def measure_row(
     model.to(device).train()
     groups = method.optimizer_param_groups(model, params, ctx) if method else None
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(groups if groups is not None else trainable, lr=1e-4)
+    # the floor has no weight to update: an optimizer over a dummy parameter keeps the step's shape
+    optimizer = torch.optim.AdamW(groups if groups is not None else trainable or [torch.zeros(1, requires_grad=True)])
     # the method's per-step hooks (AdaLoRA's budget, SingLoRA's ramp, ReLoRA's restarts) are part of its cost
     callbacks = method.callbacks(model, params, ctx) if method else []
     state, control = TrainerState(), TrainerControl()
@@ -148,34 +161,63 @@ def run_perf(
     steps: int,
     warmup: int,
     device: str,
-    repeats: int = 1,
+    rounds: int = 3,
 ) -> pd.DataFrame:
     target = torch.device(device)
     spec, base = load_base(model_name)
     base.to(target)  # SVD inits then run on the device too
     bf16 = target.type == "cuda"
     batch = synthetic_batch(base.config.vocab_size, batch_size, seq, target)
-    measure_row("frozen_base", base, spec, rank, batch, 2, warmup, bf16)  # process warm-up (allocator, threads)
-    names = ["frozen_base", "lora", *[m for m in methods if m not in ("lora", "frozen_base")]]
-    passes: list[list[dict[str, Any]]] = []
-    for _ in range(repeats):  # whole passes, so slow drift of the machine hits every method alike
-        passes.append([])
-        for name in names:
-            passes[-1].append(measure_row(name, base, spec, rank, batch, steps, warmup, bf16))
+    measure_row("head_only", base, spec, rank, batch, 2, warmup, bf16)  # process warm-up (allocator, threads)
+    names = ["floor", "head_only", "lora", *[m for m in methods if m not in ("lora", *BASELINES)]]
+    names += [b for b in ("full",) if b in methods]
+    rounds_of: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    skipped: dict[str, str] = {}
+    for index in range(rounds):  # interleaved: A B C ... A B C ..., so drift hits every method alike
+        for name in [n for n in names if n not in skipped]:
+            try:
+                rounds_of[name].append(measure_row(name, base, spec, rank, batch, steps, warmup, bf16))
+            except ConfigError as exc:  # a method that does not apply to this model (Series on an encoder)
+                skipped[name] = str(exc)
+                print(f"  skip {name}: {exc}", flush=True)
+                continue
             if target.type == "cuda":
                 torch.cuda.empty_cache()  # the row's model and optimizer are gone; give their memory back
-            print(f"  {name:12s} {passes[-1][-1]['step_ms']:9.2f} ms/step", flush=True)
-    rows = [min((p[i] for p in passes), key=lambda row: row["step_ms"]) for i in range(len(names))]
-    table = pd.DataFrame(rows)
-    floor = table.set_index("method").at["frozen_base", "step_ms"]
+            print(f"  round {index + 1}/{rounds} {name:16s} {rounds_of[name][-1]['step_ms']:9.2f} ms/step", flush=True)
+    rows = []
+    for measured in (m for name, m in rounds_of.items() if name not in skipped):
+        medians = [row["step_ms"] for row in measured]
+        median = statistics.median(medians)
+        rows.append({**measured[0], "step_ms": median, "spread_pct": 100 * (max(medians) - min(medians)) / median})
+    table = pd.DataFrame(rows).drop(columns=["step_ms_p10", "step_ms_p90"])
+    floor = table.set_index("method").at["floor", "step_ms"]
     lora = table.set_index("method").at["lora", "step_ms"]
-    table.insert(2, "vs_frozen_base", table["step_ms"] / floor)
+    table.insert(2, "vs_floor", table["step_ms"] / floor)
     table.insert(3, "vs_peft_lora", table["step_ms"] / lora)
+    identical = table[table["method"].isin(LORA_IDENTICAL)]["vs_peft_lora"]
+    deviation = float((identical - 1).abs().max()) if len(identical) else None
     table.attrs.update(
-        model=model_name, rank=rank, batch=batch_size, seq=seq, steps=steps, warmup=warmup, repeats=repeats,
-        device=device_label(target),
+        model=model_name, rank=rank, batch=batch_size, seq=seq, steps=steps, warmup=warmup, rounds=rounds,
+        device=device_label(target), lora_identical_max_dev=deviation, skipped=skipped,
     )  # fmt: skip
     return table
+
+
+def resolution_line(table: pd.DataFrame) -> str:
+    """What ratio this run can resolve: how far the methods that compute exactly LoRA's step landed from it."""
+    deviation = table.attrs.get("lora_identical_max_dev")
+    if deviation is None:
+        return "No LoRA-identical method was timed: the run's resolution is unknown.\n"
+    if deviation <= 0.03:
+        return (
+            f"Resolution: the methods whose step is exactly LoRA's ({', '.join(LORA_IDENTICAL)}) land within "
+            f"{100 * deviation:.1f}% of it (target ±3%): ratios further than that from 1 are differences of cost.\n"
+        )
+    return (
+        f"**Resolution: this machine cannot support ratios closer than ±{100 * deviation:.0f}% to 1.** The methods "
+        f"whose step is exactly LoRA's ({', '.join(LORA_IDENTICAL)}) land up to {100 * deviation:.1f}% from it "
+        "(target ±3%): read the ratios within that band as equal.\n"
+    )
 
 
 class StepTimer(TrainerCallback):
@@ -256,13 +298,18 @@ def write_table(table: pd.DataFrame, out_dir: Path, stem: str) -> Path:
     meta = table.attrs
     header = (
         f"# Step time per method — {meta['model']}, rank {meta['rank']}, batch {meta['batch']} × {meta['seq']} "
-        f"tokens, median of {meta['steps']} steps after {meta['warmup']} warm-up (best of {meta['repeats']} "
-        "passes)\n\n"
-        f"Device: {meta['device']}. torch {torch.__version__}. Ratios are to the frozen base (only the head "
-        "trains) and to PEFT's LoRA, both measured in the same process.\n\n"
+        f"tokens\n\nMeasured {date.today().isoformat()}. Device: {meta['device']}. torch {torch.__version__}. "
+        f"Each row: the median over {meta['rounds']} interleaved rounds of the median of {meta['steps']} steps "
+        f"after {meta['warmup']} warm-up; `spread_pct` is the range of the round medians. Ratios are to `floor` "
+        "(the frozen base with activation gradients through every layer, no weight gradient: the least an adapter "
+        "in every layer can cost) and to PEFT's LoRA, measured in the same process; `head_only` trains the head "
+        "alone (the backward never enters the encoder).\n\n" + resolution_line(table) + "\n"
     )
+    skipped = "".join(f"- not timed, `{n}`: {why}\n" for n, why in (meta.get("skipped") or {}).items())
     path = out_dir / f"{stem}.md"
-    path.write_text(header + table.to_markdown(index=False, floatfmt=".3f") + "\n")
+    path.write_text(
+        header + table.to_markdown(index=False, floatfmt=".3f") + "\n" + ("\n" + skipped if skipped else "")
+    )
     table.to_csv(out_dir / f"{stem}.csv", index=False)
     return path
 
@@ -277,16 +324,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", default="results/perf")
-    parser.add_argument("--repeats", type=int, default=1, help="whole passes over the methods; best median kept")
+    parser.add_argument("--out", default="results/perf", help="written as <out>/<date>_<device>_<model>_b<B>x<S>.md")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved passes over the methods; median kept")
     parser.add_argument("--overhead", action="store_true", help="also measure the harness's overhead per step")
     args = parser.parse_args(argv)
     methods = method_names() if args.methods == "all" else args.methods.split(",")
     methods = ["full", *[m for m in methods if m != "full"]]
     table = run_perf(
-        args.model, methods, args.rank, args.batch, args.seq, args.steps, args.warmup, args.device, args.repeats
+        args.model, methods, args.rank, args.batch, args.seq, args.steps, args.warmup, args.device, args.rounds
     )
-    stem = f"{'cuda' if args.device.startswith('cuda') else 'cpu'}_{args.model}_b{args.batch}x{args.seq}"
+    device = "cuda" if args.device.startswith("cuda") else "cpu"
+    stem = f"{date.today().isoformat()}_{device}_{args.model}_b{args.batch}x{args.seq}"
     path = write_table(table, Path(args.out), stem)
     if args.overhead:
         overhead = harness_overhead(args.model, args.batch, args.seq, args.steps)

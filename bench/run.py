@@ -32,6 +32,7 @@ from bench.config import (
     normalized_axes,
     resolve_point,
 )
+from bench.console import VERBOSE_ENV, run_log
 from bench.errors import ConfigError, one_line
 from bench.measure import PeakMemory, Stopwatch, count_params
 from bench.models import load_model, load_processor
@@ -83,7 +84,8 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
     work_dir = store.sweep_dir(cfg.sweep) / ".work" / run_id
     predictions: list[dict[str, Any]] = []
     try:
-        point = _train_point(cfg, method, params, axes, task, store, run_id, work_dir)
+        with run_log(store.sweep_dir(cfg.sweep) / "logs" / f"{run_id}.log"):
+            point = _train_point(cfg, method, params, axes, task, store, run_id, work_dir)
         predictions = point.pop("predictions", [])
         fields.update(point)
     except ConfigError:
@@ -211,6 +213,9 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    if "-v" in sys.argv[1:]:  # the libraries' chatter back on the console (bench.console)
+        sys.argv.remove("-v")
+        os.environ[VERBOSE_ENV] = "1"
     try:
         check_overrides(sys.argv[1:])
     except ConfigError as exc:

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from bench.checkpoints import MarkCompleteCheckpoints
+from bench.console import quiet_progress
 from bench.errors import ConfigError
 from methods.base import Method, RunContext
 from methods.injection import InjectedModel
@@ -246,6 +247,7 @@ def train_and_evaluate(
         method_params=method_params,
         ctx=ctx,
     )
+    quiet_progress(trainer)
     periodic = PeriodicEvaluation(trainer, task, data, eval_every) if eval_every is not None else None
     if periodic is not None:
         trainer.add_callback(periodic)

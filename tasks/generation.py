@@ -84,7 +84,11 @@ class PromptEncoder:
 
 
 def generation_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The transformers model inside a PEFT or injected wrapper (adapters in place), which has `generate`."""
+    """The transformers model inside a PEFT or injected wrapper (adapters in place), which has `generate`.
+    A prompt-learning PEFT model (prefix tuning) stays wrapped: its prefix enters through its own `generate`."""
+    config = getattr(model, "active_peft_config", None)
+    if config is not None and config.is_prompt_learning:
+        return model
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 

@@ -16,9 +16,10 @@ from bench.run import identify
 
 @pytest.mark.parametrize(
     ("sweep", "points"),
-    [("glue", 2 * 8 * 3 * 3), ("goat_t4", 9 * 7), ("subspace_t2", 11 * 8 * 4 * 4 * 5), ("subspace_t3", 7040),
-     ("subspace_t4", 7040), ("singlora_t1", 2 * 4 * 3), ("gsm8k", 8), ("commonsense", 8), ("vit", 8 * 7),
-     ("goat_t1", 8 * 7), ("goat_t2", 8), ("goat_t3", 8), ("goat_t6", 3 * 3), ("singlora_t2", 4 * 3),
+    [("glue", 2 * 8 * 3 * 3), ("goat_t4", 11 * 7), ("subspace_t2", 19 * 8 * 4 * 4 * 5), ("subspace_t3", 12160),
+     ("subspace_t4", 12160), ("singlora_t1", 2 * 4 * 3), ("gsm8k", 8), ("commonsense", 10), ("vit", 10 * 7),
+     ("goat_t1", 10 * 7), ("goat_t2", 8), ("goat_t3", 10), ("goat_t6", 3 * 3), ("singlora_t2", 4 * 3),
+     ("subspace_fair", 10 * 2), ("subspace_fair_llama3", 8 * 2),
      ("demo_llm", 2), ("demo_llm_gsm8k", 2)],
 )  # fmt: skip
 def test_paper_sweeps_compose_with_their_grid(sweep: str, points: int) -> None:
@@ -80,9 +81,9 @@ def test_gpu_hours_estimate_from_recorded_runs(tmp_path: Path, capsys: pytest.Ca
     )
     text = estimate_gpu_hours(str(tmp_path), "goat_t4", 126)
     assert text.startswith("~1.3 GPU-hours for 126 points (median 36 s per run over 3 recorded runs on NVIDIA H100)")
-    text = estimate_gpu_hours(str(tmp_path), "goat_t4", 63)
+    text = estimate_gpu_hours(str(tmp_path), "goat_t4", 77)
     assert cli_main(["grid", "goat_t4", "--store", str(tmp_path)]) == 0
-    assert "~0.6 GPU-hours for 63 points" in capsys.readouterr().out
+    assert "~0.8 GPU-hours for 77 points" in capsys.readouterr().out
 
 
 def test_status_lists_the_missing_points_once_per_run_id(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

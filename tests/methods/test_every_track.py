@@ -34,6 +34,17 @@ TRACKS = {
 }
 
 
+# methods that refuse a track's architecture before training: Houlsby/Pfeiffer need a post-LN encoder's sub-layers,
+# PEFT's prefix tuning has no vision task type
+REFUSALS = {
+    ("prefix", "image-classification"): "method prefix needs a causal LM or a sequence classifier",
+    ("hadapter", "causal-lm"): "model type 'llama'",
+    ("hadapter", "image-classification"): "model type 'clip'",
+    ("padapter", "causal-lm"): "model type 'llama'",
+    ("padapter", "image-classification"): "model type 'clip'",
+}
+
+
 @pytest.mark.parametrize("kind", list(TRACKS))
 @pytest.mark.parametrize("name", method_names())
 def test_method_trains_on_track(name: str, kind: str) -> None:
@@ -50,10 +61,14 @@ def test_method_trains_on_track(name: str, kind: str) -> None:
         with pytest.raises(ConfigError, match="bitfit needs bias terms and LlamaForCausalLM has none"):
             method.validate(params, model, ctx)
         return
+    if (name, kind) in REFUSALS:
+        with pytest.raises(ConfigError, match=REFUSALS[(name, kind)]):
+            method.validate(params, model, ctx)
+        return
     method.validate(params, model, ctx)
     adapted = method.adapt(model, params, ctx)
     counts = count_params(adapted, head_modules)
-    assert 0 < counts.trainable_params < counts.total_params or name == "full"
+    assert 0 < counts.trainable_params < counts.total_params or name in ("full", "ft_moe")
     assert counts.head_params == (32 * 10 + 10 if head_modules else 0)
     if name == "singlora":  # u(0) = 0 makes the first step's update and gradient zero: look mid-ramp
         methods.singlora.set_ramp(adapted, 0.5)

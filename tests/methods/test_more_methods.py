@@ -545,10 +545,6 @@ def test_prefix_generation_with_the_cache_matches_full_forwards() -> None:
     assert beams.shape == (2, 12)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tasks.generation.generation_model unwraps a PEFT model to its transformers model, which has no prefix",
-)
 def test_prefix_reaches_the_harness_generation() -> None:
     _, model = _prefix_causal()
     ids = torch.randint(5, 1000, (1, 9), generator=torch.Generator().manual_seed(0))
