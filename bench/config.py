@@ -8,6 +8,7 @@ task, rank, lr, seed, data source, trainer settings), never paths, loggers or bo
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -17,18 +18,61 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from bench.errors import ConfigError
+from bench.errors import ConfigError, one_line
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = ("method", "model", "task", "trainer", "logger", "sweep")
 DATA_SOURCES = ("hub", "offline")
 # Trainer keys that change how a run is watched or kept, not what it computes.
-BOOKKEEPING_TRAINER_KEYS = frozenset({"save_adapter", "progress_bar", "checkpoint_steps"})
+BOOKKEEPING_TRAINER_KEYS = frozenset({"progress_bar", "checkpoint_steps"})
+# Keys that moved: the old spelling stops with a one-line error instead of being ignored.
+MOVED_KEYS = {"trainer.save_adapter": "store.save_adapter"}
 
 
-def group_choices(group: str) -> list[str]:
-    """The option names of a config group: the YAML files in conf/<group>/."""
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+def group_choices(group: str, search_dirs: Iterable[Path] = ()) -> list[str]:
+    """The option names of a config group: the YAML files in conf/<group>/ and in `<dir>/<group>/` of each
+    folder added to Hydra's search path."""
+    return sorted({p.stem for folder in (CONF_DIR, *search_dirs) for p in (Path(folder) / group).glob("*.yaml")})
+
+
+def search_path_dirs(argv: list[str]) -> list[Path]:
+    """The config folders that `hydra.searchpath=[pkg://my_pkg.conf, file:///x/conf, /y/conf]` adds on a command line.
+
+    `pkg://a.b` is the folder of the importable package `a.b`; `file://` and bare entries are folders (relative to
+    the working directory). An entry that names nothing is a one-line error.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    folders: list[Path] = []
+    for token in argv:
+        key, sep, _ = token.lstrip("+~").partition("=")
+        if not sep or key != "hydra.searchpath":
+            continue
+        try:
+            (override,) = OverridesParser.create().parse_overrides([token.lstrip("+~")])
+        except Exception as exc:  # Hydra's parser errors span lines
+            hint = "give hydra.searchpath=[pkg://my_pkg.conf]"
+            raise ConfigError(f"{token!r} is not valid; {hint} ({one_line(exc)})") from None
+        value = override.value()
+        for entry in value if isinstance(value, list) else [value]:
+            folders.append(_search_path_folder(str(entry)))
+    return folders
+
+
+def _search_path_folder(entry: str) -> Path:
+    if entry.startswith("pkg://"):
+        package = entry.removeprefix("pkg://").replace("/", ".")
+        try:
+            spec = importlib.util.find_spec(package)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None or not spec.submodule_search_locations:
+            raise ConfigError(f"hydra.searchpath entry {entry!r}: no importable package {package!r}")
+        return Path(next(iter(spec.submodule_search_locations)))
+    folder = Path(entry.removeprefix("file://"))
+    if not folder.is_dir():
+        raise ConfigError(f"hydra.searchpath entry {entry!r}: no such folder")
+    return folder
 
 
 def check_choice(kind: str, value: Any, choices: Iterable[str]) -> None:
@@ -41,14 +85,41 @@ def check_choice(kind: str, value: Any, choices: Iterable[str]) -> None:
 def check_overrides(argv: list[str]) -> None:
     """Check command-line group overrides (`method=foo`, `task=a,b`) before Hydra sees them.
 
-    Hydra's own message for an unknown option spans several lines; this gives one.
+    Hydra's own message for an unknown option spans several lines; this gives one. The choices are the YAML
+    files of conf/<group>/ and of the folders that `hydra.searchpath=[...]` adds (a method from another package).
     """
+    search_dirs = search_path_dirs(argv)
     for token in argv:
         key, sep, value = token.lstrip("+~").partition("=")
+        if sep and key in MOVED_KEYS:
+            raise ConfigError(f"{key} is now {MOVED_KEYS[key]}; give {MOVED_KEYS[key]}={value}")
         if not sep or key not in GROUPS or value.startswith(("glob(", "choice(", "range(")):
             continue
+        choices = group_choices(key, search_dirs)
         for option in value.split(","):
-            check_choice(key, option.strip(), group_choices(key))
+            if key == "method" and option.strip() not in choices:
+                _check_entry_point_method(option.strip())
+            check_choice(key, option.strip(), choices)
+
+
+def _check_entry_point_method(name: str) -> None:
+    """A method installed through an entry point still needs its YAML on Hydra's search path: say so."""
+    from bench.plugins import entry_points
+
+    for point in entry_points("peftbench.methods"):
+        if point.name == name:
+            package = point.value.split(":")[0].split(".")[0]
+            raise ConfigError(
+                f"method {name!r} (entry point {point.value!r}) has no method/{name}.yaml on Hydra's search path; "
+                f"add hydra.searchpath=[pkg://{package}.conf] (the package folder holding method/{name}.yaml)"
+            )
+
+
+def check_moved_keys(cfg: DictConfig) -> None:
+    """A config (a sweep file) that still sets a moved key stops with a one-line error instead of ignoring it."""
+    for old, new in MOVED_KEYS.items():
+        if OmegaConf.select(cfg, old) is not None:
+            raise ConfigError(f"{old} is now {new}; set {new} instead")
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -153,8 +224,9 @@ def check_store_writable(root: str | os.PathLike) -> Path:
     return path
 
 
-def experiment_config(cfg: DictConfig, axes: dict[str, Any]) -> dict[str, Any]:
-    """The resolved fields that define the experiment (the run_id's input)."""
+def experiment_config(cfg: DictConfig, axes: dict[str, Any], inputs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The resolved fields that define the experiment (the run_id's input); `inputs`, what a method reads from
+    outside its config (LoRAHub's upstream adapters), only when there are any (other run_ids stay as they were)."""
     # only the experiment's subtrees: a composed config may carry Hydra's node, whose `${hydra:...}`
     # values resolve only inside a running job
     container = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("method", "model", "task", "trainer")}
@@ -165,6 +237,7 @@ def experiment_config(cfg: DictConfig, axes: dict[str, Any]) -> dict[str, Any]:
         "task": container["task"],
         "trainer": trainer,
         **axes,
+        **({"inputs": inputs} if inputs else {}),
     }
 
 

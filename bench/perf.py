@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved passes over the methods; median kept")
     parser.add_argument("--overhead", action="store_true", help="also measure the harness's overhead per step")
     args = parser.parse_args(argv)
-    methods = method_names() if args.methods == "all" else args.methods.split(",")
+    methods = [m for m in method_names() if get_method(m).trains] if args.methods == "all" else args.methods.split(",")
     methods = ["full", *[m for m in methods if m != "full"]]
     table = run_perf(
         args.model, methods, args.rank, args.batch, args.seq, args.steps, args.warmup, args.device, args.rounds

@@ -25,6 +25,7 @@ from transformers import set_seed
 from bench.assets import from_hub_cache
 from bench.checkpoints import latest_complete
 from bench.config import (
+    check_moved_keys,
     check_overrides,
     check_store_writable,
     compute_run_id,
@@ -53,21 +54,24 @@ from tasks.base import Task, build_task
 log = logging.getLogger("peftbench")
 
 
-def identify(cfg: DictConfig) -> tuple[Method, Any, dict[str, Any], Task, str]:
-    """Validate a config without loading anything heavy; returns its method, params, axes, task, run_id."""
-    method = get_method(cfg.method.get("name"))
+def identify(cfg: DictConfig) -> tuple[Method, Any, dict[str, Any], Task, dict[str, Any], str]:
+    """Validate a config without loading anything heavy; returns its method, params, axes, task, the method's
+    inputs from outside the config (`Method.inputs`, e.g. LoRAHub's upstream adapters) and the run_id."""
+    check_moved_keys(cfg)
+    method = get_method(cfg.method.get("name"), cfg.method.get("module"))
     resolve_point(cfg)
     params = method.parse(OmegaConf.to_container(cfg.method, resolve=True))
     axes = normalized_axes(cfg, method.uses_rank)
     check_eval_every(cfg.trainer.get("eval_every"))
     task = build_task(cfg.task)
     task.validate(cfg.data)
-    return method, params, axes, task, compute_run_id(experiment_config(cfg, axes))
+    inputs = method.inputs(params, cfg)
+    return method, params, axes, task, inputs, compute_run_id(experiment_config(cfg, axes, inputs))
 
 
 def run(cfg: DictConfig) -> dict[str, Any] | None:
     """Run one grid point and write its record; None when the point already has a complete record."""
-    method, params, axes, task, run_id = identify(cfg)
+    method, params, axes, task, inputs, run_id = identify(cfg)
     store = RunStore(check_store_writable(cfg.store.root))
     store.clean_stale_temps(cfg.sweep)
     if store.is_done(cfg.sweep, run_id):
@@ -78,14 +82,14 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
     fields: dict[str, Any] = {
         "run_id": run_id, "sweep": cfg.sweep, "method": method.name, "model": cfg.model.name,
         "task": task.name, **axes, "primary_metric": task.primary, "started_at": now(),
-        "resumed_from_step": None, "world_size": world_size,
+        "resumed_from_step": None, "world_size": world_size, "inputs": inputs or None,
         "config": {**OmegaConf.to_container(cfg, resolve=True), "rank": axes["rank"]},
     }  # fmt: skip
     work_dir = store.sweep_dir(cfg.sweep) / ".work" / run_id
     predictions: list[dict[str, Any]] = []
     try:
         with run_log(store.sweep_dir(cfg.sweep) / "logs" / f"{run_id}.log"):
-            point = _train_point(cfg, method, params, axes, task, store, run_id, work_dir)
+            point = _train_point(cfg, method, params, axes, task, inputs, store, run_id, work_dir)
         predictions = point.pop("predictions", [])
         fields.update(point)
     except ConfigError:
@@ -109,7 +113,7 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
     return record
 
 
-def _train_point(cfg, method, params, axes, task, store, run_id, work_dir) -> dict[str, Any]:  # noqa: ANN001
+def _train_point(cfg, method, params, axes, task, inputs, store, run_id, work_dir) -> dict[str, Any]:  # noqa: ANN001
     """Load, adapt, train and evaluate; returns the record fields this produces."""
     set_seed(axes["seed"])
     model_name = f"model {cfg.model.get('hub_id') or cfg.model.name!r}"
@@ -129,6 +133,8 @@ def _train_point(cfg, method, params, axes, task, store, run_id, work_dir) -> di
         total_steps=optimizer_steps(len(data.train), cfg.trainer),
         weight_decay=float(cfg.trainer.weight_decay),
         sample_batches=batch_sampler(data.train, collate, cfg.trainer.per_device_train_batch_size, axes["seed"]),
+        store_root=str(store.root),
+        inputs=inputs,
     )
     method.validate(params, model, ctx)
     base_dtype = next(model.parameters()).dtype
@@ -183,8 +189,9 @@ def _train_point(cfg, method, params, axes, task, store, run_id, work_dir) -> di
         fields["eval_history"] = outcome.history
         fields["best_metrics"] = {**{k: v for k, v in best.items() if k != "step"}, "primary": best[task.primary]}
         fields["best_step"] = best["step"]
-    if cfg.trainer.save_adapter:
-        method.save(model, str(store.sweep_dir(cfg.sweep) / "adapters" / run_id))
+    if cfg.store.get("save_adapter"):  # beside the records; the record names the folder, relative to its own
+        fields["adapter_dir"] = f"adapters/{run_id}"
+        method.save(model, str(store.sweep_dir(cfg.sweep) / fields["adapter_dir"]))
     return {**fields, "status": "ok", "metrics": metrics}
 
 
@@ -221,6 +228,8 @@ def main() -> None:
     except ConfigError as exc:
         print(f"peftbench: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    # `method.module=` works whether or not the method's YAML has a `module` key (Hydra wants `++` to add one)
+    sys.argv[1:] = [f"++{arg}" if arg.startswith("method.module=") else arg for arg in sys.argv[1:]]
     _hydra_main()
 
 

@@ -75,14 +75,15 @@ def optimizer_steps(train_rows: int, trainer_cfg: DictConfig) -> int:
 def batch_sampler(
     dataset: Any, collate: Callable[[list[dict[str, Any]]], dict[str, Any]], batch_size: int, seed: int
 ) -> Callable[[int], list[dict[str, torch.Tensor]]]:
-    """`n -> n` collated training batches from a seeded shuffle (for data-driven adapter inits)."""
+    """`n -> n` collated training batches from a seeded shuffle (for data-driven adapter inits and few-shot
+    searches); `sample(n, batch_size=b)` makes them b rows each."""
 
-    def sample(n: int) -> list[dict[str, torch.Tensor]]:
-        rows = dataset.shuffle(seed=seed).select(range(min(n * batch_size, len(dataset))))
-        return [
-            collate([rows[j] for j in range(i, min(i + batch_size, len(rows)))])
-            for i in range(0, len(rows), batch_size)
-        ]
+    default_size = batch_size
+
+    def sample(n: int, batch_size: int | None = None) -> list[dict[str, torch.Tensor]]:
+        size = batch_size or default_size
+        rows = dataset.shuffle(seed=seed).select(range(min(n * size, len(dataset))))
+        return [collate([rows[j] for j in range(i, min(i + size, len(rows)))]) for i in range(0, len(rows), size)]
 
     return sample
 
@@ -235,7 +236,8 @@ def train_and_evaluate(
     resume_from: str | None = None,
     eval_every: int | str | None = None,
 ) -> TrainOutcome:
-    """Train, then evaluate with the task's own metrics (skipped if training diverged)."""
+    """Train (unless the method does not: `Method.trains`), then evaluate with the task's own metrics (skipped if
+    training diverged)."""
     guard = DivergenceGuard()
     trainer = BenchTrainer(
         model=model,
@@ -251,15 +253,18 @@ def train_and_evaluate(
     periodic = PeriodicEvaluation(trainer, task, data, eval_every) if eval_every is not None else None
     if periodic is not None:
         trainer.add_callback(periodic)
-    result = trainer.train(resume_from_checkpoint=resume_from)
-    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    final_loss = losses[-1] if losses else result.training_loss
-    outcome = TrainOutcome(
-        steps=trainer.state.global_step, final_loss=float(final_loss), train_seconds=result.metrics["train_runtime"]
-    )
-    if guard.diverged_at_step is not None or not math.isfinite(result.training_loss):
-        outcome.diverged_at_step = guard.diverged_at_step or trainer.state.global_step
-        return outcome
+    if method.trains:
+        result = trainer.train(resume_from_checkpoint=resume_from)
+        losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+        final_loss = losses[-1] if losses else result.training_loss
+        outcome = TrainOutcome(
+            steps=trainer.state.global_step, final_loss=float(final_loss), train_seconds=result.metrics["train_runtime"]
+        )
+        if guard.diverged_at_step is not None or not math.isfinite(result.training_loss):
+            outcome.diverged_at_step = guard.diverged_at_step or trainer.state.global_step
+            return outcome
+    else:  # the method fitted the model in `apply` (LoRAHub's search): evaluated as it is, no optimizer step
+        outcome = TrainOutcome()
     started = time.perf_counter()
     evaluation = task.evaluate(trainer, data)
     outcome.eval_seconds = time.perf_counter() - started

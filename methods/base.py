@@ -13,7 +13,15 @@ nothing. The runner calls these hooks and never branches on a method's name:
 - `lr_lambda(params, ctx)`: a learning-rate schedule of its own (ReLoRA),
 - `extra_metrics(model)`: measurements recorded with the metrics (MoE expert load),
 - `save(model, out_dir)` / `load(base_model, out_dir, params, ctx)`: write the trained adapter and
-  put it back on a fresh base model (default: PEFT's `save_pretrained` / `PeftModel.from_pretrained`).
+  put it back on a fresh base model (default: PEFT's `save_pretrained` / `PeftModel.from_pretrained`),
+- `inputs(params, cfg)`: what the run reads from outside its config (LoRAHub: an upstream sweep's adapters),
+  checked before anything loads; it enters the run_id and the record, and reaches `apply` as `ctx.inputs`.
+
+A method that fits its model inside `apply` without gradient steps (LoRAHub's search) sets `trains = False`:
+the runner then evaluates the model it returns with no Trainer step.
+
+Methods outside this package: an entry point in the group `peftbench.methods` (a module, imported, or a
+`Method` subclass, registered), or `method.module=<import path>` (imported before the name is looked up).
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ import dataclasses
 import types
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Union
 
 import torch
@@ -36,7 +44,9 @@ from methods.targets import check_rank, require_targets
 class RunContext:
     """What a method may know about the run it is part of.
 
-    `sample_batches(n)` gives n collated training batches (for data-driven inits such as LoRA-GA).
+    `sample_batches(n)` gives n collated training batches (for data-driven inits such as LoRA-GA);
+    `sample_batches(n, batch_size=b)` batches of b rows. `store_root` is the results store, `inputs` what
+    the method's `inputs` hook resolved before the run.
     """
 
     rank: int | None
@@ -46,7 +56,9 @@ class RunContext:
     head_modules: list[str]
     total_steps: int
     weight_decay: float = 0.0
-    sample_batches: Callable[[int], list[dict[str, torch.Tensor]]] | None = None
+    sample_batches: Callable[..., list[dict[str, torch.Tensor]]] | None = None
+    store_root: str | None = None
+    inputs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -60,11 +72,13 @@ class Method:
     name: ClassVar[str]
     Params: ClassVar[type] = NoParams
     uses_rank: ClassVar[bool] = True
+    trains: ClassVar[bool] = True  # False: `apply` fits the model itself; the Trainer takes no step
 
     def parse(self, method_cfg: dict[str, Any]) -> Any:
         """Build the Params dataclass from the method's config; unknown keys and bad types are errors."""
         values = dict(method_cfg)
         values.pop("name", None)
+        values.pop("module", None)  # where an outside method lives (see `get_method`), not a hyper-parameter
         fields = {f.name: f for f in dataclasses.fields(self.Params)}
         hints = typing.get_type_hints(self.Params)
         for key, value in values.items():
@@ -77,6 +91,11 @@ class Method:
         if check is not None:
             check()
         return params
+
+    def inputs(self, params: Any, cfg: Any) -> dict[str, Any]:
+        """What the run reads from outside its config, resolved from the whole run config `cfg` before anything
+        loads (one-line ConfigErrors). A non-empty result enters the run_id and the record. Default: nothing."""
+        return {}
 
     def validate(self, params: Any, model: torch.nn.Module, ctx: RunContext) -> None:
         if self.uses_rank:
@@ -192,10 +211,28 @@ def register(cls: type[Method]) -> type[Method]:
     return cls
 
 
-def get_method(name: str) -> Method:
-    from methods import load_all
+def register_class(cls: Any, origin: str) -> None:
+    """Register a Method subclass found outside this package (an entry point); no-op if it already is."""
+    if not (isinstance(cls, type) and issubclass(cls, Method)) or not isinstance(getattr(cls, "name", None), str):
+        raise ConfigError(f"{origin} is neither a module nor a Method subclass with a `name`")
+    registered = _REGISTRY.get(cls.name)
+    if registered is None:
+        register(cls)
+    elif type(registered) is not cls:
+        raise ConfigError(f"{origin} registers method {cls.name!r}, which {type(registered).__module__} already has")
+
+
+def get_method(name: str, module: str | None = None) -> Method:
+    """The registered method `name`; `module` (an import path) is imported first (`method.module=...`)."""
+    from methods import load_all, load_module
 
     load_all()
+    if module is not None:
+        load_module(module)
+        if name not in _REGISTRY:
+            raise ConfigError(
+                f"method.module={module!r} registers no method {name!r}; valid choices: {', '.join(sorted(_REGISTRY))}"
+            )
     if name not in _REGISTRY:
         raise ConfigError(f"unknown method {name!r}; valid choices: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]

@@ -21,7 +21,7 @@ from bench.store import RunStore
 from tests.conftest import compose_run
 
 DOC = CONF_DIR.parent / "docs" / "protocols.md"
-NOT_PAPER_SWEEPS = {"demo", "demo_methods", "demo_llm", "demo_llm_gsm8k", "none"}
+NOT_PAPER_SWEEPS = {"demo", "demo_methods", "demo_llm", "demo_llm_gsm8k", "lorahub_upstream", "none"}
 
 
 def _rows() -> list[tuple[str, str, str, str, str]]:
@@ -52,7 +52,7 @@ def _resolve(sweep: str, point: str) -> object:
     sweep = overrides.pop("sweep", sweep)
     first = grid_points(grid_axes(sweep_config(sweep)))[0]
     cfg = sweep_config(sweep, [f"{k}={v}" for k, v in {**first, **overrides}.items()])
-    _, _, axes, _, _ = identify(cfg)  # what the run resolves: protocol rules, per-method targets
+    _, _, axes, _, _, _ = identify(cfg)  # what the run resolves: protocol rules, per-method targets
     return cfg, axes
 
 

@@ -68,7 +68,7 @@ def test_run_id_ignores_paths_loggers_and_bookkeeping(tmp_path: Path) -> None:
     assert run_id("+logger.project=x") == base
     assert run_id("sweep=demo", "model=tiny-roberta", "trainer=smoke", "data=offline", "task=glue_rte",
                   "task.max_eval_samples=16", "task.max_seq_length=128", "lr=5e-4", "rank=8") == base  # fmt: skip
-    assert run_id("trainer.progress_bar=true", "trainer.save_adapter=true") == base
+    assert run_id("trainer.progress_bar=true", "store.save_adapter=true") == base
     assert run_id("lr=1e-3") != base
     assert run_id("trainer.max_steps=5") != base
     assert run_id("method.lora_alpha=8") != base
