@@ -15,7 +15,7 @@ from tests.conftest import compose_run, records, run_cli
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("method=lorra", r"^unknown method 'lorra'; valid choices: adalora, adalora_mpco, bitfit, .*full, .*lora, "),
+        ("method=lorra", r"^unknown method 'lorra'; valid choices: adalora, adalora_mpco, adamole, .*full, .*lora, "),
         ("model=bert-huge", r"^unknown model 'bert-huge'; valid choices: .*minilm.*roberta-base"),
         ("task=glue_sst3", r"^unknown task 'glue_sst3'; valid choices: commonsense, .*glue_cola, .*glue_sst2"),
         ("task=glue_rte,glue_wnli", r"^unknown task 'glue_wnli'; valid choices"),
@@ -93,7 +93,7 @@ def test_bad_values_fail_before_training_without_a_record(
     [
         (
             ["method=lorra"],
-            "peftbench: error: unknown method 'lorra'; valid choices: adalora, adalora_mpco, bitfit, dora,",
+            "peftbench: error: unknown method 'lorra'; valid choices: adalora, adalora_mpco, adamole, bitfit, dora,",
         ),
         (["rank=33"], "peftbench: error: rank=33 exceeds min(in, out)=32 of target layer"),
         (["lr=abc"], "peftbench: error: lr='abc' is not a number; give a positive number such as 5e-4"),
