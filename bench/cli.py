@@ -53,7 +53,8 @@ def _prefetch(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from bench.store import RunStore
 
-    scan = RunStore(args.store).scan(args.sweep)
+    store = RunStore(args.store)
+    scan = store.scan(args.sweep)
     by_id = {r["run_id"]: r for r in scan.records}
     counts = Counter(r["status"] for r in by_id.values())
     print(
@@ -61,6 +62,8 @@ def _status(args: argparse.Namespace) -> int:
     )
     for path, why in scan.corrupted:
         print(f"  unreadable (not counted): {path}: {why}")
+    for path in store.orphans(args.sweep):  # a run killed between its predictions and its record
+        print(f"  predictions without a record (replaced when the point runs again): {path}")
     for record in by_id.values():
         if record["status"] == "failed":
             print(f"  failed {record['run_id']} {record['method']} {record['task']} rank={record['rank']} "

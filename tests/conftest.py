@@ -41,3 +41,20 @@ def store(tmp_path: Path) -> Path:
 def records(store: Path, sweep: str = "adhoc") -> list[Path]:
     folder = store / sweep
     return sorted(folder.glob("*.json")) if folder.is_dir() else []
+
+
+def sidecar(store: Path, record: dict, sweep: str = "adhoc") -> dict[str, list[dict]]:
+    """A record's predictions sidecar, rows grouped by eval split; checks the record names it."""
+    from bench.store import PREDICTIONS_SUFFIX, RunStore
+
+    assert record["predictions_file"] == f"{record['run_id']}{PREDICTIONS_SUFFIX}"
+    by_split: dict[str, list[dict]] = {}
+    for row in RunStore(store).read_predictions(sweep, record["run_id"]):
+        by_split.setdefault(row["split"], []).append(row)
+    for rows in by_split.values():
+        assert [row["id"] for row in rows] == list(range(len(rows)))  # each example once, in dataset order
+    return by_split
+
+
+def accuracy_of(rows: list[dict]) -> float:
+    return sum(bool(row["correct"]) for row in rows) / len(rows)

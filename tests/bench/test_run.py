@@ -13,7 +13,7 @@ import bench.run
 from bench.config import compute_run_id, experiment_config, normalized_axes
 from bench.record import FIELDS
 from bench.train import BenchTrainer
-from tests.conftest import compose_run, records, run_cli
+from tests.conftest import accuracy_of, compose_run, records, run_cli, sidecar
 
 
 def test_a_run_writes_one_complete_record(store: Path) -> None:
@@ -37,6 +37,9 @@ def test_a_run_writes_one_complete_record(store: Path) -> None:
     assert on_disk["train_seconds"] > 0
     assert on_disk["versions"]["torch"].startswith("2.13.0")
     assert on_disk["device"] == "cpu"
+    rows = sidecar(store, on_disk)["eval"]  # the predictions sidecar, written before the record
+    assert len(rows) == 16 and accuracy_of(rows) == pytest.approx(on_disk["metrics"]["accuracy"])
+    assert {row["reference"] for row in rows} <= {0, 1} and {row["prediction"] for row in rows} <= {0, 1}
 
 
 def test_second_identical_launch_is_skipped(store: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -47,6 +50,7 @@ def test_second_identical_launch_is_skipped(store: Path, caplog: pytest.LogCaptu
         assert bench.run.run(cfg) is None
     assert f"skip {first['run_id']}: already done" in caplog.text
     assert records(store)[0].stat().st_mtime_ns == mtime
+    assert (store / "adhoc" / first["predictions_file"]).stat().st_mtime_ns <= mtime  # not rewritten either
 
 
 def test_same_seed_same_metrics_and_other_seed_differs(store: Path, tmp_path: Path) -> None:
@@ -55,6 +59,8 @@ def test_same_seed_same_metrics_and_other_seed_differs(store: Path, tmp_path: Pa
     c = bench.run.run(compose_run(store, "seed=2"))
     assert a["run_id"] == b["run_id"]
     assert a["metrics"] == b["metrics"] and a["final_loss"] == b["final_loss"]
+    same = [(p / "adhoc" / a["predictions_file"]).read_bytes() for p in (store, tmp_path / "other_store")]
+    assert same[0] == same[1]  # same config, same sidecar, byte for byte
     assert c["final_loss"] != a["final_loss"]
 
 

@@ -101,3 +101,25 @@ def test_corrupted_and_foreign_files_are_reported_not_counted(tmp_path: Path) ->
     assert [r["run_id"] for r in scan.records] == ["a"]
     assert sorted(p.name for p, _ in scan.corrupted) == ["b.json", "c.json"]
     assert not store.is_done("s", "b")  # an unreadable record is redone, not trusted
+
+
+def test_predictions_sidecars_and_their_orphans(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from bench.cli import main as cli_main
+
+    store = RunStore(tmp_path)
+    rows = [{"split": "eval", "id": i, "prediction": i % 2, "reference": 1, "correct": i % 2 == 1} for i in range(5)]
+    store.write_predictions("s", "a", rows)
+    store.write({**record("a"), "predictions_file": "a.preds.jsonl.gz"})
+    store.write_predictions("s", "b", rows)  # killed before its record
+    store.write_predictions("s", "c", rows)
+    failed = {"method": "lora", "task": "glue_rte", "rank": 8, "lr": 1e-4, "seed": 0, "error": "boom"}
+    store.write({**record("c", "failed"), **failed})  # a failed record is no commit point: its point runs again
+    assert store.read_predictions("s", "a") == rows
+    assert store.predictions_path("s", "a").read_bytes() == store.predictions_path("s", "b").read_bytes()
+    assert [p.name for p in store.orphans("s")] == ["b.preds.jsonl.gz", "c.preds.jsonl.gz"]
+    assert store.scan("s").corrupted == []  # sidecars are not records, nor foreign files
+    assert cli_main(["status", "s", "--store", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "1 ok, 0 diverged, 1 failed" in out
+    assert out.count("predictions without a record (replaced when the point runs again)") == 2
+    assert "b.preds.jsonl.gz" in out and "a.preds.jsonl.gz" not in out

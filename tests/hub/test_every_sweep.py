@@ -18,7 +18,7 @@ from bench.cli import main as cli_main
 from bench.config import group_choices
 from bench.grid import grid_axes, sweep_config
 from bench.paper import load_paper_table, paper_tables
-from tests.conftest import REPO
+from tests.conftest import REPO, sidecar
 from tests.hub.fixtures import build_hub_cache
 
 pytestmark = pytest.mark.hub
@@ -62,6 +62,10 @@ def test_sweep_runs_through_the_hub_path(sweep: str, hf_home: Path, tmp_path: Pa
     failed = [f"{r['method']} {r['task']} {r['model']}: {r['error']}" for r in records if r["status"] != "ok"]
     assert records and not failed, failed
     assert {r["data"] for r in records} == {cfg.data}
+    for record in records:  # every task family's sidecar: one row per evaluated example of each split
+        by_split = sidecar(store, record, cfg.sweep)
+        eval_rows = record["protocol"]["eval_rows"]
+        assert {split: len(rows) for split, rows in by_split.items()} == eval_rows, record["task"]
     table = _paper_table(cfg.sweep)
     if table is not None:
         assert cli_main(["report", cfg.sweep, "--store", str(store), "--out", str(tmp_path), "--paper", table]) == 0

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 import bench.run
+from bench.store import PREDICTIONS_SUFFIX, RunStore
 from tests.conftest import REPO, compose_run
 
 pytestmark = pytest.mark.slow
@@ -63,7 +64,18 @@ def test_kill_9_at_random_moments_then_relaunch_until_done(tmp_path: Path) -> No
     assert sorted((r["lr"], r["seed"]) for r in records) == sorted(
         (lr, seed) for lr in (1e-4, 2e-4, 3e-4, 4e-4, 5e-4) for seed in range(4)
     )  # fmt: skip
-    leftovers = [p for p in folder.rglob("*") if p.is_file() and p.suffix != ".json"]
+    sidecars = {p.name for p in folder.glob(f"*{PREDICTIONS_SUFFIX}")}
+    assert (
+        sidecars == {r["predictions_file"] for r in records} == {f"{r['run_id']}{PREDICTIONS_SUFFIX}" for r in records}
+    )
+    assert RunStore(store).orphans("adhoc") == []  # no sidecar without its record, no record without its sidecar
+    assert all(len(RunStore(store).read_predictions("adhoc", r["run_id"])) == 8 for r in records)  # complete files
+    logs = {p.name for p in (folder / "logs").iterdir()}
+    assert logs == {f"{r['run_id']}.log" for r in records}  # each run's library chatter, appended across relaunches
+    leftovers = [
+        p for p in folder.rglob("*")
+        if p.is_file() and p.suffix != ".json" and p.name not in sidecars and p.parent.name != "logs"
+    ]  # fmt: skip
     assert leftovers == []  # no temp files, no partial checkpoints
     assert not list(folder.glob("*.json.*"))
 

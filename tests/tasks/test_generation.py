@@ -15,7 +15,7 @@ import bench.run
 from bench.config import CONF_DIR
 from bench.models import load_model, load_tokenizer
 from tasks.generation import IGNORE_INDEX, PromptEncoder, generate
-from tests.conftest import compose_run
+from tests.conftest import accuracy_of, compose_run, sidecar
 
 TINY_LLAMA = OmegaConf.load(CONF_DIR / "model" / "tiny-llama.yaml")
 SMOLLM2 = OmegaConf.load(CONF_DIR / "model" / "smollm2-135m.yaml")
@@ -82,6 +82,10 @@ def test_gsm8k_pipeline_end_to_end(store: Path) -> None:
     assert record["protocol"]["name"] == "offline" and record["protocol"]["source_rows"] == 1319
     assert record["protocol"]["train_rows"] + round(0.3 * 1319) == 1319
     assert record["head_params"] == 0  # a causal LM gets no fresh head
+    rows = sidecar(store, record)["eval"]  # the sidecar: one row per problem, scored as the metric scores it
+    assert len(rows) == record["protocol"]["eval_rows"]["eval"]
+    assert accuracy_of(rows) == pytest.approx(record["metrics"]["accuracy"])
+    assert all(isinstance(row["text"], str) and row["reference"] for row in rows)  # generated text is kept
 
 
 def test_commonsense_trains_once_and_records_eight_sets(store: Path) -> None:
@@ -97,6 +101,10 @@ def test_commonsense_trains_once_and_records_eight_sets(store: Path) -> None:
         assert record["metrics"][metric] == pytest.approx(sum(per_set) / 8)
     assert record["protocol"]["eval_rows"] == dict.fromkeys(sets, 4)
     assert len(list((store / "adhoc").glob("*.json"))) == 1  # one record for the 8 sets
+    by_set = sidecar(store, record)
+    assert sorted(by_set) == sorted(sets) and all(len(rows) == 4 for rows in by_set.values())
+    for name, rows in by_set.items():
+        assert accuracy_of(rows) == pytest.approx(record["metrics"][f"{name}/accuracy"])
 
 
 def test_one_commonsense_set(store: Path) -> None:
@@ -115,6 +123,9 @@ def test_image_pipeline_end_to_end(store: Path, task: str, method: str) -> None:
     assert 0.0 <= record["metrics"]["accuracy"] <= 1.0
     assert record["head_params"] == 32 * 10 + 10  # the fresh linear head: hidden 32 -> 10 classes
     assert record["protocol"]["eval_rows"] == {"eval": 40}
+    rows = sidecar(store, record)["eval"]
+    assert len(rows) == 40 and accuracy_of(rows) == pytest.approx(record["metrics"]["accuracy"])
+    assert {type(row["prediction"]) for row in rows} == {int}
 
 
 def test_smollm2_loads_from_the_package_and_is_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
