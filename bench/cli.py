@@ -12,18 +12,24 @@ DEFAULT_STORE = "results/runs"
 
 
 def _report(args: argparse.Namespace) -> int:
+    from bench.html_report import write_html
     from bench.report import write_report
 
     if args.paper:
         from bench.paper import write_paper_report
+        from bench.store import RunStore
 
         paths = write_paper_report(args.store, args.sweep, args.paper, args.out)
         print(paths["md"].read_text())
         print(f"written: {', '.join(str(p) for p in paths.values())}")
-        return 0
+        if next(RunStore(args.store).iter_records(args.sweep), None) is None:
+            return 0  # the paper's numbers alone: no report of ours to write
     written = write_report(args.store, args.sweep, args.out)
-    print(written["main.md"].read_text())
-    print(f"tables and plots for sweep {args.sweep!r} under {written['main.md'].parents[1]}")
+    if not args.paper:
+        print(written["main.md"].read_text())
+        print(f"tables and plots for sweep {args.sweep!r} under {written['main.md'].parents[1]}")
+    page = write_html(args.store, args.sweep, args.out, written.values(), [args.paper] if args.paper else [])
+    print(f"report page: {page.resolve().as_uri()}")
     return 0
 
 
@@ -98,10 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="peftbench", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    report = commands.add_parser("report", help="write a sweep's tables (md/tex/csv) and plots")
+    report = commands.add_parser("report", help="write a sweep's tables (md/tex/csv), plots and index.html")
     report.add_argument("sweep")
     report.add_argument("--store", default=DEFAULT_STORE, help="results store root (default: %(default)s)")
-    report.add_argument("--out", default="results", help="output root: <out>/<sweep>/tables, plots")
+    report.add_argument("--out", default="results", help="output root: <out>/<sweep>/tables, plots, index.html")
     report.add_argument("--paper", help="a conf/paper table: its layout, our cells beside the published ones")
     report.set_defaults(handler=_report)
 
