@@ -19,16 +19,19 @@ def _report(args: argparse.Namespace) -> int:
         from bench.paper import write_paper_report
         from bench.store import RunStore
 
-        paths = write_paper_report(args.store, args.sweep, args.paper, args.out)
+        paths = write_paper_report(args.store, args.sweep, args.paper, args.out, args.baseline)
         print(paths["md"].read_text())
         print(f"written: {', '.join(str(p) for p in paths.values())}")
         if next(RunStore(args.store).iter_records(args.sweep), None) is None:
             return 0  # the paper's numbers alone: no report of ours to write
-    written = write_report(args.store, args.sweep, args.out)
+    written = write_report(args.store, args.sweep, args.out, args.baseline)
     if not args.paper:
         print(written["main.md"].read_text())
+        if "vs_baseline.md" in written:
+            print(written["vs_baseline.md"].read_text())
         print(f"tables and plots for sweep {args.sweep!r} under {written['main.md'].parents[1]}")
-    page = write_html(args.store, args.sweep, args.out, written.values(), [args.paper] if args.paper else [])
+    papers = [args.paper] if args.paper else []
+    page = write_html(args.store, args.sweep, args.out, written.values(), papers, args.baseline)
     print(f"report page: {page.resolve().as_uri()}")
     return 0
 
@@ -109,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--store", default=DEFAULT_STORE, help="results store root (default: %(default)s)")
     report.add_argument("--out", default="results", help="output root: <out>/<sweep>/tables, plots, index.html")
     report.add_argument("--paper", help="a conf/paper table: its layout, our cells beside the published ones")
+    report.add_argument(
+        "--baseline", help="the method every other one is tested against (paired bootstrap; default: lora, if run)"
+    )
     report.set_defaults(handler=_report)
 
     status = commands.add_parser("status", help="count done / diverged / failed runs of a sweep")

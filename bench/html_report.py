@@ -12,9 +12,10 @@ Hooks (for the styling, the browser test and whoever adds markers to the tables)
   Once wired, the script sets `data-sort-ready="<number of tables>"` on `<html>`.
 - a cell whose text has "Δ +x" or "Δ -x" gets the class `delta-pos`, `delta-neg` (green, red) or `delta-zero`.
 - significance: a value cell (not a label column: the paper's "LoRA†" is a name) whose text contains one of
-  `SIGNIFICANCE_MARKERS` ("*", so "*" and "**" alike) gets the class `sig` (bold, stronger colour); in a table
-  where any cell carries a marker, the other Δ cells get `ns` (muted). Extend `SIGNIFICANCE_MARKERS` if the
-  tables mark significance another way; nothing else here needs to change.
+  `SIGNIFICANCE_MARKERS` ("†": bench.report marks a cell that differs significantly from the baseline) gets
+  the class `sig` (bold, stronger colour); in a table where any cell carries a marker, the other Δ cells get
+  `ns` (muted). In the main table the cells bench.report styles best are `best` (bold) and those not
+  significantly different from the best `tied` (underlined).
 - `window.onerror` and unhandled rejections are listed in `<ul id="js-errors">` and counted in `data-js-errors`
   on `<html>`.
 - with `#selfcheck` in the URL the script sorts each table by its first numeric column both ways, checks the
@@ -39,7 +40,7 @@ from bench.paper import PAPER_DIR, load_paper_table, paper_report, paper_tables
 from bench.report import KEYS, ROW_KEYS, build_tables, load_frame
 from bench.store import RunStore
 
-SIGNIFICANCE_MARKERS = ("*",)
+SIGNIFICANCE_MARKERS = ("†",)
 DELTA = re.compile(r"Δ\s*([+\-−])\s*(\d+(?:\.\d+)?)")
 NUMBER = re.compile(r"[-+−]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
 # "ours ± std [offline] (paper, Δ ...)": ours on one line, the published number under it
@@ -75,6 +76,7 @@ tbody tr:nth-child(even) td { background: #fafbfc; }
 tbody tr:last-child td { border-bottom: none; }
 tbody tr:hover td { background: #f0f6ff; }
 td.best { font-weight: 700; }
+td.tied { text-decoration: underline; }
 td .paper { display: block; font-size: 12px; color: var(--muted); }
 td.delta-pos { background: var(--pos-bg) !important; } td.delta-pos .paper { color: var(--pos); }
 td.delta-neg { background: var(--neg-bg) !important; } td.delta-neg .paper { color: var(--neg); }
@@ -211,9 +213,11 @@ def table_html(
     best: AbstractSet[tuple[int, str]] = frozenset(),
     split_paper: bool = False,
     table_id: str = "",
+    tied: AbstractSet[tuple[int, str]] = frozenset(),
 ) -> str:
     """A sortable <table>: the first `label_columns` are names (left-aligned, never read for markers);
-    `best` holds (row position, column) cells shown bold; `split_paper` puts "(paper, Δ)" under our value."""
+    `best` holds (row position, column) cells shown bold, `tied` those not significantly different from the
+    best (underlined); `split_paper` puts "(paper, Δ)" under our value."""
     columns = [str(c) for c in table.columns]
     values = [[_text(v) for v in row] for row in table.itertuples(index=False)]
     marked = any(m in text for row in values for text in row[label_columns:] for m in SIGNIFICANCE_MARKERS)
@@ -228,6 +232,8 @@ def table_html(
             classes = ["label"] if i < label_columns else cell_classes(text, marked)
             if (position, column) in best:
                 classes.append("best")
+            elif (position, column) in tied:
+                classes.append("tied")
             number = sort_value(text) if i >= label_columns or column in ("rank", "r") else None
             attributes = f' class="{" ".join(classes)}"' if classes else ""
             attributes += f' data-v="{number:g}"' if number is not None else ""
@@ -249,13 +255,14 @@ def matching_paper_tables(sweep: str) -> list[str]:
     ]
 
 
-def _best_cells(numbers: pd.DataFrame, columns: Iterable[str]) -> set[tuple[int, str]]:
-    best = set()
-    for column in columns:
-        if column in numbers and numbers[column].notna().any():
-            top = numbers[column].max()
-            best |= {(int(i), column) for i in numbers.index[(numbers[column] - top).abs() < 1e-9]}
-    return best
+def _styled_cells(styles: pd.DataFrame, style: str) -> set[tuple[int, str]]:
+    """(row position, column) of the cells bench.report styled `style` ("best" or "tied")."""
+    return {
+        (position, str(column))
+        for column in styles.columns
+        for position, value in enumerate(styles[column])
+        if value == style
+    }
 
 
 def _header(sweep: str, records: list[dict], now: datetime) -> str:
@@ -281,9 +288,9 @@ def _header(sweep: str, records: list[dict], now: datetime) -> str:
     )
 
 
-def _paper_section(store_root: str | Path, sweep: str, name: str) -> str:
+def _paper_section(store_root: str | Path, sweep: str, name: str, baseline: str | None) -> str:
     table = load_paper_table(name)
-    shown = paper_report(store_root, sweep, name)
+    shown = paper_report(store_root, sweep, name, baseline)
     caption = (
         f"{table['paper']} (arXiv {table['arxiv']}) Table {table['table']}"
         f"{', ' + str(table['model']) if table.get('model') else ''}"
@@ -309,14 +316,14 @@ def build_page(
     plots: Iterable[Path] = (),
     papers: Sequence[str] = (),
     now: datetime | None = None,
+    baseline: str | None = None,
 ) -> str:
     """The page's HTML (raises FileNotFoundError when the sweep has no records, as the report does)."""
     frame = load_frame(store_root, sweep)
     if frame.empty:
         raise FileNotFoundError(f"no records for sweep {sweep!r} under {store_root}")
     records = list(RunStore(store_root).iter_records(sweep))
-    tables = build_tables(frame)
-    metric_columns = [c for c in tables.main.columns if c not in [*ROW_KEYS, "Params %"]]
+    tables = build_tables(frame, baseline)
     names = list(dict.fromkeys([*papers, *matching_paper_tables(sweep)]))
     images = [p for p in plots if p.suffix == ".png"]
     nav = [("main", "Main table"), ("papers", "Paper tables"), ("lr", "LR sensitivity"), ("plots", "Plots")]
@@ -325,13 +332,21 @@ def build_page(
         _header(sweep, records, now or datetime.now().astimezone()),
         "<nav>" + "".join(f'<a href="#{a}">{t}</a>' for a, t in nav) + "</nav>",
         '<ul id="js-errors" hidden></ul>',
-        '<h2 id="main">Main table</h2><p class="muted">methods × tasks at the best lr: mean ± std over seeds, ×100; '
-        "the best of each column in bold; click a header to sort.</p>",
-        table_html(tables.main, len(ROW_KEYS), _best_cells(tables.main_numbers, metric_columns), table_id="table-main"),
+        '<h2 id="main">Main table</h2><p class="muted">methods × tasks at the best lr: mean ± std over seeds '
+        "[95% interval: paired bootstrap over seeds and eval examples, 1,000 resamples], ×100; the best of each "
+        "column in bold, underlined where not significantly different from it; † differs significantly from "
+        f"the baseline ({html.escape(str(tables.baseline))}); click a header to sort.</p>",
+        table_html(
+            tables.main,
+            len(ROW_KEYS),
+            _styled_cells(tables.styles, "best"),
+            table_id="table-main",
+            tied=_styled_cells(tables.styles, "tied"),
+        ),  # fmt: skip
     ]
     if names:
         sections.append('<h2 id="papers">Paper tables</h2>')
-        sections += [_paper_section(store_root, sweep, name) for name in names]
+        sections += [_paper_section(store_root, sweep, name, baseline) for name in names]
     sections += [
         '<h2 id="lr">LR sensitivity</h2><p class="muted">per (method, model, task, rank): the lr grid, the best lr, '
         "best and worst seed-mean, their spread, the grid points within 1 point of the best, diverged lrs.</p>",
@@ -348,10 +363,15 @@ def build_page(
 
 
 def write_html(
-    store_root: str | Path, sweep: str, out_root: str | Path, plots: Iterable[Path] = (), papers: Sequence[str] = ()
+    store_root: str | Path,
+    sweep: str,
+    out_root: str | Path,
+    plots: Iterable[Path] = (),
+    papers: Sequence[str] = (),
+    baseline: str | None = None,
 ) -> Path:
     """Write `<out_root>/<sweep>/index.html`; returns its path."""
     path = Path(out_root) / sweep / "index.html"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(build_page(store_root, sweep, plots, papers), encoding="utf-8")
+    path.write_text(build_page(store_root, sweep, plots, papers, baseline=baseline), encoding="utf-8")
     return path

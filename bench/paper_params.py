@@ -15,13 +15,17 @@ A table says how its column reads under `params:` in `conf/paper/<table>.yaml`:
   the same digits would fail rows that are right.
 Trainable parameters exclude the task head, which every method trains in full (the tables leave it out).
 A row that cannot match (the paper's own count is off, or a method's count is inferred) carries a
-`params_note` saying why; `check_table_params` reports every row, the note included.
+`params_note` saying why; `check_table_params` reports every row, the note included. `row_params` gives the
+report's params cell (`peftbench report --paper`): the paper's value and ours, ours from the runs' records when the
+row was run (their trainable parameters without the head), else counted here.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import re
+import warnings
 from dataclasses import dataclass
 
 from bench.grid import sweep_config
@@ -29,6 +33,7 @@ from bench.paper import load_paper_table
 from bench.param_count import MetaCount, count_on_meta
 from methods.base import get_method
 
+log = logging.getLogger(__name__)
 UNITS = ("percent", "permille", "millions", "llm_adapters")
 _LA_PLUS = re.compile(r"^\+\s*([\d.]+)\s*(k?)$")
 _LA_PERCENT = re.compile(r"^([\d.]+)%$")
@@ -66,20 +71,29 @@ def _row_overrides(table: dict, row: dict, method: str | None = None) -> tuple[s
     return tuple(values)
 
 
-def _ours(table: dict, spec: dict, row: dict) -> tuple[float, str | None]:
-    """(our value in the table's unit, the unit's text form for llm_adapters strings)."""
-    count = _count(table["sweep"], _row_overrides(table, row))
+def _needs_count(spec: dict, row: dict) -> bool:
+    """Whether the row's value needs more than its adapter count: a backbone denominator, or LoRA's count."""
+    if spec["unit"] == "llm_adapters":
+        return True
+    return spec["unit"] in ("percent", "permille") and (spec["base"] == "backbone" or row["method"] == "full")
+
+
+def _ours(table: dict, spec: dict, row: dict, adapter: int | None = None) -> tuple[float, str | None]:
+    """(our value in the table's unit, the unit's text form for llm_adapters strings). `adapter`: a measured count
+    (a run's trainable parameters without its head); None: counted on the meta device."""
+    count = _count(table["sweep"], _row_overrides(table, row)) if adapter is None or _needs_count(spec, row) else None
+    adapter = count.adapter if adapter is None else adapter
     printed = str(row[spec["key"]])
     unit = spec["unit"]
     if unit == "millions":
-        return count.adapter / 1e6, None
+        return adapter / 1e6, None
     if unit in ("percent", "permille"):  # full FT trains the whole backbone: 100% by the tables' definition
         base = count.backbone if spec["base"] == "backbone" or row["method"] == "full" else float(spec["base"])
-        return count.adapter / base * (100 if unit == "percent" else 1000), None
+        return adapter / base * (100 if unit == "percent" else 1000), None
     if _LA_PERCENT.match(printed) or row["method"] == "full":
-        return 100 * count.adapter / (count.backbone + (0 if row["method"] == "full" else count.adapter)), "%"
+        return 100 * adapter / (count.backbone + (0 if row["method"] == "full" else adapter)), "%"
     lora = _count(table["sweep"], _row_overrides(table, row, "lora"))
-    return float(count.adapter - lora.adapter), "+"
+    return float(adapter - lora.adapter), "+"
 
 
 def _agrees(ours: float, printed: str, spec: dict) -> bool:
@@ -102,6 +116,37 @@ def _format(ours: float, kind: str | None, spec: dict) -> str:
     return f"{text}%" if kind == "%" else text
 
 
+def _row_spec(spec: dict, row: dict) -> dict:
+    return {**spec, **({"decimals": row["params_decimals"]} if "params_decimals" in row else {})}
+
+
+def params_label(table: dict) -> str | None:
+    """The params column's header in the table's unit (None: the table has no params column)."""
+    spec = table.get("params")
+    if spec is None:
+        return None
+    return {"percent": "Params %", "permille": "Params ‰", "millions": "Params (M)"}.get(spec["unit"], "Params")
+
+
+def row_params(table: dict, row: dict, adapter: int | None = None) -> tuple[str | None, str | None]:
+    """(the paper's printed params value, ours in the table's unit and precision) for one row; either may be None.
+
+    `adapter`: the row's measured trainable parameters without the head (from its records); None: counted on the
+    model's architecture (`bench.param_count`). A count that cannot be made leaves ours None, with a warning."""
+    spec = table.get("params")
+    printed = None if spec is None or row.get(spec["key"]) is None else str(row[spec["key"]])
+    if printed is None or printed == "-" or row.get("method") is None:
+        return printed, None
+    try:
+        with warnings.catch_warnings():  # the libraries' deprecation chatter while building the model on meta
+            warnings.simplefilter("ignore")
+            ours, kind = _ours(table, spec, row, adapter)
+    except Exception as exc:  # a report must not fail on a params count (a plugin method missing, ...)
+        log.warning("params of %s r%s (%s) not counted: %s", row["label"], row.get("rank"), row.get("model"), exc)
+        return printed, None
+    return printed, _format(ours, kind, _row_spec(spec, row))
+
+
 def check_table_params(name: str) -> list[ParamsCheck]:
     """Every row with a method and a params value: the paper's value and ours, in the table's unit."""
     table = load_paper_table(name)
@@ -115,7 +160,7 @@ def check_table_params(name: str) -> list[ParamsCheck]:
             continue
         printed = str(printed)
         ours, kind = _ours(table, spec, row)
-        row_spec = {**spec, **({"decimals": row["params_decimals"]} if "params_decimals" in row else {})}
+        row_spec = _row_spec(spec, row)
         checks.append(
             ParamsCheck(
                 label=row["label"], model=row.get("model") or table.get("model"), rank=row.get("rank"),

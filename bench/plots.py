@@ -176,3 +176,39 @@ def plot_cost(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
         ax.grid(True, axis="x", alpha=0.3)
     fig.suptitle("Cost by method (CPU peak RSS or GPU allocated peak, as each record says)", fontsize=10)
     return _save(fig, out_dir, "cost_by_method")
+
+
+def plot_intervals(intervals: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """One panel per column of the main table: each row's mean with its 95% bootstrap interval (a row without one
+    is a hollow point, no bar); rows significantly different from the baseline are filled red."""
+    if intervals.empty:
+        return []
+    columns = list(dict.fromkeys(intervals["column"]))
+    count = min(3, len(columns))
+    rows = -(-len(columns) // count)
+    keys = zip(intervals["method"], intervals["model"], intervals["rank"], strict=True)
+    labels = list(dict.fromkeys(_series_label(m, mo, None if r == "–" else r) for m, mo, r in keys))
+    fig, axes = plt.subplots(rows, count, figsize=(4.6 * count, 0.42 * len(labels) * rows + 1.4), squeeze=False)
+    for ax, column in zip(axes.flat, columns, strict=False):
+        part = intervals[intervals["column"] == column]
+        for entry in part.itertuples(index=False):
+            y = labels.index(_series_label(entry.method, entry.model, None if entry.rank == "–" else entry.rank))
+            color = "tab:red" if entry.significant is True else "tab:blue"
+            if pd.isna(entry.ci_low):
+                ax.plot([entry.mean], [y], marker="o", markerfacecolor="none", color=color)
+                continue
+            error = [[entry.mean - entry.ci_low], [entry.ci_high - entry.mean]]
+            ax.errorbar([entry.mean], [y], xerr=error, marker="o", capsize=3, color=color)
+        ax.set_yticks(range(len(labels)), labels, fontsize=8)
+        ax.set_ylim(-0.6, len(labels) - 0.4)
+        ax.invert_yaxis()
+        ax.set_title(column, fontsize=10)
+        ax.set_xlabel("×100, mean and 95% interval")
+        ax.grid(True, axis="x", alpha=0.3)
+    for ax in list(axes.flat)[len(columns) :]:
+        ax.set_visible(False)
+    fig.suptitle(
+        "Mean over seeds with its 95% bootstrap interval (red: differs from the baseline; hollow: no interval)",
+        fontsize=10,
+    )
+    return _save(fig, out_dir, "intervals")

@@ -42,6 +42,12 @@ class StoreScan:
     corrupted: list[tuple[Path, str]] = field(default_factory=list)
 
 
+def read_predictions_file(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows of one predictions sidecar (`<run_id>.preds.jsonl.gz`)."""
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle]
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -117,8 +123,7 @@ class RunStore:
         return self._atomic_write(self.predictions_path(sweep, run_id), buffer.getvalue())
 
     def read_predictions(self, sweep: str, run_id: str) -> list[dict[str, Any]]:
-        with gzip.open(self.predictions_path(sweep, run_id), "rt", encoding="utf-8") as handle:
-            return [json.loads(line) for line in handle]
+        return read_predictions_file(self.predictions_path(sweep, run_id))
 
     def orphans(self, sweep: str) -> list[Path]:
         """Predictions files without a complete record (a run killed between its two writes)."""

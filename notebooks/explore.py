@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -25,6 +27,7 @@ from pathlib import Path
 import pandas as pd
 from IPython.display import Image, Markdown, display
 
+from bench.plots import plot_intervals
 from bench.report import build_tables, load_frame, lr_cells, to_markdown, write_report
 
 STORE = os.environ.get("PEFTBENCH_STORE", "../results/runs")
@@ -36,10 +39,30 @@ print(f"{len(frame)} records in {STORE}/{SWEEP}:", frame["status"].value_counts(
 
 # %% [markdown]
 # ## Methods × tasks at each method's best learning rate (mean ± std over seeds, ×100)
+#
+# Each cell also carries its 95% bootstrap interval (seeds and, paired, eval examples; 1,000 resamples; `[n/a]`
+# without predictions sidecars). Per column the best is bold, rows not significantly different from it underlined;
+# † marks a row significantly different from the baseline (LoRA unless `BASELINE` names another method).
 
 # %%
-tables = build_tables(frame)
-display(Markdown(to_markdown(tables.main)))
+BASELINE = os.environ.get("PEFTBENCH_BASELINE") or None
+tables = build_tables(frame, BASELINE)
+display(Markdown(to_markdown(tables.main, tables.styles)))
+if not tables.vs_baseline.empty:
+    display(Markdown(f"Paired difference to {tables.baseline}, ×100, with its 95% interval"))
+    display(Markdown(to_markdown(tables.vs_baseline)))
+
+# %% [markdown]
+# ## Means with their 95% intervals
+#
+# One panel per column: each row's mean over seeds and its interval (red: significantly different from the
+# baseline; hollow: no interval).
+
+# %%
+interval_plot = plot_intervals(tables.intervals, OUT / SWEEP / "plots")
+if interval_plot:
+    display(Image(filename=str(interval_plot[0])))
+tables.intervals.drop(columns="row").round(2)
 
 # %% [markdown]
 # ## Learning-rate sensitivity
@@ -53,7 +76,7 @@ pd.pivot_table(cells, index=["method", "rank"], columns=["task", "lr"], values="
 # ## Plots (written under `results/<sweep>/plots/`)
 
 # %%
-written = write_report(STORE, SWEEP, OUT)
+written = write_report(STORE, SWEEP, OUT, BASELINE)
 for name in ("lr_sensitivity.png", "pareto.png", "pareto_offline.png", "cost_by_method.png"):
     if name in written:
         display(Image(filename=str(written[name])))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import jupytext
@@ -32,3 +33,9 @@ def test_explore_notebook_runs(tmp_path: Path, monkeypatch) -> None:  # noqa: AN
     outputs = "".join(str(o.get("text", "")) for c in notebook.cells for o in c.get("outputs", []))
     assert "15 records in" in outputs
     assert (tmp_path / "golden" / "plots" / "lr_sensitivity.png").exists()
+    assert (tmp_path / "golden" / "plots" / "intervals.png").exists()
+    shown = [o.get("data", {}) for c in notebook.cells for o in c.get("outputs", [])]
+    # the main table with its intervals and marks: the golden LoRA row on RTE, its two seeds' sidecars resampled
+    assert any("| **76.00 ± 1.41 [68.0, 83.0]** |" in d.get("text/markdown", "") for d in shown)
+    intervals = next(d["text/plain"] for d in shown if "ci_low" in d.get("text/plain", ""))
+    assert re.search(r"lora +roberta-base +8 +glue_rte +76\.0 +68\.00 +83\.0 ", intervals), intervals

@@ -27,15 +27,17 @@ def test_golden_paper_table(tmp_path: Path) -> None:
 
 def test_cells_follow_the_rules(shown) -> None:
     # best lr among eligible ones (5e-4 had a diverged seed), seed mean ± std, Δ against the paper
-    assert shown.at["LoRA", "RTE"] == "85.50 ± 0.71 (84.47, Δ +1.03)"
+    # with its 95% bootstrap interval from the two seeds' sidecars (100 examples each)
+    assert shown.at["LoRA", "RTE"] == "85.50 ± 0.71 [79.0, 91.0] (84.47, Δ +1.03)"
     # the paper's metric for the column: GOAT reports CoLA accuracy, not Matthews corr.
-    assert shown.at["LoRA", "CoLA"] == "84.00 (83.41, Δ +0.59)"
+    # (a record without a predictions sidecar: no interval)
+    assert shown.at["LoRA", "CoLA"] == "84.00 [n/a] (83.41, Δ +0.59)"
     # not run here: the paper's number alone, never a zero
     assert shown.at["DoRA", "RTE"] == "(84.48)"
     # offline protocol: labelled, no Δ
-    assert shown.at["GOAT", "SST-2"] == "80.00 [offline] (96.21)"
+    assert shown.at["GOAT", "SST-2"] == "80.00 [n/a] [offline] (96.21)"
     # full FT has no rank; a failed run is not a result
-    assert shown.at["Full FT", "MRPC"] == "86.00 (85.29, Δ +0.71)" and shown.at["Full FT", "QNLI"] == "(94.49)"
+    assert shown.at["Full FT", "MRPC"] == "86.00 [n/a] (85.29, Δ +0.71)" and shown.at["Full FT", "QNLI"] == "(94.49)"
     assert shown.at["Full FT MoE", "CoLA"] == "(86.02)"  # a peftbench method not run here
     assert shown.at["LoRA", "Avg"] == "(88.46)"  # no Avg of ours until every column is run
 
@@ -69,11 +71,69 @@ def test_one_record_per_commonsense_run_fills_eight_columns_at_one_lr(tmp_path: 
     store.write(_commonsense_record(1e-4, 0, {"cs_boolq": 0.70, "cs_piqa": 0.90}))
     store.write(_commonsense_record(3e-4, 0, {"cs_boolq": 0.80}))
     shown = paper_report(tmp_path, "cs", "goat_t3_llama2_commonsense").set_index("Method")
-    assert shown.at["GOAT", "BoolQ"] == "70.00 (73.60, Δ -3.60)"
-    assert shown.at["GOAT", "PIQA"] == "90.00 (83.95, Δ +6.05)"
-    assert shown.at["GOAT", "OBQA"] == "50.00 (87.00, Δ -37.00)"
-    assert shown.at["GOAT", "Avg"] == f"{100 * (0.7 + 0.9 + 6 * 0.5) / 8:.2f} (82.73, Δ {100 * 4.6 / 8 - 82.73:+.2f})"
+    assert shown.at["GOAT", "BoolQ"] == "70.00 [n/a] (73.60, Δ -3.60)"
+    assert shown.at["GOAT", "PIQA"] == "90.00 [n/a] (83.95, Δ +6.05)"
+    assert shown.at["GOAT", "OBQA"] == "50.00 [n/a] (87.00, Δ -37.00)"
+    avg = f"{100 * (0.7 + 0.9 + 6 * 0.5) / 8:.2f} [n/a] (82.73, Δ {100 * 4.6 / 8 - 82.73:+.2f})"
+    assert shown.at["GOAT", "Avg"] == avg
     # a diverged seed makes its lr ineligible for every set the run evaluates
     store.write(_commonsense_record(1e-4, 1, None, status="diverged"))
     shown = paper_report(tmp_path, "cs", "goat_t3_llama2_commonsense").set_index("Method")
-    assert shown.at["GOAT", "BoolQ"] == "80.00 (73.60, Δ +6.40)"
+    assert shown.at["GOAT", "BoolQ"] == "80.00 [n/a] (73.60, Δ +6.40)"
+
+
+@pytest.fixture(scope="module")
+def singlora(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SingLoRA Table 1's two models on QQP, two seeds, 200 examples: on RoBERTa-base LoRA 90% right and SingLoRA
+    89% (the same answers but two); on GPT-2 LoRA 60% and SingLoRA 90%. The RoBERTa LoRA runs record their counts."""
+    from bench.store import RunStore
+    from tests.bench.records import write_run
+
+    root = tmp_path_factory.mktemp("singlora")
+    store = RunStore(root)
+    ids = range(200)
+    counts = {"trainable_params": 300_000 + 1_538, "head_params": 1_538, "total_params": 125_000_000}
+    for seed in (0, 1):
+        write_run(store, "sl", "lora", seed, [i % 10 != 0 for i in ids], task="glue_qqp", **counts)
+        write_run(store, "sl", "singlora", seed, [i % 10 != 0 and i not in (1, 2) for i in ids], task="glue_qqp")
+        write_run(store, "sl", "lora", seed, [1 <= i % 10 <= 6 for i in ids], task="glue_qqp", model="gpt2")
+        write_run(store, "sl", "singlora", seed, [i % 10 != 0 for i in ids], task="glue_qqp", model="gpt2")
+    return root
+
+
+def test_a_table_over_two_models_groups_its_rows_by_model(singlora: Path) -> None:
+    shown = paper_report(singlora, "sl", "singlora_t1_glue")
+    assert list(shown.columns[:4]) == ["Model", "Method", "r", "Params (M)"]
+    assert list(zip(shown["Model"], shown["Method"], strict=True)) == [
+        ("roberta-base", "LoRA"), ("roberta-base", "LoRA+"), ("roberta-base", "DoRA"), ("roberta-base", "SingLoRA"),
+        ("gpt2", "LoRA"), ("gpt2", "LoRA+"), ("gpt2", "DoRA"), ("gpt2", "SingLoRA"),
+    ]  # fmt: skip
+    cells = shown.set_index(["Model", "Method"])
+    assert cells.at[("roberta-base", "LoRA"), "QQP"] == "90.00 ± 0.00 [86.0, 94.0] (88.50, Δ +1.50)"
+    assert cells.at[("gpt2", "LoRA"), "QQP"] == "60.00 ± 0.00 [53.0, 67.0] (87.90, Δ -27.90)"
+    # each row is tested against the LoRA row of its own model: on GPT-2 SingLoRA's 30 points are significant,
+    # on RoBERTa its one point is not
+    assert cells.at[("gpt2", "SingLoRA"), "QQP"] == "90.00 ± 0.00 [86.0, 94.0]† (88.80, Δ +1.20)"
+    assert cells.at[("roberta-base", "SingLoRA"), "QQP"] == "89.00 ± 0.00 [84.5, 93.0] (88.90, Δ +0.10)"
+    assert cells.at[("gpt2", "LoRA"), "QNLI"] == ""  # no paper value, not run
+
+
+def test_the_params_column_shows_ours_beside_the_paper(singlora: Path) -> None:
+    cells = paper_report(singlora, "sl", "singlora_t1_glue").set_index(["Model", "Method"])["Params (M)"]
+    assert cells[("roberta-base", "LoRA")] == "0.300 (0.15)"  # from the runs' records: 301,538 trainable − 1,538 head
+    assert cells[("roberta-base", "DoRA")] == "0.313 (0.16)"  # not run: counted on the architecture (meta device)
+    assert cells[("gpt2", "SingLoRA")] == "0.885 (0.89)"  # run, but its records carry no counts: counted too
+
+
+def test_paper_tables_write_the_model_column_and_take_a_baseline(singlora: Path, capsys: pytest.CaptureFixture) -> None:
+    args = ["report", "sl", "--store", str(singlora), "--out", str(singlora / "out"), "--paper", "singlora_t1_glue"]
+    assert cli_main([*args, "--baseline", "singlora"]) == 0
+    out = capsys.readouterr().out
+    assert "† when significantly different from singlora (its row of the same model and rank" in out
+    assert "| gpt2         | LoRA     | 8   | 1.180 (1.78)  | 60.00 ± 0.00 [53.0, 67.0]† (87.90, Δ -27.90) |" in out
+    tex = (singlora / "out" / "sl" / "tables" / "paper_singlora_t1_glue.tex").read_text()
+    assert r"\begin{tabular}{lllrrrrr}" in tex and "\ngpt2 & LoRA & 8 & 1.180 (1.78) & " in tex
+    assert cli_main([*args, "--baseline", "goat"]) == 2
+    assert (
+        capsys.readouterr().err == "peftbench: error: unknown baseline method 'goat'; valid choices: lora, singlora\n"
+    )

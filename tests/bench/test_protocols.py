@@ -107,10 +107,10 @@ def test_paper_report_takes_best_or_final_as_the_table_says(tmp_path: Path) -> N
     store.write(_glue_record("lora", "glue_rte", final=0.70, best=0.80))
     subspace = paper_report(tmp_path, "st", "subspace_t2_roberta_base_glue")  # select: best
     lora = subspace[(subspace["Method"] == "LoRA") & (subspace["r"] == "2")].iloc[0]
-    assert lora["RTE"] == "80.00 (81.59, Δ -1.59)"
+    assert lora["RTE"] == "80.00 [n/a] (81.59, Δ -1.59)"
     store.write({**_glue_record("lora", "glue_rte", final=0.70, best=0.80), "model": "roberta-large", "rank": 32})
     goat = paper_report(tmp_path, "st", "goat_t4_roberta_large_glue").set_index("Method")  # final
-    assert goat.at["LoRA", "RTE"] == "70.00 (84.47, Δ -14.47)"
+    assert goat.at["LoRA", "RTE"] == "70.00 [n/a] (84.47, Δ -14.47)"
 
 
 def test_glue_input_template_makes_one_sequence() -> None:
