@@ -75,6 +75,8 @@ def plot_lr_panels(cells: pd.DataFrame, out_dir: Path) -> list[Path]:
     point starred; one panel per (task, rank); methods without a rank appear in every rank's panel."""
     ranks = sorted({int(r) for r in cells["rank"].dropna()}) or [None]
     panels = [(task, rank) for task in sorted(cells["task"].unique()) for rank in ranks]
+    if not panels:  # no completed run (only failed ones): nothing to plot
+        return []
     columns = min(3, len(panels))
     rows = -(-len(panels) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 3.8 * rows), squeeze=False)

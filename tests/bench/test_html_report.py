@@ -96,6 +96,8 @@ def report_store(root: Path, sweep: str = "goat_t4") -> Path:
     for path in sorted((FIXTURES / "records" / "paper").glob("*.json")):
         record = json.loads(path.read_text())
         (store / sweep / path.name).write_text(json.dumps({**record, "sweep": sweep}))
+    for path in (FIXTURES / "records" / "paper").glob("*.preds.jsonl.gz"):  # the sidecars: intervals
+        shutil.copy(path, store / sweep / path.name)
     extra = [
         {"run_id": "x001", "method": "lora", "task": "glue_mrpc", "rank": 32, "accuracy": 0.80},
         {"run_id": "x002", "method": INJECTED, "task": "glue_rte", "rank": 4, "accuracy": 0.70},
@@ -155,16 +157,17 @@ def test_tables_present_with_delta_classes_by_sign(report: tuple[Path, str]) -> 
     assert page.heads["table-main"][:3] == ["method", "model", "rank"]
     assert len(page.tables[paper]) == 11  # every row of GOAT Table 4
     rte = page.cell(paper, "LoRA", "RTE")
-    assert rte.text == "85.50 ± 0.71 (84.47, Δ +1.03)" and "delta-pos" in rte.classes and rte.value == "85.5"
+    assert rte.text == "85.50 ± 0.71 [79.0, 91.0] (84.47, Δ +1.03)" and "delta-pos" in rte.classes
+    assert rte.value == "85.5"
     mrpc = page.cell(paper, "LoRA", "MRPC")
-    assert mrpc.text == "80.00 (83.33, Δ -3.33)" and "delta-neg" in mrpc.classes
+    assert mrpc.text == "80.00 [n/a] (83.33, Δ -3.33)" and "delta-neg" in mrpc.classes  # x001 has no sidecar
     for label, column in (("DoRA", "RTE"), ("GOAT", "SST-2"), ("LoRA", "Avg")):  # not run, offline, no Avg of ours
         classes = page.cell(paper, label, column).classes
         assert not {"delta-pos", "delta-neg", "sig", "ns"} & set(classes), (label, column, classes)
     # the main table: the best of a column in bold, rank and metrics numeric for sorting
     rows = {(r[0].text, r[2].text): r for r in page.tables["table-main"]}
     rte_column = page.heads["table-main"].index("glue_rte")
-    assert "best" in rows[("lora", "8")][rte_column].classes and rows[("lora", "8")][rte_column].text == "99.00"
+    assert "best" in rows[("lora", "8")][rte_column].classes and rows[("lora", "8")][rte_column].text == "99.00 [n/a]"
     assert "best" not in rows[("lora", "32")][rte_column].classes
     assert rows[("lora", "32")][2].value == "32"
     assert len(page.tables["table-lr"]) == 7  # (method, task, rank) groups with an ok or diverged run
@@ -201,18 +204,18 @@ def test_the_paper_numbers_alone_need_no_records(tmp_path: Path, capsys: pytest.
 def test_significance_hook() -> None:
     table = pd.DataFrame(
         {
-            "Method": ["LoRA*", "DoRA", "PiSSA"],  # a marker in a label column is a name, not significance
-            "RTE": ["85.50 (84.47, Δ +1.03) *", "80.00 (84.48, Δ -4.48)", "(73.29)"],
-            "MRPC": ["70.00 (83.33, Δ −13.33) **", "83.33 (83.33, Δ +0.00)", ""],
+            "Method": ["LoRA†", "DoRA", "PiSSA"],  # a marker in a label column is a name, not significance
+            "RTE": ["85.50 [80.1, 90.2]† (84.47, Δ +1.03)", "80.00 (84.48, Δ -4.48)", "(73.29)"],
+            "MRPC": ["70.00 [66.0, 74.0]† (83.33, Δ −13.33)", "83.33 (83.33, Δ +0.00)", ""],
         }
     )
     page = Page(table_html(table, 1, split_paper=True, table_id="t"))
-    assert page.cell("t", "LoRA*", "RTE").classes == ["delta-pos", "sig"]
-    assert page.cell("t", "LoRA*", "MRPC").classes == ["delta-neg", "sig"]
+    assert page.cell("t", "LoRA†", "RTE").classes == ["delta-pos", "sig"]
+    assert page.cell("t", "LoRA†", "MRPC").classes == ["delta-neg", "sig"]
     assert page.cell("t", "DoRA", "RTE").classes == ["delta-neg", "ns"]
     assert page.cell("t", "DoRA", "MRPC").classes == ["delta-zero", "ns"]
     assert page.cell("t", "PiSSA", "RTE").classes == [] and page.cell("t", "PiSSA", "MRPC").value is None
-    assert page.cell("t", "LoRA*", "MRPC").value == "70"
+    assert page.cell("t", "LoRA†", "MRPC").value == "70"
     # a table without any marker: sign classes only
     assert cell_classes("80.00 (84.48, Δ -4.48)", table_marked=False) == ["delta-neg"]
     unmarked = Page(table_html(table.iloc[1:], 1, table_id="u"))
@@ -274,3 +277,20 @@ def test_page_in_the_browser_has_its_tables_and_no_console_errors(report: tuple[
     # the self-check clicked each table's first numeric column twice: the last order is descending
     ranks = [int(r[2].value) for r in dom.tables["table-main"] if r[2].value is not None]
     assert ranks == sorted(ranks, reverse=True) and len(ranks) == 4
+
+
+def test_best_tied_and_significant_cells_of_the_main_table(tmp_path: Path) -> None:
+    from bench.store import RunStore
+    from tests.bench.records import write_run
+
+    store = RunStore(tmp_path / "runs")
+    for seed in (0, 1):  # lora 90% right, pissa the same answers but two, dora 60% (tests/bench/test_report.py)
+        write_run(store, "m", "lora", seed, [i % 10 != 0 for i in range(200)])
+        write_run(store, "m", "pissa", seed, [i % 10 != 0 and i not in (1, 2) for i in range(200)])
+        write_run(store, "m", "dora", seed, [1 <= i % 10 <= 6 for i in range(200)])
+    page = Page(build_page(tmp_path / "runs", "m", baseline="lora"))
+    rows = {r[0].text: r for r in page.tables["table-main"]}
+    rte = page.heads["table-main"].index("glue_rte")
+    assert rows["lora"][rte].classes == ["best"] and rows["lora"][rte].text == "90.00 ± 0.00 [86.0, 94.0]"
+    assert rows["pissa"][rte].classes == ["tied"]  # not significantly below the best: underlined
+    assert rows["dora"][rte].classes == ["sig"] and rows["dora"][rte].text.endswith("†")  # differs from lora

@@ -167,3 +167,13 @@ def test_a_missing_sidecar_leaves_the_cell_without_an_interval(tmp_path: Path) -
     tables = build_tables(load_frame(tmp_path, "s"))
     assert tables.main.at[0, "glue_rte"] == "50.00 [n/a]"
     assert tables.intervals.at[0, "ci_low"] != tables.intervals.at[0, "ci_low"]  # NaN
+
+
+def test_a_sweep_of_failed_runs_only_reports_without_plots(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "runs")
+    store.write({"run_id": "f1", "sweep": "x", "status": "failed", "method": "lora", "model": "m", "task": "glue_rte",
+                 "rank": 8, "lr": 1e-4, "seed": 0, "data": "hub", "metrics": {}, "error": "boom",
+                 "primary_metric": "accuracy"})  # fmt: skip
+    written = write_report(tmp_path / "runs", "x", tmp_path / "out")
+    assert not [name for name in written if name.endswith((".png", ".pdf"))]  # nothing completed to plot
+    assert "glue_rte" not in written["main.md"].read_text()  # a failed run is not a result
