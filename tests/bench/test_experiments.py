@@ -20,7 +20,7 @@ from bench.run import identify
      ("subspace_t4", 12160), ("singlora_t1", 2 * 4 * 3), ("gsm8k", 8), ("commonsense", 10), ("vit", 10 * 7),
      ("goat_t1", 10 * 7), ("goat_t2", 8), ("goat_t3", 10), ("goat_t6", 3 * 3), ("singlora_t2", 4 * 3),
      ("subspace_fair", 10 * 2), ("subspace_fair_llama3", 8 * 2),
-     ("demo_llm", 2), ("demo_llm_gsm8k", 2)],
+     ("demo", 2 * 3 * 2), ("demo_methods", 9 * 2), ("demo_llm", 2), ("demo_llm_gsm8k", 2)],
 )  # fmt: skip
 def test_paper_sweeps_compose_with_their_grid(sweep: str, points: int) -> None:
     assert len(grid_points(grid_axes(sweep_config(sweep)))) == points
@@ -89,5 +89,6 @@ def test_gpu_hours_estimate_from_recorded_runs(tmp_path: Path, capsys: pytest.Ca
 def test_status_lists_the_missing_points_once_per_run_id(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert cli_main(["status", "demo", "--store", str(tmp_path), "--grid"]) == 0
     out = capsys.readouterr().out
-    assert "missing: 27 grid points" in out  # 36 points; full FT's rank-8 points are its rank-4 runs
-    assert "python -m bench.run sweep=demo method=full task=glue_rte rank=4 lr=0.002 seed=0" in out
+    assert "missing: 8 grid points" in out  # 12 points; full FT runs at its one lr (a protocol rule): 2 runs
+    assert "python -m bench.run sweep=demo method=full task=glue_sst2 rank=8 lr=0.0005 seed=1" in out
+    assert "method=full task=glue_sst2 rank=8 lr=0.002" not in out
