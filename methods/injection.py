@@ -189,6 +189,13 @@ def inject(
                 f"target layer {name!r} is a GPT-2 Conv1D, which {type(layer).__name__} does not wrap; "
                 "valid: nn.Linear targets"
             )
+    return install(model, layers, head_modules, config)
+
+
+def install(
+    model: nn.Module, layers: dict[str, nn.Module], head_modules: list[str], config: dict[str, Any]
+) -> InjectedModel:
+    """Put each layer in place of the module of its name, unfreeze its adapters and the task head."""
     for name, layer in layers.items():
         _replace(model, name, layer)
         for param in layer.adapter_parameters():

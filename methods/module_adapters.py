@@ -49,8 +49,8 @@ from transformers.pytorch_utils import Conv1D
 
 from bench.errors import ConfigError
 from methods.base import Method, RunContext, register
-from methods.injection import AdapterLayer, InjectedModel, NativeMethod, NotMergeable, _replace, inject
-from methods.targets import in_head, matches, require_targets
+from methods.injection import AdapterLayer, InjectedModel, NativeMethod, NotMergeable, inject, install
+from methods.targets import matches, require_targets
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "silu": F.silu,
@@ -257,15 +257,7 @@ def wrap_modules(
     """Freeze `model`, replace each named module by `make_layer(module)`, unfreeze the adapters and the head."""
     for param in model.parameters():
         param.requires_grad_(False)
-    for name in names:
-        layer = make_layer(model.get_submodule(name))
-        _replace(model, name, layer)
-        for param in layer.adapter_parameters():
-            param.requires_grad_(True)
-    for name, param in model.named_parameters():
-        if in_head(name, head_modules):
-            param.requires_grad_(True)
-    return InjectedModel(model, config)
+    return install(model, {name: make_layer(model.get_submodule(name)) for name in names}, head_modules, config)
 
 
 # ---------- HAdapter, PAdapter ----------

@@ -29,6 +29,7 @@ from transformers import (
 
 from bench.config import check_choice
 from bench.errors import ConfigError
+from methods.merging import merged_adapters
 from tasks.base import Evaluation, Task, TaskData
 
 if TYPE_CHECKING:
@@ -116,12 +117,14 @@ def generate(
     settings: dict[str, Any],
     bf16: bool = False,
     stop: tuple[re.Pattern[str], Callable[[list[int]], str]] | None = None,
+    merge: bool = False,
 ) -> tuple[list[list[int]], int]:
     """(the generated ids, prompt excluded and cut at EOS, for each prompt in order; the tokens generated).
 
     Deterministic. Prompts are batched by length (less padding) and put back in order. With `stop` (a pattern
     and the tokenizer's decode), greedy decoding ends a batch once every sequence has finished its answer
-    rather than at max_new_tokens; beam search ends at EOS (its beams would need the pattern per beam).
+    rather than at max_new_tokens; beam search ends at EOS (its beams would need the pattern per beam). With
+    `merge`, the adapters are folded into their fp32 base weights while generating (`methods.merging`).
     """
     net = generation_model(model)
     was_training = net.training
@@ -141,25 +144,29 @@ def generate(
         if settings.get("sort_by_length", True)
         else list(range(len(prompts)))
     )
+    merging = merged_adapters(model) if merge else contextlib.nullcontext()
     try:
-        for start in range(0, len(order), batch):
-            chunk = order[start : start + batch]
-            width = max(len(prompts[i]) for i in chunk)
-            ids = torch.tensor([[pad_id] * (width - len(prompts[i])) + prompts[i] for i in chunk], device=device)
-            mask = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in chunk], device=device)
-            criteria = None
-            if stop is not None and beams == 1:
-                criteria = StoppingCriteriaList([StopAtPattern(stop[0], stop[1], width)])
-            with autocast or contextlib.nullcontext():
-                result = net.generate(
-                    input_ids=ids, attention_mask=mask, generation_config=config, stopping_criteria=criteria
+        with merging:
+            for start in range(0, len(order), batch):
+                chunk = order[start : start + batch]
+                width = max(len(prompts[i]) for i in chunk)
+                ids = torch.tensor([[pad_id] * (width - len(prompts[i])) + prompts[i] for i in chunk], device=device)
+                mask = torch.tensor(
+                    [[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in chunk], device=device
                 )
-            for index, row in zip(chunk, result[:, width:].tolist(), strict=True):
-                row = row[: row.index(eos_id)] if eos_id in row else row
-                while criteria is not None and row and row[-1] == pad_id:  # a stopped sequence is padded after
-                    row.pop()
-                outputs[index] = row
-                generated += len(row)
+                criteria = None
+                if stop is not None and beams == 1:
+                    criteria = StoppingCriteriaList([StopAtPattern(stop[0], stop[1], width)])
+                with autocast or contextlib.nullcontext():
+                    result = net.generate(
+                        input_ids=ids, attention_mask=mask, generation_config=config, stopping_criteria=criteria
+                    )
+                for index, row in zip(chunk, result[:, width:].tolist(), strict=True):
+                    row = row[: row.index(eos_id)] if eos_id in row else row
+                    while criteria is not None and row and row[-1] == pad_id:  # a stopped sequence is padded after
+                        row.pop()
+                    outputs[index] = row
+                    generated += len(row)
     finally:
         net.train(was_training)
     return outputs, generated
@@ -177,7 +184,7 @@ def check_generation_settings(cfg: Any) -> None:
         value = None if settings is None else settings.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ConfigError(f"task.generation.{key}={value!r} is not valid; give a positive integer")
-    for key in ("stop_early", "sort_by_length"):
+    for key in ("stop_early", "sort_by_length", "merge_adapters"):
         if not isinstance(settings.get(key, True), bool):
             raise ConfigError(f"task.generation.{key}={settings.get(key)!r} is not valid; give true or false")
     check_choice("task.generation.cache_implementation", settings.get("cache_implementation"), [None, "static"])
@@ -266,6 +273,8 @@ class GenerativeTask(Task):
         rank, world = trainer.args.process_index, trainer.args.world_size
         pattern = self.stop_pattern()
         stop = None if pattern is None or not settings.get("stop_early", True) else (pattern, tokenizer.decode)
+        # FSDP shards the weights a merge would write to: there the adapters stay unmerged
+        merge = settings.get("merge_adapters", True) and not trainer.is_fsdp_enabled
         metrics: dict[str, float] = {}
         predictions: list[dict[str, Any]] = []
         started, generated = time.perf_counter(), 0
@@ -274,7 +283,7 @@ class GenerativeTask(Task):
             mine = list(range(rank, len(prompts), world))
             ids, count = generate(
                 trainer.model, [prompts[i] for i in mine], tokenizer.pad_token_id, eos, settings, trainer.args.bf16,
-                stop,
+                stop, merge,
             )  # fmt: skip
             generated += count
             texts = [cut_at_stop(t, pattern) for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]

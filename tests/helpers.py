@@ -49,3 +49,23 @@ def context(
         rank=rank, lr=1e-3, seed=0, target_modules=targets or list(spec.target_modules),
         head_modules=list(spec.head_modules), total_steps=total_steps, sample_batches=labelled_batches,
     )  # fmt: skip
+
+
+def perturb(model: torch.nn.Module, seed: int = 3, size: float = 0.05) -> None:
+    """Move every trainable parameter off its init (a zero-init factor hides what an identity test checks)."""
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(seed)
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(size * torch.randn(param.shape, generator=generator))
+
+
+def logits(model: torch.nn.Module) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**tiny_batch()).logits
+
+
+def head_size(spec: DictConfig = TINY) -> int:
+    """Parameters of the tiny classifier's task head."""
+    head = spec.head_modules[0]
+    return sum(p.numel() for n, p in tiny_classifier(spec=spec).named_parameters() if head in n.split("."))

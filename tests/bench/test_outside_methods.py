@@ -16,7 +16,7 @@ from bench.config import check_overrides
 from bench.errors import ConfigError
 from tests.conftest import REPO, SMOKE, compose_run, records, run_cli
 
-# The README's example package, as a researcher writes it.
+# docs/methods.md's example package, as a researcher writes it.
 MY_METHOD = '''"""LoRA with a Gaussian-initialised A (PEFT's init_lora_weights="gaussian"), not Kaiming-uniform."""
 
 from typing import Any

@@ -28,7 +28,7 @@ from methods.sam_parser import SamParserLayer
 from methods.targets import TargetLayer, target_layers
 from methods.trilora import TriLoraLayer, trilora_factors
 from tests.conftest import compose_run
-from tests.helpers import TINY, TINY_LLAMA, build, context, tiny_batch, tiny_classifier
+from tests.helpers import TINY, TINY_LLAMA, build, context, head_size, logits, perturb, tiny_batch, tiny_classifier
 
 TINY_GPT2 = OmegaConf.load(CONF_DIR / "model" / "tiny-gpt2.yaml")
 RANK = 4
@@ -40,24 +40,6 @@ LABELS = torch.tensor([0, 1, 1])
 
 def rank_of(name: str) -> int | None:
     return None if name == "sam_parser" else RANK
-
-
-def perturb(model: torch.nn.Module, seed: int = 3, size: float = 0.05) -> None:
-    with torch.no_grad():
-        generator = torch.Generator().manual_seed(seed)
-        for param in model.parameters():
-            if param.requires_grad:
-                param.add_(size * torch.randn(param.shape, generator=generator))
-
-
-def logits(model: torch.nn.Module) -> torch.Tensor:
-    with torch.no_grad():
-        return model(**tiny_batch()).logits
-
-
-def head_size(spec: DictConfig = TINY) -> int:
-    model = tiny_classifier(spec=spec)
-    return sum(p.numel() for n, p in model.named_parameters() if spec.head_modules[0] in n.split("."))
 
 
 # ---------- configuration ----------

@@ -28,7 +28,7 @@ from methods.base import RunContext, get_method
 from methods.injection import NotMergeable, adapter_layers_of
 from methods.module_adapters import Bottleneck, ParallelLayer, SeriesLayer, SublayerAdapter
 from tests.conftest import compose_run
-from tests.helpers import TINY, TINY_LLAMA, build, context, tiny_batch, tiny_classifier
+from tests.helpers import TINY, TINY_LLAMA, build, context, logits, perturb, tiny_batch, tiny_classifier
 
 ENCODER = ["hadapter", "padapter"]
 DECODER = ["series_adapter", "parallel_adapter"]
@@ -49,19 +49,6 @@ def spec_of(name: str) -> DictConfig:
 
 def rank_of(name: str) -> int | None:
     return 2 if name in ENCODER else None
-
-
-def perturb(model: torch.nn.Module, seed: int = 3, size: float = 0.1) -> None:
-    with torch.no_grad():
-        generator = torch.Generator().manual_seed(seed)
-        for param in model.parameters():
-            if param.requires_grad:
-                param.add_(size * torch.randn(param.shape, generator=generator))
-
-
-def logits(model: torch.nn.Module) -> torch.Tensor:
-    with torch.no_grad():
-        return model(**tiny_batch()).logits
 
 
 def adapter_count(model: torch.nn.Module, head_modules: list[str]) -> int:
@@ -197,7 +184,7 @@ def bottleneck(adapter: Bottleneck, z: torch.Tensor, act) -> torch.Tensor:  # no
 
 def test_houlsby_sits_in_both_output_sublayers_before_the_residual_and_layernorm() -> None:
     _, model, _, _ = build("hadapter", 2)
-    perturb(model)
+    perturb(model, size=0.1)
     block = model.model.roberta.encoder.layer[0]
     for wrapper, width in ((block.attention.output, D), (block.output, FFN)):
         assert isinstance(wrapper, SublayerAdapter)
@@ -210,7 +197,7 @@ def test_houlsby_sits_in_both_output_sublayers_before_the_residual_and_layernorm
 
 def test_pfeiffer_sits_in_the_ffn_only_and_applies_the_layernorm_twice() -> None:
     _, model, _, _ = build("padapter", 2)
-    perturb(model)
+    perturb(model, size=0.1)
     block = model.model.roberta.encoder.layer[0]
     assert not isinstance(block.attention.output, SublayerAdapter)
     wrapper = block.output
@@ -224,7 +211,7 @@ def test_pfeiffer_sits_in_the_ffn_only_and_applies_the_layernorm_twice() -> None
 
 def test_series_sits_after_down_proj_without_biases() -> None:
     _, model, _, _ = build("series_adapter", None, TINY_LLAMA, bottleneck=8, scaling=0.5)
-    perturb(model)
+    perturb(model, size=0.1)
     layers = adapter_layers_of(model, SeriesLayer)
     assert [n for n, _ in model.adapter_layers()] == [f"model.layers.{i}.mlp.down_proj" for i in range(LAYERS)]
     layer = layers[0]
@@ -237,7 +224,7 @@ def test_series_sits_after_down_proj_without_biases() -> None:
 def test_series_before_ffn_inputs_as_llm_adapters_math_command() -> None:
     """LA's math command puts the series adapter on gate_proj and up_proj: before each (its mh_adapter)."""
     _, model, _, _ = build("series_adapter", None, TINY_LLAMA, bottleneck=8, adapter_modules=["up_proj", "gate_proj"])
-    perturb(model)
+    perturb(model, size=0.1)
     layers = dict(model.adapter_layers())
     assert sorted(n.rsplit(".", 1)[-1] for n in layers) == ["gate_proj", "gate_proj", "up_proj", "up_proj"]
     assert adapter_count(model, ["score"]) == LAYERS * 2 * 2 * D * 8  # 2dm per linear: twice the default
@@ -248,7 +235,7 @@ def test_series_before_ffn_inputs_as_llm_adapters_math_command() -> None:
 
 def test_parallel_sits_beside_up_and_down_proj() -> None:
     _, model, _, _ = build("parallel_adapter", None, TINY_LLAMA, bottleneck=8, scaling=2.0)
-    perturb(model)
+    perturb(model, size=0.1)
     names = [n.rsplit(".", 1)[-1] for n, _ in model.adapter_layers()]
     assert names == ["up_proj", "down_proj"] * LAYERS  # gate_proj is not adapted
     for layer in adapter_layers_of(model, ParallelLayer):
@@ -259,7 +246,7 @@ def test_parallel_sits_beside_up_and_down_proj() -> None:
 
 def test_adapter_dropout_drops_the_adapters_input_in_training_only() -> None:
     _, model, _, _ = build("series_adapter", None, TINY_LLAMA, bottleneck=8, dropout=0.5)
-    perturb(model)
+    perturb(model, size=0.1)
     layer = adapter_layers_of(model, SeriesLayer)[0]
     x = torch.randn(4, FFN)
     layer.train()
@@ -296,7 +283,7 @@ def test_inits() -> None:
 def test_save_then_load_gives_identical_logits(name: str, tmp_path: Path) -> None:
     spec, rank = spec_of(name), rank_of(name)
     _, model, method, params = build(name, rank, spec)
-    perturb(model)
+    perturb(model, size=0.1)
     expected = logits(model)
     method.save(model, str(tmp_path / "adapter"))
     loaded = method.load(tiny_classifier(spec=spec), str(tmp_path / "adapter"), params, context(rank, spec=spec))
@@ -333,7 +320,7 @@ def test_merge_refuses_and_leaves_the_model_intact(name: str) -> None:
 def test_gradients_reach_only_adapters_and_head(name: str) -> None:
     spec = spec_of(name)
     _, model, _, _ = build(name, rank_of(name), spec)
-    perturb(model)
+    perturb(model, size=0.1)
     model.train()
     model(**tiny_batch(), labels=torch.tensor([0, 1, 1])).loss.backward()
     head = spec.head_modules[0]

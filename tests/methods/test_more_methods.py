@@ -27,7 +27,7 @@ from methods.moe import MoeLoraLayer
 from methods.targets import target_layers
 from tasks.generation import generation_model
 from tests.conftest import compose_run
-from tests.helpers import TINY, TINY_LLAMA, build, context, tiny_batch, tiny_classifier
+from tests.helpers import TINY, TINY_LLAMA, build, context, head_size, logits, perturb, tiny_batch, tiny_classifier
 
 TINY_GPT2 = OmegaConf.load(CONF_DIR / "model" / "tiny-gpt2.yaml")
 TINY_CLIP = OmegaConf.load(CONF_DIR / "model" / "tiny-clip.yaml")
@@ -39,30 +39,12 @@ RANKS = {"lora_dash": 4, "neat": 4, "adamole": 8, "ft_moe": None, "prefix": None
 LABELS = torch.tensor([0, 1, 1])
 
 
-def perturb(model: torch.nn.Module, seed: int = 3, size: float = 0.05) -> None:
-    with torch.no_grad():
-        generator = torch.Generator().manual_seed(seed)
-        for param in model.parameters():
-            if param.requires_grad:
-                param.add_(size * torch.randn(param.shape, generator=generator))
-
-
 def perturb_lora(model: torch.nn.Module, size: float) -> None:
     """LoRA-Dash mid phase 1: A and B trained, δ still 0 (it has no gradient before the switch)."""
     perturb(model, size=size)
     with torch.no_grad():
         for layer in adapter_layers_of(model, LoraDashLayer):
             layer.dash_delta.zero_()
-
-
-def logits(model: torch.nn.Module) -> torch.Tensor:
-    with torch.no_grad():
-        return model(**tiny_batch()).logits
-
-
-def head_size(spec: DictConfig = TINY) -> int:
-    head = spec.head_modules[0]
-    return sum(p.numel() for n, p in tiny_classifier(spec=spec).named_parameters() if head in n.split("."))
 
 
 def adapter_count(model: torch.nn.Module, head_modules: list[str]) -> int:

@@ -22,7 +22,7 @@ from methods.relora import jagged_cosine, merge_and_reset, prune_optimizer_state
 from methods.singlora import SingLoraLayer, set_ramp
 from methods.targets import target_layers
 from tests.conftest import compose_run
-from tests.helpers import TINY, TINY_LLAMA, build, context, tiny_batch, tiny_classifier
+from tests.helpers import TINY, TINY_LLAMA, build, context, head_size, logits, perturb, tiny_batch, tiny_classifier
 
 NATIVE = [
     "singlora",
@@ -38,23 +38,6 @@ NATIVE = [
     "relora",
 ]
 MOE = ["molora", "hydralora", "goat"]
-
-
-def perturb(model: torch.nn.Module, seed: int = 3, size: float = 0.05) -> None:
-    with torch.no_grad():
-        generator = torch.Generator().manual_seed(seed)
-        for param in model.parameters():
-            if param.requires_grad:
-                param.add_(size * torch.randn(param.shape, generator=generator))
-
-
-def logits(model: torch.nn.Module) -> torch.Tensor:
-    with torch.no_grad():
-        return model(**tiny_batch()).logits
-
-
-def head_size(spec: DictConfig = TINY) -> int:
-    return sum(p.numel() for n, p in tiny_classifier(spec=spec).named_parameters() if spec.head_modules[0] in n)
 
 
 # ---------- SingLoRA ----------

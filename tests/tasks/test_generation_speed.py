@@ -1,5 +1,6 @@
 """The generation speed-ups change no result: batching by length and stopping a batch once every answer has
-ended give the same token ids up to each sequence's stop point, and the same extracted answers."""
+ended give the same token ids up to each sequence's stop point, and the same extracted answers; adapters merged
+into their fp32 base weights for generation give the same ids and leave the weights as they were, bit for bit."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ from omegaconf import OmegaConf
 
 from bench.config import CONF_DIR
 from bench.models import load_model, load_tokenizer
+from methods.base import get_method
+from methods.merging import merged_adapters
 from tasks.generation import PromptEncoder, cut_at_stop, generate
 from tasks.gsm8k import ANSWER_END, extract_flexible, extract_goat, extract_strict
+from tests.helpers import context, perturb
 
 TINY_LLAMA = OmegaConf.load(CONF_DIR / "model" / "tiny-llama.yaml")
 # SmolLM2-135M's shape (hidden 576, 9 heads over 3 key-value heads, FFN 1536, tied embeddings), 2 of its 30 layers
@@ -58,3 +62,51 @@ def test_an_answer_ends_at_its_first_hash_line() -> None:
     assert extract_strict(cut_at_stop(text, ANSWER_END)) == 18
     assert cut_at_stop("#### 18", ANSWER_END) == "#### 18"  # no line end yet: EOS ends it
     assert cut_at_stop("#### 18.5\n", ANSWER_END) == "#### 18.5\n"
+
+
+def _adapted_llm(name: str, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = load_model(TINY_LLAMA, "causal-lm").to(dtype)
+    method = get_method(name)
+    params = method.parse({"name": name})
+    adapted = method.adapt(model, params, context(8, spec=TINY_LLAMA, targets=["q_proj", "v_proj", "down_proj"]))
+    perturb(adapted, size=0.2)  # adapters off their init (B = 0 would make merging trivially exact)
+    for layer in adapted.modules():
+        if hasattr(layer, "set_ramp"):
+            layer.set_ramp(1.0)  # SingLoRA past its ramp: u(t) = 1 (at t = 0 its update is zero)
+    return adapted.eval()
+
+
+@pytest.mark.parametrize(
+    ("name", "mergeable"), [("lora", True), ("dora", True), ("vera", True), ("singlora", True), ("goat", False)]
+)
+def test_merged_adapters_generate_the_same_ids_and_give_the_weights_back_bit_for_bit(
+    name: str, mergeable: bool
+) -> None:
+    model = _adapted_llm(name)
+    tokenizer = load_tokenizer(TINY_LLAMA)
+    encoder = PromptEncoder(tokenizer, max_length=512)
+    prompts = [encoder.prompt(f"question: {q}\nanswer:") for q in QUESTIONS]
+    settings = {"max_new_tokens": 24, "num_beams": 1, "batch_size": 4}
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    eos = tokenizer.sep_token_id
+    plain, _ = generate(model, prompts, tokenizer.pad_token_id, eos, settings)
+    merged, _ = generate(model, prompts, tokenizer.pad_token_id, eos, settings, merge=True)
+    assert merged == plain
+    with merged_adapters(model) as count:
+        assert (count > 0) is mergeable
+    after = model.state_dict()
+    assert all(torch.equal(before[key], after[key]) for key in before)  # the base weights restored exactly
+    with torch.no_grad():  # and the adapters act again, unmerged
+        ids = torch.tensor([prompts[0]])
+        assert torch.equal(model(input_ids=ids).logits, model(input_ids=ids).logits)
+        if mergeable:
+            with model.disable_adapter():
+                base = model(input_ids=ids).logits
+            assert not torch.allclose(model(input_ids=ids).logits, base)
+
+
+def test_a_bf16_base_is_not_merged() -> None:
+    """W0 + ΔW rounded to bf16 is not the unmerged forward: greedy decoding could change, so nothing merges."""
+    with merged_adapters(_adapted_llm("lora", torch.bfloat16)) as count:
+        assert count == 0
