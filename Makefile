@@ -87,7 +87,8 @@ report: setup
 status: setup
 	$(BIN)/peftbench status $(SWEEP) --grid
 
-# Step time of every method vs the frozen base and PEFT LoRA (CPU here; on a GPU box it uses the GPU).
+# Step time of every method vs the floor (frozen base, activation gradients only) and PEFT LoRA, interleaved
+# rounds; writes results/perf/<date>_<device>_... (git-ignored; published copies in docs/perf/). ~15 min on 2 CPU cores.
 perf: setup
 	$(BIN)/peftbench perf --model minilm --batch 8 --seq 64 --steps 20 --warmup 3
 

@@ -121,7 +121,7 @@ def covering_points(axes: dict[str, list[str]]) -> list[dict[str, str]]:
 def test_every_bench_run_command_passes_its_checks_at_every_value_of_its_grid(command: str) -> None:
     overrides = _overrides(command)
     check_overrides(overrides)
-    plain = [o for o in overrides if not o.startswith(("hydra.", "hydra/", "sweep="))]
+    plain = [o for o in overrides if not o.lstrip("+").startswith(("hydra.", "hydra/", "sweep="))]
     sweep = next((o.partition("=")[2] for o in overrides if o.startswith("sweep=")), None)
     if sweep is None:
         _check_point(plain)
@@ -152,7 +152,10 @@ def test_make_reproduce_dry_runs_and_prints_the_grid() -> None:
 
 def _capped(overrides: list[str], store: Path, hydra_dir: Path) -> list[str]:
     given = {o.partition("=")[0] for o in overrides}
-    caps = [f"{key}={value}" for key, value in CAPS.items() if key not in given]
+    generative = any(re.match(r"task=(gsm8k|commonsense|cs_)", o) for o in overrides)
+    caps = [
+        f"{key}={value}" for key, value in CAPS.items() if key not in given and (generative or "generation" not in key)
+    ]
     is_sweep = any(o.startswith("sweep=") for o in overrides)
     out = [
         o if o.partition("=")[0] not in CAPS else f"{o.partition('=')[0]}={CAPS[o.partition('=')[0]]}"
