@@ -199,8 +199,10 @@ def plot_intervals(intervals: pd.DataFrame, out_dir: Path) -> list[Path]:
             if pd.isna(entry.ci_low):
                 ax.plot([entry.mean], [y], marker="o", markerfacecolor="none", color=color)
                 continue
-            error = [[entry.mean - entry.ci_low], [entry.ci_high - entry.mean]]
-            ax.errorbar([entry.mean], [y], xerr=error, marker="o", capsize=3, color=color)
+            # the interval as a segment, the mean as a point: a percentile interval need not contain the mean of
+            # the seeds (Matthews corr., Pearson and F1 are not means of the examples), so no ± error bar
+            ax.plot([entry.ci_low, entry.ci_high], [y, y], color=color, marker="|", markersize=8)
+            ax.plot([entry.mean], [y], marker="o", color=color)
         ax.set_yticks(range(len(labels)), labels, fontsize=8)
         ax.set_ylim(-0.6, len(labels) - 0.4)
         ax.invert_yaxis()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import run_cli
 
 # MiniLM from its package: a real from_pretrained with a fresh head, so transformers has a load report to print
@@ -26,6 +28,7 @@ def test_a_sweep_prints_no_library_chatter_and_its_log_has_it(tmp_path: Path) ->
         assert "LOAD REPORT" in text and "is_gradient_checkpointing" in text
 
 
+@pytest.mark.slow  # the quiet default stays in `make test`; this, its opposite, in `make test-slow`
 def test_verbose_brings_the_chatter_back(tmp_path: Path) -> None:
     done = run_cli(*POINT, "-v", f"store.root={tmp_path / 'runs'}", f"hydra.run.dir={tmp_path}/hydra")
     assert done.returncode == 0, done.stderr[-2000:]

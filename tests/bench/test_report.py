@@ -177,3 +177,20 @@ def test_a_sweep_of_failed_runs_only_reports_without_plots(tmp_path: Path) -> No
     written = write_report(tmp_path / "runs", "x", tmp_path / "out")
     assert not [name for name in written if name.endswith((".png", ".pdf"))]  # nothing completed to plot
     assert "glue_rte" not in written["main.md"].read_text()  # a failed run is not a result
+
+
+def test_the_interval_plot_takes_a_mean_outside_its_interval(tmp_path: Path) -> None:
+    """A percentile interval of Matthews corr. or Pearson need not contain the seeds' mean (they are not means of
+    the examples): the plot draws the interval and the point apart instead of failing on a negative error bar."""
+    import pandas as pd
+
+    from bench.plots import plot_intervals
+
+    intervals = pd.DataFrame([
+        {"method": "lora", "model": "m", "rank": 8, "column": "glue_cola", "mean": 61.0, "ci_low": 55.0,
+         "ci_high": 60.5, "significant": None},
+        {"method": "goat", "model": "m", "rank": 8, "column": "glue_cola", "mean": 58.0, "ci_low": float("nan"),
+         "ci_high": float("nan"), "significant": None},
+    ])  # fmt: skip
+    written = plot_intervals(intervals, tmp_path)
+    assert {p.suffix for p in written} == {".png", ".pdf"} and all(p.stat().st_size > 0 for p in written)

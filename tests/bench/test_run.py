@@ -116,6 +116,8 @@ def test_exception_gives_failed_record_and_the_next_point_runs(store: Path, monk
     assert {json.loads(p.read_text())["status"] for p in records(store)} == {"ok"}
 
 
+# ~40 s (a real multirun): in `make test-slow`, which CI runs
+@pytest.mark.slow
 def test_a_hydra_sweep_goes_on_after_a_failed_point(tmp_path: Path) -> None:
     """A real multirun: the hub's address refuses connections, so the first point fails; the second runs.
 

@@ -128,6 +128,7 @@ def test_image_pipeline_end_to_end(store: Path, task: str, method: str) -> None:
     assert {type(row["prediction"]) for row in rows} == {int}
 
 
+@pytest.mark.slow  # ~30 s: the GGUF dequantisation and conversion into a fresh cache
 def test_smollm2_loads_from_the_package_and_is_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PEFTBENCH_CACHE", str(tmp_path))
     folder = bench.model_cache.converted_folder(SMOLLM2)
