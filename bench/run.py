@@ -54,9 +54,9 @@ from tasks.base import Task, build_task
 log = logging.getLogger("peftbench")
 
 
-def identify(cfg: DictConfig) -> tuple[Method, Any, dict[str, Any], Task, dict[str, Any], str]:
-    """Validate a config without loading anything heavy; returns its method, params, axes, task, the method's
-    inputs from outside the config (`Method.inputs`, e.g. LoRAHub's upstream adapters) and the run_id."""
+def check_config(cfg: DictConfig) -> tuple[Method, Any, dict[str, Any], Task]:
+    """Validate a config on its own, without loading anything heavy or reading the store; returns its method,
+    params, axes and task."""
     check_moved_keys(cfg)
     method = get_method(cfg.method.get("name"), cfg.method.get("module"))
     resolve_point(cfg)
@@ -65,6 +65,13 @@ def identify(cfg: DictConfig) -> tuple[Method, Any, dict[str, Any], Task, dict[s
     check_eval_every(cfg.trainer.get("eval_every"))
     task = build_task(cfg.task)
     task.validate(cfg.data)
+    return method, params, axes, task
+
+
+def identify(cfg: DictConfig) -> tuple[Method, Any, dict[str, Any], Task, dict[str, Any], str]:
+    """`check_config`, then the method's inputs from outside the config (`Method.inputs`, e.g. LoRAHub's upstream
+    adapters, read from the store); returns method, params, axes, task, inputs and the run_id."""
+    method, params, axes, task = check_config(cfg)
     inputs = method.inputs(params, cfg)
     return method, params, axes, task, inputs, compute_run_id(experiment_config(cfg, axes, inputs))
 

@@ -15,12 +15,10 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
-from bench.config import CONF_DIR, check_overrides, resolve_point
+from bench.config import CONF_DIR, check_overrides
 from bench.grid import grid_axes, sweep_config
-from methods.base import get_method
-from tasks.base import build_task
+from bench.run import check_config
 from tests.conftest import REPO, run_cli
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -98,13 +96,10 @@ def _overrides(command: str) -> list[str]:
 
 
 def _check_point(overrides: list[str]) -> None:
-    """What `bench.run` checks before it loads anything: the method's keys, the task, its data source."""
+    """What `bench.run` checks before it loads anything (`check_config`). Not the method's inputs from another
+    sweep's records (LoRAHub's upstream): those exist once the commands before it ran, as the slow test does."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
-    method = get_method(cfg.method.get("name"), cfg.method.get("module"))
-    resolve_point(cfg)
-    method.parse(OmegaConf.to_container(cfg.method, resolve=True))
-    build_task(cfg.task).validate(cfg.data)
+        check_config(compose("config", overrides=overrides))
 
 
 BENCH_RUNS = [c for _, c in ALL if strip_comment(c).startswith(BENCH_RUN) and not_run_reason(c) is None]
@@ -151,17 +146,14 @@ def test_make_reproduce_dry_runs_and_prints_the_grid() -> None:
 
 
 def _capped(overrides: list[str], store: Path, hydra_dir: Path) -> list[str]:
-    given = {o.partition("=")[0] for o in overrides}
+    """The command's overrides with each cap in place of its own value (or added), a temporary store and Hydra dir."""
     generative = any(re.match(r"task=(gsm8k|commonsense|cs_)", o) for o in overrides)
-    caps = [
-        f"{key}={value}" for key, value in CAPS.items() if key not in given and (generative or "generation" not in key)
-    ]
-    is_sweep = any(o.startswith("sweep=") for o in overrides)
-    out = [
-        o if o.partition("=")[0] not in CAPS else f"{o.partition('=')[0]}={CAPS[o.partition('=')[0]]}"
-        for o in overrides
-    ]
-    return [*out, *caps, f"store.root={store}", f"hydra.{'sweep' if is_sweep else 'run'}.dir={hydra_dir}"]
+    caps = {key: value for key, value in CAPS.items() if generative or "generation" not in key}
+    keys = [o.partition("=")[0] for o in overrides]
+    capped = [f"{key}={caps[key]}" if key in caps else o for key, o in zip(keys, overrides, strict=True)]
+    capped += [f"{key}={value}" for key, value in caps.items() if key not in keys]
+    is_sweep = "sweep" in keys
+    return [*capped, f"store.root={store}", f"hydra.{'sweep' if is_sweep else 'run'}.dir={hydra_dir}"]
 
 
 @pytest.mark.slow
