@@ -4,7 +4,7 @@ bit for bit.
 Generating token by token calls every wrapped linear hundreds of times; an unmerged adapter adds its own
 matmuls and elementwise ops to each call, which on a CPU costs as much as the base layer. Merged, the layer
 is one linear. The merge is the methods' own (PEFT's `merge()` of each tuner layer, our layers'
-`delta_weight()`); afterwards each base weight (and bias) is restored from a copy rather than by subtracting
+`merged_weight()`); afterwards each base weight (and bias) is restored from a copy rather than by subtracting
 the update again, so training after an evaluation starts from exactly the weights it left. Only float32 base
 weights are merged: W0 + ΔW rounded to bf16 would differ from the unmerged forward by more than fp32 rounding,
 and greedy decoding must not change. Layers that cannot merge (routed experts, nonlinear adapters, prompt
@@ -54,11 +54,11 @@ def merged_adapters(model: nn.Module) -> Iterator[int]:
                     undo.append(module)
                 elif isinstance(module, AdapterLayer) and not module.disabled and _fp32(module.base_layer):
                     try:
-                        delta = module.delta_weight()
+                        merged = module.merged_weight()
                     except NotMergeable:
                         continue
                     restore += _saved(module.base_layer)
-                    module.base_layer.weight += (delta.T if module.transposed else delta).to(torch.float32)
+                    module.base_layer.weight.copy_(merged)
                     module.disabled = True
                     undo.append(module)
         yield len(undo)
