@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections import Counter
 
-from bench.errors import ConfigError
+from core.errors import ConfigError
 
 DEFAULT_STORE = "results/runs"
 
@@ -17,7 +17,7 @@ def _report(args: argparse.Namespace) -> int:
 
     if args.paper:
         from bench.paper import write_paper_report
-        from bench.store import RunStore
+        from core.store import RunStore
 
         paths = write_paper_report(args.store, args.sweep, args.paper, args.out, args.baseline)
         print(paths["md"].read_text())
@@ -60,7 +60,7 @@ def _prefetch(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from bench.store import RunStore
+    from core.store import RunStore
 
     store = RunStore(args.store)
     scan = store.scan(args.sweep)
@@ -89,7 +89,7 @@ def _missing_points(sweep: str, by_id: dict[str, dict]) -> list[dict[str, str]]:
     """Grid points whose run_id has no ok/diverged record (duplicates of one run_id listed once)."""
     from bench.grid import grid_axes, grid_points, sweep_config
     from bench.run import identify
-    from bench.store import COMPLETED
+    from core.store import COMPLETED
 
     missing, seen = [], set()
     for point in grid_points(grid_axes(sweep_config(sweep))):

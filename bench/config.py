@@ -18,9 +18,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from bench.errors import ConfigError, one_line
+from core.errors import ConfigError, one_line
+from core.paths import CONF_DIR
+from core.validation import check_choice
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = ("method", "model", "task", "trainer", "logger", "sweep")
 DATA_SOURCES = ("hub", "offline")
 # Trainer keys that change how a run is watched or kept, not what it computes.
@@ -75,13 +76,6 @@ def _search_path_folder(entry: str) -> Path:
     return folder
 
 
-def check_choice(kind: str, value: Any, choices: Iterable[str]) -> None:
-    """Raise a one-line ConfigError when `value` is not one of `choices`."""
-    choices = list(choices)
-    if value not in choices:
-        raise ConfigError(f"unknown {kind} {value!r}; valid choices: {', '.join(choices)}")
-
-
 def check_overrides(argv: list[str]) -> None:
     """Check command-line group overrides (`method=foo`, `task=a,b`) before Hydra sees them.
 
@@ -104,7 +98,7 @@ def check_overrides(argv: list[str]) -> None:
 
 def _check_entry_point_method(name: str) -> None:
     """A method installed through an entry point still needs its YAML on Hydra's search path: say so."""
-    from bench.plugins import entry_points
+    from core.registry import entry_points
 
     for point in entry_points("peftbench.methods"):
         if point.name == name:

@@ -60,7 +60,7 @@ def estimate_gpu_hours(store_root: str, sweep: str, points: int) -> str:
     """GPU-hours for the whole grid from the median wall time of this sweep's runs already done on a GPU."""
     import statistics
 
-    from bench.store import RunStore
+    from core.store import RunStore
 
     timed = [
         r for r in RunStore(store_root).iter_records(sweep)

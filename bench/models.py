@@ -23,9 +23,10 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from bench.assets import package_path
-from bench.config import check_choice
-from bench.errors import ConfigError
+from core.assets import package_path
+from core.errors import ConfigError
+from core.validation import check_choice
+from tasks.base import classifier_head
 
 SOURCES = ("hub", "package", "gguf", "config")
 KINDS = {
@@ -104,14 +105,6 @@ def load_model(model_cfg: DictConfig, kind: str, **head: Any) -> torch.nn.Module
     for key, value in values.items():
         setattr(config, key, value)
     return auto.from_pretrained(location, config=config, dtype=_dtype(model_cfg))
-
-
-def classifier_head(num_labels: int, pad_token_id: int | None = None) -> dict[str, Any]:
-    """Config values of a fresh classification head of `num_labels` outputs (1 = regression)."""
-    head: dict[str, Any] = {"num_labels": num_labels, "pad_token_id": pad_token_id}
-    if num_labels == 1:
-        head["problem_type"] = "regression"
-    return head
 
 
 def load_classifier(model_cfg: DictConfig, num_labels: int, pad_token_id: int | None) -> torch.nn.Module:

@@ -41,7 +41,7 @@ from bench.significance import (
     percentile_interval,
     read_sidecar,
 )
-from bench.store import RunStore
+from core.store import RunStore
 
 PAPER_DIR = CONF_DIR / "paper"
 

@@ -32,10 +32,10 @@ import torch
 from omegaconf import OmegaConf
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from bench.config import CONF_DIR
-from bench.errors import ConfigError
 from bench.measure import PeakMemory, count_params
 from bench.models import load_classifier, load_tokenizer
+from core.errors import ConfigError
+from core.paths import CONF_DIR
 from methods.base import RunContext, get_method, method_names
 from methods.targets import in_head
 
@@ -97,8 +97,8 @@ def prepare(name: str, base: torch.nn.Module, spec: Any, ctx: RunContext) -> tup
 
 
 def perf_context(spec: Any, rank: int, steps: int, batch: dict) -> RunContext:
-    return RunContext(
-        rank=rank, lr=1e-4, seed=0, target_modules=list(spec.target_modules), head_modules=list(spec.head_modules),
+    return RunContext.build(
+        None, spec.target_modules, rank=rank, lr=1e-4, seed=0, head_modules=list(spec.head_modules),
         total_steps=steps, sample_batches=lambda n: [batch] * n,
     )  # fmt: skip
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from bench.config import CONF_DIR
+from core.paths import CONF_DIR
 
 FIELDS = (
     "run_id", "sweep", "status", "error", "method", "model", "task", "rank", "lr", "seed", "data",

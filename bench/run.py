@@ -22,7 +22,6 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
 
-from bench.assets import from_hub_cache
 from bench.checkpoints import latest_complete
 from bench.config import (
     check_moved_keys,
@@ -34,11 +33,9 @@ from bench.config import (
     resolve_point,
 )
 from bench.console import VERBOSE_ENV, run_log
-from bench.errors import ConfigError, one_line
 from bench.measure import PeakMemory, Stopwatch, count_params
 from bench.models import load_model, load_processor
 from bench.record import new_record, now
-from bench.store import RunStore
 from bench.tracking import track
 from bench.train import (
     batch_sampler,
@@ -48,6 +45,9 @@ from bench.train import (
     train_and_evaluate,
     training_arguments,
 )
+from core.assets import from_hub_cache
+from core.errors import ConfigError, one_line
+from core.store import RunStore
 from methods.base import Method, RunContext, get_method, trainable_dtypes
 from tasks.base import Task, build_task
 
@@ -131,11 +131,12 @@ def _train_point(cfg, method, params, axes, task, inputs, store, run_id, work_di
     with from_hub_cache(model_name, cfg.sweep):
         model = load_model(cfg.model, task.model_kind, **task.model_head(processor))
     collate = task.collator(processor)
-    ctx = RunContext(
+    ctx = RunContext.build(
+        params,
+        cfg.model.target_modules,
         rank=axes["rank"],
         lr=axes["lr"],
         seed=axes["seed"],
-        target_modules=list(getattr(params, "target_modules", None) or cfg.model.target_modules),
         head_modules=task.head_modules(cfg.model),
         total_steps=optimizer_steps(len(data.train), cfg.trainer),
         weight_decay=float(cfg.trainer.weight_decay),
@@ -150,7 +151,7 @@ def _train_point(cfg, method, params, axes, task, inputs, store, run_id, work_di
     counts = count_params(model, ctx.head_modules)
     # a bf16 base always computes under bf16 autocast (its float32 adapters and head need it)
     use_bf16 = base_dtype == torch.bfloat16 or (bool(cfg.trainer.bf16) and torch.cuda.is_available())
-    args = training_arguments(cfg, str(work_dir), use_bf16)
+    args = training_arguments(cfg.trainer, axes, str(work_dir), use_bf16)
     resume = latest_complete(work_dir)
     memory = PeakMemory()
     memory.start()

@@ -22,9 +22,8 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from bench.checkpoints import MarkCompleteCheckpoints
 from bench.console import quiet_progress
-from bench.errors import ConfigError
+from core.errors import ConfigError
 from methods.base import Method, RunContext
-from methods.injection import InjectedModel
 from tasks.base import Task, TaskData
 
 PASSED_THROUGH = (
@@ -164,19 +163,19 @@ class BenchTrainer(Trainer):
     # weight it changes), as PEFT's does: the Trainer would save the whole state dict, which fails on
     # tied embeddings and writes the frozen base of a 7B model at every checkpoint.
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        if not isinstance(self.model, InjectedModel):
+        if not self.method.own_checkpoints(self.model):
             return super()._save(output_dir, state_dict)
         output_dir = output_dir or self.args.output_dir
         if self.args.should_save:
-            self.model.save_pretrained(output_dir)
+            self.method.save(self.model, output_dir)
             torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
         return None
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
         model = model or self.model
-        if not isinstance(model, InjectedModel):
+        if not self.method.own_checkpoints(model):
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        model.load_adapter(resume_from_checkpoint)
+        self.method.load_weights(model, resume_from_checkpoint)
         return None
 
     def create_optimizer(self, model=None):  # noqa: ANN001
@@ -196,14 +195,13 @@ class BenchTrainer(Trainer):
         return self.lr_scheduler
 
 
-def training_arguments(cfg: DictConfig, output_dir: str, use_bf16: bool) -> TrainingArguments:
-    """TrainingArguments from `cfg.trainer` and the run's lr and seed."""
-    trainer = cfg.trainer
+def training_arguments(trainer: DictConfig, axes: dict[str, Any], output_dir: str, use_bf16: bool) -> TrainingArguments:
+    """TrainingArguments from the trainer config and the run's validated axes (its lr and seed)."""
     return TrainingArguments(
         output_dir=output_dir,
-        learning_rate=float(cfg.lr),
-        seed=int(cfg.seed),
-        data_seed=int(cfg.seed),
+        learning_rate=float(axes["lr"]),
+        seed=int(axes["seed"]),
+        data_seed=int(axes["seed"]),
         bf16=use_bf16,
         use_cpu=not torch.cuda.is_available(),
         label_names=["labels"],

@@ -22,7 +22,7 @@ import torch
 from peft import AdaLoraConfig, get_peft_model
 from transformers import TrainerCallback
 
-from bench.errors import ConfigError
+from core.errors import ConfigError
 from methods.base import Method, RunContext, register
 from methods.lora import LoraParams
 from methods.lowrank import orth_reg

@@ -25,7 +25,7 @@ import torch
 from peft import KasaConfig
 from peft.tuners.lora import LoraLayer
 
-from bench.errors import ConfigError
+from core.errors import ConfigError
 from methods.base import RunContext, register
 from methods.lora import Lora, LoraParams
 from methods.targets import require_targets

@@ -18,7 +18,7 @@ from peft import LoraConfig, get_peft_model
 from peft.utils import SAFETENSORS_WEIGHTS_NAME, get_peft_model_state_dict
 from safetensors.torch import save_file
 
-from bench.errors import ConfigError
+from core.errors import ConfigError
 from methods.base import Method, RunContext, register
 
 

@@ -31,7 +31,7 @@ from torch import nn
 from transformers import TrainerCallback
 from transformers.pytorch_utils import Conv1D
 
-from bench.errors import ConfigError
+from core.errors import ConfigError
 from methods.base import Method, RunContext, register
 from methods.injection import AdapterLayer, NativeMethod, adapter_layers_of
 from methods.targets import check_rank, require_targets

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from bench.errors import ConfigError
+from core.errors import ConfigError
 
 
 @dataclass

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from bench.errors import ConfigError
+from core.errors import ConfigError
 from methods.base import Method, RunContext
 from methods.injection import AdapterLayer, NativeMethod, NotMergeable, adapter_layers_of, linear_features
 from methods.targets import check_rank, require_targets

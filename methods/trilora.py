@@ -21,7 +21,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from bench.errors import ConfigError
+from core.errors import ConfigError
 from methods.base import Method, RunContext, register
 from methods.injection import AdapterLayer, NativeMethod, adapter_layers_of
 from methods.lowrank import LowRankParams, kaiming_, orth_reg

@@ -16,7 +16,7 @@ import numpy as np
 from omegaconf import DictConfig
 from transformers import DataCollatorWithPadding
 
-from bench.errors import ConfigError
+from core.registry import Registry
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -145,20 +145,27 @@ class ClassificationTask(Task):
         return Evaluation(metrics, rows)
 
 
-_FAMILIES: dict[str, type[Task]] = {}
-
-
-def register_family(cls: type[Task]) -> type[Task]:
-    """Class decorator: tasks whose YAML says `family: <cls.family>` are built by `cls`."""
-    _FAMILIES[cls.family] = cls
-    return cls
+TASKS: Registry[type[Task]] = Registry(
+    kind="task",
+    base=Task,
+    key="family",
+    package="tasks",
+    skip={"base", "generation", "metrics", "offline"},
+    group="peftbench.tasks",
+    make=lambda cls: cls,
+)
+# class decorator: tasks whose YAML says `family: <cls.family>` are built by `cls`
+register_family = TASKS.register
 
 
 def build_task(cfg: DictConfig) -> Task:
-    from tasks import load_all
+    """The task of a conf/task entry, built by its family (`task.module=` imports an outside family first)."""
+    return TASKS.get(cfg.get("family"), cfg.get("module"), what="task family")(cfg)
 
-    load_all()
-    family = cfg.get("family")
-    if family not in _FAMILIES:
-        raise ConfigError(f"unknown task family {family!r}; valid choices: {', '.join(sorted(_FAMILIES))}")
-    return _FAMILIES[family](cfg)
+
+def classifier_head(num_labels: int, pad_token_id: int | None = None) -> dict[str, Any]:
+    """Config values of a fresh classification head of `num_labels` outputs (1 = regression)."""
+    head: dict[str, Any] = {"num_labels": num_labels, "pad_token_id": pad_token_id}
+    if num_labels == 1:
+        head["problem_type"] = "regression"
+    return head

@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 from datasets import Dataset, concatenate_datasets
 
-from bench.assets import DISTRIBUTIONS
-from bench.config import check_choice
-from bench.errors import ConfigError
+from core.assets import DISTRIBUTIONS
+from core.errors import ConfigError
+from core.validation import check_choice
 from tasks.base import Evaluation, HubLoad, register_family
 from tasks.generation import GenerativeTask
 from tasks.offline import ASSET_PACKAGE, ASSET_ROOT, require_offline, shipped_dataset, split_rows

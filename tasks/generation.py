@@ -27,9 +27,9 @@ from transformers import (
     StoppingCriteriaList,
 )
 
-from bench.config import check_choice
-from bench.errors import ConfigError
-from methods.merging import merged_adapters
+from core.errors import ConfigError
+from core.merging import merged_adapters
+from core.validation import check_choice
 from tasks.base import Evaluation, Task, TaskData
 
 if TYPE_CHECKING:
@@ -124,7 +124,7 @@ def generate(
     Deterministic. Prompts are batched by length (less padding) and put back in order. With `stop` (a pattern
     and the tokenizer's decode), greedy decoding ends a batch once every sequence has finished its answer
     rather than at max_new_tokens; beam search ends at EOS (its beams would need the pattern per beam). With
-    `merge`, the adapters are folded into their fp32 base weights while generating (`methods.merging`).
+    `merge`, the adapters are folded into their fp32 base weights while generating (`core.merging`).
     """
     net = generation_model(model)
     was_training = net.training

@@ -14,10 +14,9 @@ from typing import Any
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
-from bench.config import check_choice
-from bench.errors import ConfigError
-from bench.models import classifier_head
-from tasks.base import ClassificationTask, HubLoad, TaskData, register_family
+from core.errors import ConfigError
+from core.validation import check_choice
+from tasks.base import ClassificationTask, HubLoad, TaskData, classifier_head, register_family
 from tasks.metrics import METRICS
 from tasks.offline import load_split, require_offline, tasks_with_offline
 

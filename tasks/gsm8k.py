@@ -22,7 +22,7 @@ from typing import Any
 
 from datasets import Dataset
 
-from bench.config import check_choice
+from core.validation import check_choice
 from tasks.base import HubLoad, register_family
 from tasks.generation import GenerativeTask, PromptEncoder
 from tasks.offline import require_offline, shipped_requests, split_rows

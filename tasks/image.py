@@ -25,8 +25,8 @@ from datasets import ClassLabel, Dataset, Features
 from datasets import Image as ImageFeature
 from PIL import Image
 
-from bench.config import check_choice
-from bench.errors import ConfigError
+from core.errors import ConfigError
+from core.validation import check_choice
 from tasks.base import ClassificationTask, HubLoad, TaskData, register_family
 from tasks.metrics import METRICS
 from tasks.offline import tasks_with_offline

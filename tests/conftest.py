@@ -11,7 +11,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from bench.config import CONF_DIR
+from core.paths import CONF_DIR
 
 REPO = CONF_DIR.parent
 # A tiny randomly initialised RoBERTa, 4 optimizer steps, the offline RTE rows capped small.
@@ -45,7 +45,7 @@ def records(store: Path, sweep: str = "adhoc") -> list[Path]:
 
 def sidecar(store: Path, record: dict, sweep: str = "adhoc") -> dict[str, list[dict]]:
     """A record's predictions sidecar, rows grouped by eval split; checks the record names it."""
-    from bench.store import PREDICTIONS_SUFFIX, RunStore
+    from core.store import PREDICTIONS_SUFFIX, RunStore
 
     assert record["predictions_file"] == f"{record['run_id']}{PREDICTIONS_SUFFIX}"
     by_split: dict[str, list[dict]] = {}

@@ -13,11 +13,11 @@ from omegaconf import OmegaConf
 
 import bench.run
 from bench.config import CONF_DIR, group_choices
-from bench.errors import ConfigError
 from bench.grid import grid_axes, grid_points, sweep_config
 from bench.paper import paper_report
 from bench.run import identify
-from bench.store import RunStore
+from core.errors import ConfigError
+from core.store import RunStore
 from tests.conftest import compose_run
 
 DOC = CONF_DIR.parent / "docs" / "protocols.md"

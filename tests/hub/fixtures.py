@@ -29,7 +29,7 @@ from datasets import ClassLabel, Dataset, Features, Image, List, Value
 from omegaconf import OmegaConf
 from PIL import Image as PilImage
 
-from bench.config import CONF_DIR
+from core.paths import CONF_DIR
 from tests.hub.schema import HubDataset, hub_datasets
 
 ROWS_PER_SPLIT = 8

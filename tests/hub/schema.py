@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from datasets import ClassLabel, Features, Image, List, Value
 
-from bench.config import CONF_DIR
+from core.paths import CONF_DIR
 
 DOC = CONF_DIR.parent / "docs" / "hub_assets.md"
 _ROW = re.compile(r"^\| (\S+/\S+) \| (\S+) \| (.+?) \| (.+?) \|$")

@@ -15,9 +15,9 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
 import bench.run
-from bench.config import CONF_DIR
-from bench.errors import ConfigError
 from bench.measure import count_params
+from core.errors import ConfigError
+from core.paths import CONF_DIR
 from methods.base import RunContext, get_method
 from methods.flora import FloraLayer
 from methods.injection import NotMergeable, adapter_layers_of

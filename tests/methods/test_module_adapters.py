@@ -19,11 +19,11 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 import bench.run
-from bench.config import CONF_DIR
-from bench.errors import ConfigError
 from bench.measure import count_params
 from bench.models import load_model
 from bench.param_count import count_on_meta, meta_model
+from core.errors import ConfigError
+from core.paths import CONF_DIR
 from methods.base import RunContext, get_method
 from methods.injection import NotMergeable, adapter_layers_of
 from methods.module_adapters import Bottleneck, ParallelLayer, SeriesLayer, SublayerAdapter

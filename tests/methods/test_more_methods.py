@@ -13,11 +13,11 @@ from transformers import TrainerCallback
 
 import bench.run
 import methods.lora_dash
-from bench.config import CONF_DIR
-from bench.errors import ConfigError
 from bench.measure import count_params
 from bench.models import load_model
 from bench.param_count import meta_model
+from core.errors import ConfigError
+from core.paths import CONF_DIR
 from methods.adamole import AdaMoleLayer
 from methods.base import RunContext, get_method
 from methods.ft_moe import UpcycledLinear, expert_linears, upcycled_layers

@@ -11,9 +11,9 @@ from omegaconf import DictConfig, OmegaConf
 from peft import PeftModel
 
 import bench.run
-from bench.config import CONF_DIR
-from bench.errors import ConfigError
 from bench.measure import count_params
+from core.errors import ConfigError
+from core.paths import CONF_DIR
 from methods.goat import segment_indices
 from methods.injection import NotMergeable, adapter_layers_of
 from methods.moe import MoeLoraLayer

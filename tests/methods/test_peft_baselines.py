@@ -8,9 +8,9 @@ import pytest
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from bench.config import CONF_DIR
-from bench.errors import ConfigError
 from bench.measure import count_params
+from core.errors import ConfigError
+from core.paths import CONF_DIR
 from methods.base import get_method
 from methods.targets import TargetLayer, target_layers
 from tests.helpers import TINY, TINY_LLAMA, build, context, tiny_batch, tiny_classifier

@@ -9,9 +9,9 @@ import pytest
 from omegaconf import OmegaConf
 
 import bench.run
-from bench.errors import ConfigError
 from bench.grid import sweep_config
 from bench.prefetch import hub_assets
+from core.errors import ConfigError
 from tasks.base import HubLoad
 from tests.conftest import compose_run, records, run_cli
 

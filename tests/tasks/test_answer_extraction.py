@@ -136,7 +136,7 @@ def test_templates_are_llm_adapters_own() -> None:
     """commonsense_evaluate.py:121-140 (evaluation) and finetune.py:323-343 (training), whitespace included."""
     from omegaconf import OmegaConf
 
-    from bench.config import CONF_DIR
+    from core.paths import CONF_DIR
 
     cfg = OmegaConf.load(CONF_DIR / "task" / "commonsense.yaml")
     indent = " " * 16
@@ -219,8 +219,8 @@ def test_goat_gsm8k_subset_filters_type_and_length_in_file_order() -> None:
     from datasets import Dataset
     from omegaconf import OmegaConf
 
-    from bench.config import CONF_DIR
     from bench.models import load_tokenizer
+    from core.paths import CONF_DIR
     from tasks.generation import PromptEncoder
     from tasks.gsm8k import goat_subset
 

@@ -12,8 +12,8 @@ from omegaconf import OmegaConf
 
 import bench.model_cache
 import bench.run
-from bench.config import CONF_DIR
 from bench.models import load_model, load_tokenizer
+from core.paths import CONF_DIR
 from tasks.generation import IGNORE_INDEX, PromptEncoder, generate
 from tests.conftest import accuracy_of, compose_run, sidecar
 

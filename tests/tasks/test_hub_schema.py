@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from bench.config import CONF_DIR
+from core.paths import CONF_DIR
 from tasks.commonsense import COLUMNS, FORMATS
 from tests.hub.fixtures import _rows
 from tests.hub.schema import hub_datasets
