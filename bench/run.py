@@ -236,8 +236,8 @@ def main() -> None:
     except ConfigError as exc:
         print(f"peftbench: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    # `method.module=` works whether or not the method's YAML has a `module` key (Hydra wants `++` to add one)
-    sys.argv[1:] = [f"++{arg}" if arg.startswith("method.module=") else arg for arg in sys.argv[1:]]
+    # `method.module=` and `task.module=` work whether or not the YAML has a `module` key (Hydra wants `++` to add one)
+    sys.argv[1:] = [f"++{arg}" if arg.startswith(("method.module=", "task.module=")) else arg for arg in sys.argv[1:]]
     _hydra_main()
 
 

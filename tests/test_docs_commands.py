@@ -39,6 +39,7 @@ NOT_RUN = {
     "tmux": "not ours",
     ".venv/bin/peftbench prefetch": "downloads from the hub; tested against a fake hub (tests/reliability)",
     f"{BENCH_RUN}method=my_method": "an outside package: tests/bench/test_outside_methods.py runs these with one",
+    f"{BENCH_RUN}task=counted_rte": "an outside package: tests/bench/test_outside_tasks.py runs these with one",
 }
 # bench.run commands that name a GPU model or the hub: checked (composed and validated), not trained here
 NEEDS_GPU_OR_HUB = re.compile(
