@@ -34,6 +34,7 @@ from bench.config import (
 )
 from bench.console import VERBOSE_ENV, run_log
 from bench.measure import PeakMemory, Stopwatch, count_params
+from bench.method_defaults import install as install_method_defaults
 from bench.models import load_model, load_processor
 from bench.record import new_record, now
 from bench.tracking import track
@@ -238,6 +239,7 @@ def main() -> None:
         sys.exit(2)
     # `method.module=` and `task.module=` work whether or not the YAML has a `module` key (Hydra wants `++` to add one)
     sys.argv[1:] = [f"++{arg}" if arg.startswith(("method.module=", "task.module=")) else arg for arg in sys.argv[1:]]
+    install_method_defaults()
     _hydra_main()
 
 

@@ -32,7 +32,7 @@ from methods.targets import check_rank, require_targets
 @dataclass
 class AdamoleParams:
     num_experts: int = field(default=8, metadata={"help": "E, the number of LoRA experts"})
-    lora_alpha: float = field(default=16.0, metadata={"help": "scale numerator: s = lora_alpha / r_e"})
+    lora_alpha: float = field(default=16, metadata={"help": "scale numerator: s = lora_alpha / r_e"})
     expert_rank: Literal["split", "full"] = field(
         default="split", metadata={"help": "split: r_e = r/E (GOAT's budget); full: r_e = r (the AdaMoLE paper)"}
     )

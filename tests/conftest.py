@@ -11,9 +11,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from bench.method_defaults import install as install_method_defaults
 from core.paths import CONF_DIR
 
 REPO = CONF_DIR.parent
+install_method_defaults()  # every compose in the tests sees the methods' defaults, as a run does
 # A tiny randomly initialised RoBERTa, 4 optimizer steps, the offline RTE rows capped small.
 SMOKE = ["model=tiny-roberta", "trainer=smoke", "data=offline", "task=glue_rte", "task.max_eval_samples=16"]
 

@@ -4,7 +4,6 @@ device), save/load, merging, and a training step on an encoder and a decoder."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -43,16 +42,6 @@ def rank_of(name: str) -> int | None:
 
 
 # ---------- configuration ----------
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_yaml_keys_are_exactly_the_params_fields_each_with_help(name: str) -> None:
-    yaml = OmegaConf.load(CONF_DIR / "method" / f"{name}.yaml")
-    method = get_method(name)
-    fields = dataclasses.fields(method.Params)
-    assert set(yaml) - {"name"} == {f.name for f in fields}
-    assert yaml.name == name
-    assert all(f.metadata.get("help") for f in fields)
 
 
 @pytest.mark.parametrize(
