@@ -16,6 +16,7 @@ import numpy as np
 from omegaconf import DictConfig
 from transformers import DataCollatorWithPadding
 
+from core.errors import ConfigError
 from core.registry import Registry
 
 if TYPE_CHECKING:
@@ -70,6 +71,9 @@ class Task:
     model_kind: ClassVar[str] = "sequence-classification"  # a key of bench.models.KINDS
     modality: ClassVar[str] = "text"
     fresh_head: ClassVar[bool] = True  # a new task head, trained with the adapter (not for causal LMs)
+    # sizes every family reads from its YAML: a positive integer or null; `required_sizes` may not be null
+    sizes: ClassVar[tuple[str, ...]] = ("max_train_samples", "max_eval_samples", "max_seq_length")
+    required_sizes: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg
@@ -83,7 +87,14 @@ class Task:
         return self.cfg.primary
 
     def validate(self, data: str) -> None:
-        """One-line ConfigErrors for a bad task entry or an unavailable data source."""
+        """One-line ConfigErrors for a bad task entry or an unavailable data source; families extend it."""
+        for key in self.sizes:
+            value = self.cfg.get(key)
+            if value is None and key not in self.required_sizes:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                valid = "a positive integer" if key in self.required_sizes else "a positive integer or null"
+                raise ConfigError(f"task.{key}={value!r} is not valid; give {valid}")
 
     def prepare(self, data: str, processor: Any, seed: int = 0) -> TaskData:
         """Load and preprocess the splits; `seed` drives any randomness of the training data (augmentation)."""

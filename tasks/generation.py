@@ -201,15 +201,11 @@ class GenerativeTask(Task):
 
     model_kind = "causal-lm"
     fresh_head = False
+    required_sizes = ("max_seq_length",)  # prompts and answers are cut to it: no default length
 
     def validate(self, data: str) -> None:
+        super().validate(data)
         check_generation_settings(self.cfg)
-        for key in ("max_train_samples", "max_eval_samples"):
-            value = self.cfg.get(key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-                raise ConfigError(f"task.{key}={value!r} is not valid; give a positive integer or null")
-        if not isinstance(self.cfg.max_seq_length, int) or self.cfg.max_seq_length <= 0:
-            raise ConfigError(f"task.max_seq_length={self.cfg.max_seq_length!r} is not valid; give a positive integer")
         if not isinstance(self.cfg.get("train_on_inputs"), bool):
             raise ConfigError(
                 f"task.train_on_inputs={self.cfg.get('train_on_inputs')!r} is not valid; give true or false"

@@ -30,16 +30,13 @@ class Glue(ClassificationTask):
         return self.cfg.num_labels == 1
 
     def validate(self, data: str) -> None:
+        super().validate(data)
         cfg = self.cfg
         for metric in cfg.metrics:
             check_choice("metric", metric, METRICS)
         check_choice("primary metric", cfg.primary, list(cfg.metrics))
         if not isinstance(cfg.num_labels, int) or cfg.num_labels < 1:
             raise ConfigError(f"task.num_labels={cfg.num_labels!r} is not valid; give 1 (regression) or more")
-        for key in ("max_train_samples", "max_eval_samples", "max_seq_length"):
-            value = cfg.get(key)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
-                raise ConfigError(f"task.{key}={value!r} is not valid; give a positive integer or null")
         if data == "offline":
             require_offline(cfg, tasks_with_offline("glue_"))
 
