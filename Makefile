@@ -49,7 +49,7 @@ test-browser: setup
 	$(BIN)/python -m pytest -m browser
 
 # LoRA x 3 learning rates and full FT, then nine other methods each at an lr that suits it, all at rank 8
-# x 2 seeds x 2 epochs on MiniLM x offline SST-2 (CPU, 30 runs, ~13 min on 2 cores). Both grids write to
+# x 2 seeds x 2 epochs on MiniLM x offline SST-2 (CPU, 26 runs; its time: README.md). Both grids write to
 # the sweep "demo"; one report.
 demo: setup
 	@start=$$(date +%s); \

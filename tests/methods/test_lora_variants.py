@@ -1,4 +1,4 @@
-"""The LoRA variants of Subspace Tuning's tables (METHODS_MORE.md): PA, TriLoRA(+MPCo), AdaLoRA-MPCo, FLoRA,
+"""The LoRA variants of Subspace Tuning's tables: PA, TriLoRA(+MPCo), AdaLoRA-MPCo, FLoRA,
 SAM-PARSER, LieRA — each one's exact identities, parameter counts (tiny models and RoBERTa-base on the meta
 device), save/load, merging, and a training step on an encoder and a decoder."""
 

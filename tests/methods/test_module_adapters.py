@@ -1,6 +1,6 @@
 """The module-level bottleneck adapters (methods/module_adapters.py): HAdapter, PAdapter, Series, Parallel.
 
-Every exact identity of their specs (METHODS_MORE.md): identity inits give the base model bit for bit, the
+Every exact identity of their papers: identity inits give the base model bit for bit, the
 parameter counts equal the closed forms on the tiny models and the papers' counts on the real architectures
 (meta device), each placement computes its reference's formula, and the adapters train, save, load, disable
 and refuse to merge like the other native methods.
@@ -121,7 +121,7 @@ def test_decoder_counts_equal_the_closed_forms(bottleneck: int) -> None:
 
 
 # the papers' counts: RoBERTa-base r=2 -> 2.51‰ (printed 2.5) / 2.43‰ of 125M, RoBERTa-large 2.35‰ / 2.29‰ of 355M;
-# DeBERTaV3-base has RoBERTa-base's per-layer shapes (METHODS_MORE.md)
+# DeBERTaV3-base has RoBERTa-base's per-layer shapes
 ENCODER_ROWS = [
     ("roberta-base", "hadapter", 2, 313_536, 125e6, 2.51), ("roberta-base", "padapter", 2, 304_320, 125e6, 2.43),
     ("roberta-base", "hadapter", 16, 2_379_264, 125e6, 19.03),

@@ -1,4 +1,4 @@
-"""LoRA-Dash, NEAT, AdaMoLE, upcycled full-FT MoE and prefix tuning: the exact identities of METHODS_MORE.md,
+"""LoRA-Dash, NEAT, AdaMoLE, upcycled full-FT MoE and prefix tuning: the exact identities of their papers and reference code,
 their parameter counts on tiny models and on the real architectures (meta device), save/load and training."""
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def test_lora_dash_params_are_loras_plus_s_dash_per_matrix(spec: DictConfig) -> 
 
 
 def test_lora_dash_on_llama_7b_adds_1280_to_lora() -> None:
-    """METHODS_MORE: 8 per matrix over 32 layers × 5 matrices, "+1.3k", independent of r."""
+    """8 per matrix over 32 layers × 5 matrices, "+1.3k", independent of r."""
     dash, _, heads = meta_adapted(LLAMA_7B, "causal-lm", "lora_dash", 32, LLAMA_T5)
     lora, _, _ = meta_adapted(LLAMA_7B, "causal-lm", "lora", 32, LLAMA_T5)
     assert adapter_count(dash, heads) - adapter_count(lora, heads) == 1280
@@ -422,7 +422,7 @@ def test_ft_moe_ffn_upcycles_only_the_feed_forward_linears() -> None:
 
 
 def test_ft_moe_on_roberta_large_is_695_8_percent() -> None:
-    """P + (E−1)·P_lin + E·Σin over the model's P, head included on both sides (METHODS_MORE: 695.8%)."""
+    """P + (E−1)·P_lin + E·Σin over the model's P, head included on both sides (695.8% for LLaMA-7B)."""
     model = meta_model(ROBERTA_LARGE, "sequence-classification", num_labels=2)
     total = sum(p.numel() for p in model.parameters())
     method = get_method("ft_moe")
