@@ -143,6 +143,21 @@ def normalized_axes(cfg: DictConfig, uses_rank: bool) -> dict[str, Any]:
     return {"rank": rank, "lr": lr, "seed": seed, "data": cfg.data}
 
 
+# How a sweep spends its runs (the top-level `strategy`; bench/strategy.py runs them, docs/sweeps.md): every point, or
+# the first seed over the lr grid and then the other seeds at each cell's best lr. The sweeper tells each job its stage
+# with `++strategy_stage=N`; neither key enters the run_id.
+STRATEGIES = ("grid", "lr_then_seeds")
+STAGE_KEY = "strategy_stage"
+
+
+def sweep_strategy(cfg: DictConfig) -> dict[str, Any]:
+    """The record's `strategy`: the sweep strategy's name (a one-line ConfigError naming the valid ones when it is
+    unknown) and the stage that ran the point (1 or 2 under lr_then_seeds; None under grid or outside a sweep)."""
+    name = cfg.get("strategy", "grid")
+    check_choice("sweep strategy", name, STRATEGIES)
+    return {"name": name, "stage": cfg.get(STAGE_KEY)}
+
+
 POINT_KEYS = ("method", "model", "task")
 
 

@@ -24,7 +24,7 @@ FIELDS = (
     "trainable_params", "head_params", "total_params",
     "trainable_pct", "peak_memory_bytes", "peak_memory_reserved_bytes", "peak_memory_kind",
     "train_seconds", "run_seconds", "eval_seconds", "generated_tokens_per_second", "steps", "final_loss",
-    "resumed_from_step", "inputs", "adapter_dir", "versions", "git_commit", "git_dirty",
+    "resumed_from_step", "inputs", "strategy", "adapter_dir", "versions", "git_commit", "git_dirty",
     "device", "dtypes", "world_size", "started_at", "finished_at", "hostname",
 )  # fmt: skip
 # `hf_token`, `wandb_api_key`, `secret` match; `pad_token_id` or `max_new_tokens` do not.

@@ -31,6 +31,7 @@ from bench.config import (
     experiment_config,
     normalized_axes,
     resolve_point,
+    sweep_strategy,
 )
 from bench.console import VERBOSE_ENV, run_log
 from bench.measure import PeakMemory, Stopwatch, count_params
@@ -59,6 +60,7 @@ def check_config(cfg: DictConfig) -> tuple[Method, Any, dict[str, Any], Task]:
     """Validate a config on its own, without loading anything heavy or reading the store; returns its method,
     params, axes and task."""
     check_moved_keys(cfg)
+    sweep_strategy(cfg)  # an unknown sweep strategy stops here too (a sweep's sweeper checks it before any run)
     method = get_method(cfg.method.get("name"), cfg.method.get("module"))
     resolve_point(cfg)
     params = method.parse(OmegaConf.to_container(cfg.method, resolve=True))
@@ -90,7 +92,7 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
     fields: dict[str, Any] = {
         "run_id": run_id, "sweep": cfg.sweep, "method": method.name, "model": cfg.model.name,
         "task": task.name, **axes, "primary_metric": task.primary, "started_at": now(),
-        "resumed_from_step": None, "world_size": world_size, "inputs": inputs or None,
+        "resumed_from_step": None, "world_size": world_size, "inputs": inputs or None, "strategy": sweep_strategy(cfg),
         "config": {**OmegaConf.to_container(cfg, resolve=True), "rank": axes["rank"]},
     }  # fmt: skip
     work_dir = store.sweep_dir(cfg.sweep) / ".work" / run_id

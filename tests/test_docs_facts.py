@@ -136,6 +136,16 @@ def _demo_full() -> tuple[int, int]:
     return runs_and_points("demo", method="full")
 
 
+@functools.cache
+def two_stage_demo() -> tuple[int, int]:
+    """The demo's runs under strategy=lr_then_seeds (docs/sweeps.md): stage 1's, and stage 2's once stage 1 is done."""
+    from bench.strategy import launch_points, strategy_runs, sweep_identify
+
+    points = launch_points("demo", ["strategy=lr_then_seeds"])
+    runs = strategy_runs("lr_then_seeds", points, sweep_identify("demo"), REPO / "no-store", "demo")
+    return len(runs.first), runs.second_total
+
+
 # (a pattern over one line whose first group is the count, what the count is) — each stated count must match one
 FACTS: list[tuple[str, Callable[[], int]]] = [
     (r"\b(\d+) methods\b", lambda: len(method_names())),
@@ -147,6 +157,9 @@ FACTS: list[tuple[str, Callable[[], int]]] = [
     (r"the other (\d+) points are the same run_ids", lambda: _demo_full()[1] - _demo_full()[0]),
     (r"reproduce-glue .*\((\d+) runs", lambda: runs_and_points("glue")[0]),
     (r"reproduce-glue .*runs, (\d+) grid points", lambda: runs_and_points("glue")[1]),
+    (r"strategy=lr_then_seeds .*?(\d+) runs", lambda: sum(two_stage_demo())),
+    (r"stage 1 \(seed 0 over the lr grid\): (\d+) runs", lambda: two_stage_demo()[0]),
+    (r"stage 2 \(seeds 1 at each cell's best lr\): (\d+) runs|missing: (\d+) runs known", lambda: two_stage_demo()[1]),
 ]
 COUNT = re.compile(r"\b(\d+) (?:registered )?(methods|runs|grid points|points)\b")
 
