@@ -1,4 +1,4 @@
-"""LoRA-Dash, NEAT, AdaMoLE, upcycled full-FT MoE and prefix tuning: the exact identities of their papers and reference code,
+"""LoRA-Dash, NEAT, AdaMoLE, upcycled full-FT MoE and prefix tuning: the exact identities of their papers,
 their parameter counts on tiny models and on the real architectures (meta device), save/load and training."""
 
 from __future__ import annotations
