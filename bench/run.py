@@ -35,8 +35,10 @@ from bench.config import (
 )
 from bench.console import VERBOSE_ENV, run_log
 from bench.errors import ConfigError, one_line
+from bench.hub_lock import check_run, finish_revisions
 from bench.measure import PeakMemory, Stopwatch, count_params
 from bench.models import load_model, load_processor
+from bench.provenance import take_reads
 from bench.record import new_record, now
 from bench.store import RunStore
 from bench.tracking import track
@@ -85,6 +87,9 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
         log.info("skip %s: already done (%s)", run_id, store.record_path(cfg.sweep, run_id))
         return None
 
+    # before anything loads: a lock the cache does not match stops here, in one line, with no record
+    planned_revisions = check_run(cfg, task)
+    take_reads()  # forget what an earlier point of this process read
     rank, world_size = process_rank()
     fields: dict[str, Any] = {
         "run_id": run_id, "sweep": cfg.sweep, "method": method.name, "model": cfg.model.name,
@@ -106,6 +111,7 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
             raise
         log.debug("run %s failed", run_id, exc_info=True)
         fields.update(status="failed", error=one_line(exc))
+    fields["revisions"] = finish_revisions(planned_revisions, take_reads())
     if rank != 0:  # several processes, one run: the first process alone writes (the others hold the same)
         return None
     if predictions:  # first the predictions, then the record: a record never points at a missing file

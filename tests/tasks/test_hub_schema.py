@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from bench.config import CONF_DIR
 from tasks.commonsense import COLUMNS, FORMATS
 from tests.hub.fixtures import _rows
-from tests.hub.schema import hub_datasets
+from tasks.hub_schema import hub_datasets
 
 SCHEMAS = {(d.path, d.config): d for d in hub_datasets()}
 
