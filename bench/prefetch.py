@@ -262,7 +262,7 @@ def prefetch(
                 problem(line)
         for asset in readable:
             try:
-                entry = _entry(api, lock, asset, None, update, say)
+                entry = _entry(api, lock, asset, None, update, check, say)
             except AssetProblem as exc:
                 problem(str(exc))
                 continue
@@ -271,7 +271,7 @@ def prefetch(
                 lock.set(asset, entry)
         for asset, its_loads in datasets.items():
             try:
-                entry = _entry(api, lock, asset, its_loads, update, say)
+                entry = _entry(api, lock, asset, its_loads, update, check, say)
             except AssetProblem as exc:
                 problem(str(exc))
                 continue
@@ -303,8 +303,9 @@ def prefetch(
 
 
 def _entry(
-    api: Any, lock: HubLock, asset: Asset, loads: list[HubLoad] | None, update: bool, say: Callable[[str], None]
-) -> dict[str, Any]:
+    api: Any, lock: HubLock, asset: Asset, loads: list[HubLoad] | None, update: bool, check: bool,
+    say: Callable[[str], None],
+) -> dict[str, Any]:  # fmt: skip
     """The asset's lock entry: the locked one (its pin unchanged, no --update), else resolved on the hub now."""
     locked = lock.entry(asset)
     if locked is not None and not update and locked.get("revision") == asset.revision:
@@ -314,7 +315,9 @@ def _entry(
     entry = resolve(api, asset, loads)
     if loads is not None and locked is not None:
         entry["loads"] = _loads_of(loads, locked.get("loads"))
-    if locked is None:
+    if check:
+        say(f"  {asset}: checking revision {entry['commit']} (what {asset.revision or 'main'} points at)")
+    elif locked is None:
         say(f"  {asset}: locked at {entry['commit']}")
     elif locked["commit"] != entry["commit"]:
         say(f"  {asset}: lock moved from {locked['commit']} to {entry['commit']}")

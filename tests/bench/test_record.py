@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import accelerate
 import pytest
 
 from bench.record import FIELDS, new_record, scrub_secrets
@@ -11,7 +12,10 @@ def test_new_record_has_every_field_and_environment() -> None:
     record = new_record(run_id="abc", status="ok", config={})
     assert list(record) == list(FIELDS)
     assert record["device"] == "cpu" and record["hostname"]
-    assert set(record["versions"]) == {"python", "torch", "transformers", "peft", "datasets"}
+    libraries = {"torch", "transformers", "peft", "datasets", "accelerate", "huggingface_hub"}
+    assert set(record["versions"]) == {"python", *libraries}  # no GPU here: no CUDA keys
+    assert record["versions"]["accelerate"] == accelerate.__version__
+    assert record["revisions"] is None  # filled by bench.run: the hub assets the run read
 
 
 def test_unknown_field_is_refused() -> None:
