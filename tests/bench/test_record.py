@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import accelerate
 import pytest
+import torch
 
+from bench.provenance import cuda_versions
 from bench.record import FIELDS, new_record, scrub_secrets
 
 
@@ -35,3 +40,15 @@ def test_secrets_are_scrubbed_but_lookalikes_kept() -> None:
         "task": {"max_new_tokens": 8, "list": [{"keep": 2}]},
     }
     assert new_record(run_id="a", config=config)["config"]["logger"] == {"project": "x"}
+
+
+def test_cuda_versions_name_the_runtime_and_the_driver(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a GPU record adds to `versions` (this CPU machine's nvidia-smi is a stand-in printing a driver version)."""
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 550.54.15\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    found = cuda_versions()
+    assert found["nvidia_driver"] == "550.54.15" and found["cuda"] == str(torch.version.cuda)
+    monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
+    assert "nvidia_driver" not in cuda_versions()  # no nvidia-smi: the key is absent, not made up

@@ -58,7 +58,8 @@ def test_prefetch_lists_every_hub_model_and_dataset_of_a_grid() -> None:
         HubLoad("nyu-mll/glue", name) for name in ("cola", "sst2", "mrpc", "qqp", "mnli", "qnli", "rte")
     ]
     models, datasets = hub_assets("goat_t3", ["method=goat"])
-    assert models == [Asset("model", "meta-llama/Llama-2-7b-hf")] and datasets[0] == HubLoad("zwhe99/commonsense_170k", None, "train")
+    assert models == [Asset("model", "meta-llama/Llama-2-7b-hf")]
+    assert datasets[0] == HubLoad("zwhe99/commonsense_170k", None, "train")
     assert HubLoad("baber/piqa", None, "validation") in datasets and len(datasets) == 1 + 8
     assert hub_assets("demo", []) == ([], [])  # offline protocol, package model: nothing to fetch
     _, images = hub_assets("goat_t1", ["method=lora", "task=img_svhn"])
