@@ -55,8 +55,7 @@ def _grid(args: argparse.Namespace) -> int:
 def _prefetch(args: argparse.Namespace) -> int:
     from bench.prefetch import prefetch
 
-    prefetch(args.sweep, args.overrides)
-    return 0
+    return prefetch(args.sweep, args.overrides, update=args.update, check=args.check)
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -138,11 +137,18 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--store", default=None, help="results store root (default: the sweep's store.root)")
     grid.set_defaults(handler=_grid)
 
-    fetch = commands.add_parser("prefetch", help="download every hub model and dataset a sweep needs (login node)")
+    fetch = commands.add_parser(
+        "prefetch", help="download every hub model and dataset a sweep needs at its locked commit (login node)"
+    )
     fetch.add_argument("sweep")
     fetch.add_argument(
         "overrides", nargs="*", help="Hydra overrides narrowing or changing the grid, e.g. task=glue_rte"
     )
+    fetch.add_argument("--update", action="store_true", help="move locked assets to what the hub serves now")
+    fetch.add_argument(
+        "--check", action="store_true",
+        help="download nothing: check access, loading scripts and each dataset's schema against docs/hub_assets.md",
+    )  # fmt: skip
     fetch.set_defaults(handler=_prefetch)
 
     # listed for --help only: main() hands `perf` and its options to bench.perf's own parser

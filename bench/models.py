@@ -4,6 +4,7 @@ Sources: `hub` (from_pretrained on a hub id: what users run), `package` (real we
 package, offline), `gguf` (a GGUF file in a PyPI package, converted once to a cached folder:
 `bench.model_cache`) and `config` (a tiny random model built from a config, for tests).
 Kinds (chosen by the task): a sequence classifier, a causal LM, an image classifier.
+A hub model is read at the hub lock's commit (core.hub_lock) or the entry's `revision:` pin.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from transformers import (
 
 from core.assets import package_path
 from core.errors import ConfigError
+from core.hub_lock import model_asset, model_commit_read, revision_to_read
+from core.provenance import note_read
 from core.validation import check_choice
 from tasks.base import classifier_head
 
@@ -48,10 +51,25 @@ def _location(spec: DictConfig) -> str:
     return str(package_path(spec.package, spec.subdir))
 
 
+def _revision(spec: DictConfig) -> str | None:
+    """The `revision=` of a hub model's loads: the hub lock's commit, else the entry's `revision:` pin, else None
+    (the main branch); None for the other sources. The commit read is noted for the record."""
+    asset = model_asset(spec)
+    return revision_to_read(asset) if asset is not None else None
+
+
+def _note_read(spec: DictConfig, revision: str | None) -> None:
+    asset = model_asset(spec)
+    if asset is not None:
+        note_read(asset.key, model_commit_read(asset.repo_id, revision))
+
+
 def load_tokenizer(model_cfg: DictConfig) -> PreTrainedTokenizerBase:
     """The model's tokenizer; a pad token is added from EOS where the model has none (GPT-2, Llama)."""
     spec = model_cfg.tokenizer if model_cfg.source == "config" else model_cfg
-    tokenizer = AutoTokenizer.from_pretrained(_location(spec))
+    revision = _revision(spec)
+    tokenizer = AutoTokenizer.from_pretrained(_location(spec), revision=revision)
+    _note_read(spec, revision)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -60,7 +78,10 @@ def load_tokenizer(model_cfg: DictConfig) -> PreTrainedTokenizerBase:
 def load_image_processor(model_cfg: DictConfig) -> Any:
     """The model's image preprocessing: the hub's for a hub model, the entry's `processor` for a config one."""
     if model_cfg.source != "config":
-        return AutoImageProcessor.from_pretrained(_location(model_cfg))
+        revision = _revision(model_cfg)
+        processor = AutoImageProcessor.from_pretrained(_location(model_cfg), revision=revision)
+        _note_read(model_cfg, revision)
+        return processor
     values = OmegaConf.to_container(model_cfg.processor, resolve=True)
     name = values.pop("class")
     processor_cls = getattr(transformers, name, None)
@@ -99,12 +120,14 @@ def load_model(model_cfg: DictConfig, kind: str, **head: Any) -> torch.nn.Module
         except ValueError as exc:
             raise ConfigError(f"model.architecture={model_cfg.architecture!r} is not valid: {exc}") from None
         return auto.from_config(config, dtype=_dtype(model_cfg))
-    location = _location(model_cfg)
+    location, revision = _location(model_cfg), _revision(model_cfg)
     # into the config, not from_pretrained's kwargs: transformers hands those it does not know to the model class
-    config = AutoConfig.from_pretrained(location)
+    config = AutoConfig.from_pretrained(location, revision=revision)
     for key, value in values.items():
         setattr(config, key, value)
-    return auto.from_pretrained(location, config=config, dtype=_dtype(model_cfg))
+    model = auto.from_pretrained(location, config=config, revision=revision, dtype=_dtype(model_cfg))
+    _note_read(model_cfg, revision)
+    return model
 
 
 def load_classifier(model_cfg: DictConfig, num_labels: int, pad_token_id: int | None) -> torch.nn.Module:

@@ -49,6 +49,8 @@ from bench.train import (
 )
 from core.assets import from_hub_cache
 from core.errors import ConfigError, one_line
+from core.hub_lock import check_run, finish_revisions
+from core.provenance import take_reads
 from core.store import RunStore
 from methods.base import Method, RunContext, get_method, trainable_dtypes
 from tasks.base import Task, build_task
@@ -88,6 +90,9 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
         log.info("skip %s: already done (%s)", run_id, store.record_path(cfg.sweep, run_id))
         return None
 
+    # before anything loads: a lock the cache does not match stops here, in one line, with no record
+    planned_revisions = check_run(cfg, task)
+    take_reads()  # forget what an earlier point of this process read
     rank, world_size = process_rank()
     fields: dict[str, Any] = {
         "run_id": run_id, "sweep": cfg.sweep, "method": method.name, "model": cfg.model.name,
@@ -109,6 +114,7 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
             raise
         log.debug("run %s failed", run_id, exc_info=True)
         fields.update(status="failed", error=one_line(exc))
+    fields["revisions"] = finish_revisions(planned_revisions, take_reads())
     if rank != 0:  # several processes, one run: the first process alone writes (the others hold the same)
         return None
     if predictions:  # first the predictions, then the record: a record never points at a missing file

@@ -101,8 +101,8 @@ def launch_points(sweep: str, overrides: list[str]) -> list[Point]:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from bench.config import CONF_DIR
     from bench.grid import sweep_config
+    from core.paths import CONF_DIR
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):  # a loader, for glob(...) values
         parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())

@@ -27,16 +27,23 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class HubLoad:
     """One `datasets.load_dataset` call a task makes under data=hub: the run and `peftbench prefetch` make the
-    same call, so the cache a prefetch fills is the cache the run reads."""
+    same call, so the cache a prefetch fills is the cache the run reads. `revision` is the task entry's pin
+    (`revision:` beside `path:`; None: the main branch); the hub lock's commit, where it has one, is read instead."""
 
     path: str
     name: str | None = None
     split: str | None = None
+    revision: str | None = None
 
     def load(self) -> Any:
-        from datasets import load_dataset
+        from core.hub_lock import Asset, read_dataset, revision_to_read
 
-        return load_dataset(self.path, self.name, split=self.split)
+        return read_dataset(self, revision_to_read(Asset("dataset", self.path, self.revision)))
+
+    @classmethod
+    def of(cls, hub: DictConfig, split: str | None = None) -> HubLoad:
+        """The call a task entry's hub mapping (`{path, name, split?, revision?}`) makes; `split` where it has none."""
+        return cls(hub.path, hub.get("name"), hub.get("split", split), hub.get("revision"))
 
     def __str__(self) -> str:
         return f"{self.path}{'/' + self.name if self.name else ''}{':' + self.split if self.split else ''}"

@@ -138,7 +138,7 @@ class Commonsense(GenerativeTask):
     def hub_loads(self) -> list[HubLoad]:
         sets = [self.cfg.sets[name].hub for name in self.cfg.evaluate]
         train = self.cfg.train_hub
-        return [HubLoad(train.path, train.name, train.split), *(HubLoad(s.path, s.name, s.split) for s in sets)]
+        return [HubLoad.of(train), *(HubLoad.of(s) for s in sets)]
 
     def _rows(self, name: str, rows: Dataset, for_training: bool = False) -> Dataset:
         """A set's rows as (prompt, reference label) in the evaluation template, or (prompt, target) in the

@@ -41,7 +41,7 @@ class Glue(ClassificationTask):
             require_offline(cfg, tasks_with_offline("glue_"))
 
     def hub_loads(self) -> list[HubLoad]:
-        return [HubLoad(self.cfg.hub.path, self.cfg.hub.name)]  # the config's splits together (test included)
+        return [HubLoad.of(self.cfg.hub)]  # the config's splits together (test included)
 
     def model_head(self, processor: PreTrainedTokenizerBase) -> dict[str, Any]:
         return classifier_head(self.cfg.num_labels, processor.pad_token_id)

@@ -150,7 +150,7 @@ class ImageClassification(ClassificationTask):
         hub = self.cfg.get("hub")
         if hub is None:
             return []
-        return [HubLoad(hub.path, hub.name, split) for split in (self.cfg.train_split, self.cfg.eval_split)]
+        return [HubLoad.of(hub, split) for split in (self.cfg.train_split, self.cfg.eval_split)]
 
     def model_head(self, processor: Any) -> dict[str, Any]:
         return {"num_labels": int(self.cfg.num_labels)}

@@ -16,6 +16,9 @@ from core.paths import CONF_DIR
 
 REPO = CONF_DIR.parent
 install_method_defaults()  # every compose in the tests sees the methods' defaults, as a run does
+# The tests never read the repository's hub lock (a filled one names real commits the fixtures do not have): an
+# absent lock file is an empty lock. Tests of the lock point PEFTBENCH_HUB_LOCK at their own file.
+os.environ["PEFTBENCH_HUB_LOCK"] = str(REPO / "tests" / "hub" / "no.lock.yaml")
 # A tiny randomly initialised RoBERTa, 4 optimizer steps, the offline RTE rows capped small.
 SMOKE = ["model=tiny-roberta", "trainer=smoke", "data=offline", "task=glue_rte", "task.max_eval_samples=16"]
 

@@ -19,7 +19,7 @@ from bench.config import group_choices
 from bench.grid import grid_axes, sweep_config
 from bench.paper import load_paper_table, paper_tables
 from tests.conftest import REPO, sidecar
-from tests.hub.fixtures import build_hub_cache
+from tests.hub.fixtures import build_hub_cache, model_commit
 
 pytestmark = pytest.mark.hub
 SMOKE = [
@@ -62,6 +62,12 @@ def test_sweep_runs_through_the_hub_path(sweep: str, hf_home: Path, tmp_path: Pa
     failed = [f"{r['method']} {r['task']} {r['model']}: {r['error']}" for r in records if r["status"] != "ok"]
     assert records and not failed, failed
     assert {r["data"] for r in records} == {cfg.data}
+    for record in records:  # the hub assets read, at the fixtures' commits (no lock here: `locked` false)
+        reads = record["revisions"]
+        assert all(read["revision"] and read["locked"] is False for read in reads.values()), reads
+        assert any(key.startswith("datasets/") for key in reads) == (record["data"] == "hub"), reads
+        assert all(read["revision"] == model_commit(key) for key, read in reads.items() if "/" in key and
+                   not key.startswith("datasets/")), reads  # fmt: skip
     for record in records:  # every task family's sidecar: one row per evaluated example of each split
         by_split = sidecar(store, record, cfg.sweep)
         eval_rows = record["protocol"]["eval_rows"]
