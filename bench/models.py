@@ -48,12 +48,34 @@ def _location(spec: DictConfig) -> str:
 
 
 def load_tokenizer(model_cfg: DictConfig) -> PreTrainedTokenizerBase:
-    """The model's tokenizer; a pad token is added from EOS where the model has none (GPT-2, Llama)."""
+    """The model's tokenizer. Its pad token: the entry's `pad_token` when it names one (added to the vocabulary if
+    new, as LoRA+'s LLaMA runs add `[PAD]`; `load_model` gives it an embedding row), else the tokenizer's own, else
+    EOS (GPT-2, Llama)."""
     spec = model_cfg.tokenizer if model_cfg.source == "config" else model_cfg
     tokenizer = AutoTokenizer.from_pretrained(_location(spec))
-    if tokenizer.pad_token is None:
+    pad_token = model_cfg.get("pad_token")
+    if pad_token is not None:
+        if not isinstance(pad_token, str) or not pad_token:
+            raise ConfigError(f"model.pad_token={pad_token!r} is not valid; give a token such as '[PAD]', or null")
+        tokenizer.add_special_tokens({"pad_token": pad_token})
+    elif tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def add_token_rows(model: torch.nn.Module, vocab_size: int) -> None:
+    """Grow the embeddings to `vocab_size` rows, each new row (input and, if untied, output) the mean of the old
+    rows: LoRA+'s `smart_tokenizer_and_embedding_resize` (glue/src/model_utils.py:6-30). transformers' own
+    `mean_resizing` samples around that mean instead, so it is off and the mean is written."""
+    old = model.get_input_embeddings().weight.shape[0]
+    if vocab_size <= old:
+        return
+    model.resize_token_embeddings(vocab_size, mean_resizing=False)
+    with torch.no_grad():
+        for embeddings in (model.get_input_embeddings(), model.get_output_embeddings()):
+            if embeddings is not None:  # a classifier has no output embeddings; tied ones get the same mean twice
+                weight = embeddings.weight  # the mean in float32 (LoRA+ loads fp32), whatever the weights' dtype
+                weight[old:] = weight[:old].float().mean(dim=0, keepdim=True).to(weight.dtype)
 
 
 def load_image_processor(model_cfg: DictConfig) -> Any:
@@ -97,13 +119,20 @@ def load_model(model_cfg: DictConfig, kind: str, **head: Any) -> torch.nn.Module
             config = AutoConfig.for_model(model_cfg.architecture, **{**architecture, **values})
         except ValueError as exc:
             raise ConfigError(f"model.architecture={model_cfg.architecture!r} is not valid: {exc}") from None
-        return auto.from_config(config, dtype=_dtype(model_cfg))
+        return _with_pad_token(auto.from_config(config, dtype=_dtype(model_cfg)), model_cfg)
     location = _location(model_cfg)
     # into the config, not from_pretrained's kwargs: transformers hands those it does not know to the model class
     config = AutoConfig.from_pretrained(location)
     for key, value in values.items():
         setattr(config, key, value)
-    return auto.from_pretrained(location, config=config, dtype=_dtype(model_cfg))
+    return _with_pad_token(auto.from_pretrained(location, config=config, dtype=_dtype(model_cfg)), model_cfg)
+
+
+def _with_pad_token(model: torch.nn.Module, model_cfg: DictConfig) -> torch.nn.Module:
+    """The model with a row for the entry's `pad_token` when the tokenizer had to add it (`load_tokenizer`)."""
+    if model_cfg.get("pad_token") is not None:
+        add_token_rows(model, len(load_tokenizer(model_cfg)))
+    return model
 
 
 def classifier_head(num_labels: int, pad_token_id: int | None = None) -> dict[str, Any]:

@@ -21,7 +21,6 @@ from bench.models import KINDS
 from methods.base import RunContext, get_method
 from tasks.base import build_task
 
-
 # The run length a count assumes: no count depends on it, but a schedule given in steps (AdaLoRA's tinit and tfinal
 # from Subspace Tuning's scripts, up to 58,000 steps on MNLI) must fit inside it, as it fits inside the real run.
 PLACEHOLDER_TOTAL_STEPS = 10**9
