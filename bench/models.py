@@ -48,16 +48,16 @@ def _location(spec: DictConfig) -> str:
 
 
 def load_tokenizer(model_cfg: DictConfig) -> PreTrainedTokenizerBase:
-    """The model's tokenizer. Its pad token: the entry's `pad_token` when it names one (added to the vocabulary if
+    """The model's tokenizer. Its pad token: the entry's `pad_with` when it names one (added to the vocabulary if
     new, as LoRA+'s LLaMA runs add `[PAD]`; `load_model` gives it an embedding row), else the tokenizer's own, else
-    EOS (GPT-2, Llama)."""
+    EOS (GPT-2, Llama). (Not named `pad_token`: a record drops keys ending in "token" as credentials.)"""
     spec = model_cfg.tokenizer if model_cfg.source == "config" else model_cfg
     tokenizer = AutoTokenizer.from_pretrained(_location(spec))
-    pad_token = model_cfg.get("pad_token")
-    if pad_token is not None:
-        if not isinstance(pad_token, str) or not pad_token:
-            raise ConfigError(f"model.pad_token={pad_token!r} is not valid; give a token such as '[PAD]', or null")
-        tokenizer.add_special_tokens({"pad_token": pad_token})
+    pad_with = model_cfg.get("pad_with")
+    if pad_with is not None:
+        if not isinstance(pad_with, str) or not pad_with:
+            raise ConfigError(f"model.pad_with={pad_with!r} is not valid; give a token such as '[PAD]', or null")
+        tokenizer.add_special_tokens({"pad_token": pad_with})
     elif tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -113,25 +113,30 @@ def load_model(model_cfg: DictConfig, kind: str, **head: Any) -> torch.nn.Module
     auto = KINDS[kind]
     overrides = model_cfg.get("config_overrides")
     values = {**(OmegaConf.to_container(overrides, resolve=True) if overrides else {}), **head}
+    # an added pad token has no embedding row until the model is built and grown: its id is set after that
+    pad_id = values.pop("pad_token_id", None) if model_cfg.get("pad_with") is not None else None
     if model_cfg.source == "config":
         architecture = OmegaConf.to_container(model_cfg.config, resolve=True)
         try:
             config = AutoConfig.for_model(model_cfg.architecture, **{**architecture, **values})
         except ValueError as exc:
             raise ConfigError(f"model.architecture={model_cfg.architecture!r} is not valid: {exc}") from None
-        return _with_pad_token(auto.from_config(config, dtype=_dtype(model_cfg)), model_cfg)
+        return _with_pad_token(auto.from_config(config, dtype=_dtype(model_cfg)), model_cfg, pad_id)
     location = _location(model_cfg)
     # into the config, not from_pretrained's kwargs: transformers hands those it does not know to the model class
     config = AutoConfig.from_pretrained(location)
     for key, value in values.items():
         setattr(config, key, value)
-    return _with_pad_token(auto.from_pretrained(location, config=config, dtype=_dtype(model_cfg)), model_cfg)
+    return _with_pad_token(auto.from_pretrained(location, config=config, dtype=_dtype(model_cfg)), model_cfg, pad_id)
 
 
-def _with_pad_token(model: torch.nn.Module, model_cfg: DictConfig) -> torch.nn.Module:
-    """The model with a row for the entry's `pad_token` when the tokenizer had to add it (`load_tokenizer`)."""
-    if model_cfg.get("pad_token") is not None:
+def _with_pad_token(model: torch.nn.Module, model_cfg: DictConfig, pad_id: int | None) -> torch.nn.Module:
+    """The model with a row for the entry's `pad_with` token when the tokenizer had to add it (`load_tokenizer`), and
+    that token as the pad id a classifier head looks for (`pad_id`, the task head's)."""
+    if model_cfg.get("pad_with") is not None:
         add_token_rows(model, len(load_tokenizer(model_cfg)))
+        if pad_id is not None:
+            model.config.pad_token_id = pad_id
     return model
 
 

@@ -15,7 +15,7 @@ import bench.run
 from bench.config import CONF_DIR, group_choices
 from bench.errors import ConfigError
 from bench.grid import grid_axes, grid_points, sweep_config
-from bench.models import load_model, load_tokenizer
+from bench.models import load_classifier, load_model, load_tokenizer
 from bench.paper import paper_report
 from bench.run import check_config, identify
 from bench.store import RunStore
@@ -219,10 +219,10 @@ def test_subspace_adalora_points_build_the_scripts_adalora(row: dict[str, str]) 
             assert cfg.trainer.bf16 is False, point  # the scripts train in fp32
 
 
-def test_an_added_pad_token_gets_the_mean_embedding_row(store: Path) -> None:
-    """model.pad_token (SingLoRA T2's `[PAD]`): the tokenizer pads with a new token whose input and output rows are the
-    mean of the old rows, as LoRA+'s smart_tokenizer_and_embedding_resize; a run pads with it."""
-    spec = OmegaConf.merge(TINY_LLAMA, {"pad_token": "<extra_pad>"})
+def test_an_added_pad_token_gets_the_mean_embedding_row() -> None:
+    """model.pad_with (SingLoRA T2's `[PAD]`): the tokenizer pads with a new token whose input and output rows are the
+    mean of the old rows, as LoRA+'s smart_tokenizer_and_embedding_resize; the classifier pads with it."""
+    spec = OmegaConf.merge(TINY_LLAMA, {"pad_with": "<extra_pad>"})
     before = load_model(TINY_LLAMA, "causal-lm")
     tokenizer = load_tokenizer(spec)
     vocab = TINY_LLAMA.config.vocab_size
@@ -233,11 +233,16 @@ def test_an_added_pad_token_gets_the_mean_embedding_row(store: Path) -> None:
         assert table.shape[0] == vocab + 1
         assert torch.allclose(table[-1], table[:-1].mean(dim=0), atol=1e-7)
     assert before.get_input_embeddings().weight.shape[0] == vocab  # without the option: no new row
-    record = bench.run.run(compose_run(store, "model=tiny-llama", "+model.pad_token=<extra_pad>"))
-    assert record["status"] == "ok", record["error"]
-    assert record["config"]["model"]["pad_token"] == "<extra_pad>"
-    with pytest.raises(ConfigError, match=r"model.pad_token=5 is not valid; give a token such as '\[PAD\]', or null"):
-        load_tokenizer(OmegaConf.merge(TINY_LLAMA, {"pad_token": 5}))
+    # the classifier a run loads (task.model_head's pad id): it reads each row at its last token before the padding
+    classifier = load_classifier(spec, 2, tokenizer.pad_token_id).eval()
+    assert classifier.config.pad_token_id == vocab and classifier.get_input_embeddings().weight.shape[0] == vocab + 1
+    batch = tokenizer(["a short one", "a somewhat longer sentence than that"], padding=True, return_tensors="pt")
+    assert batch["input_ids"][0, -1] == vocab  # the short row is padded with the new token
+    alone = tokenizer(["a short one"], return_tensors="pt")
+    with torch.no_grad():
+        assert torch.allclose(classifier(**batch).logits[0], classifier(**alone).logits[0], atol=1e-5)
+    with pytest.raises(ConfigError, match=r"model.pad_with=5 is not valid; give a token such as '\[PAD\]', or null"):
+        load_tokenizer(OmegaConf.merge(TINY_LLAMA, {"pad_with": 5}))
 
 
 def test_goat_t4_evaluates_at_its_own_length_and_trains_at_max_seq_length() -> None:
