@@ -30,6 +30,20 @@ BOOKKEEPING_TRAINER_KEYS = frozenset({"progress_bar", "checkpoint_steps"})
 MOVED_KEYS = {"trainer.save_adapter": "store.save_adapter"}
 
 
+def _times(*factors: Any) -> float | int:
+    """`${times:2,${rank}}`: the product of numbers, for a value a paper ties to another (Subspace Tuning's LoRA
+    alpha = 2r at every swept rank). Registered on import: every entry point that composes a config imports this."""
+    product: float | int = 1
+    for factor in factors:
+        if isinstance(factor, bool) or not isinstance(factor, int | float):
+            raise ConfigError(f"times: {factor!r} is not a number; give numbers, e.g. ${{times:2,${{rank}}}}")
+        product *= factor
+    return product
+
+
+OmegaConf.register_new_resolver("times", _times, replace=True)
+
+
 def group_choices(group: str, search_dirs: Iterable[Path] = ()) -> list[str]:
     """The option names of a config group: the YAML files in conf/<group>/ and in `<dir>/<group>/` of each
     folder added to Hydra's search path."""

@@ -21,6 +21,10 @@ from core.errors import ConfigError
 from methods.base import RunContext, get_method
 from tasks.base import build_task
 
+# The run length a count assumes: no count depends on it, but a schedule given in steps (AdaLoRA's tinit and tfinal
+# from Subspace Tuning's scripts, up to 58,000 steps on MNLI) must fit inside it, as it fits inside the real run.
+PLACEHOLDER_TOTAL_STEPS = 10**9
+
 
 @dataclass(frozen=True)
 class MetaCount:
@@ -66,7 +70,7 @@ def count_on_meta(cfg: DictConfig) -> MetaCount:
     before = count_params(model, head_modules)
     ctx = RunContext.build(
         params, cfg.model.target_modules, rank=cfg.rank if method.uses_rank else None, lr=float(cfg.lr), seed=0,
-        head_modules=head_modules, total_steps=1000,
+        head_modules=head_modules, total_steps=PLACEHOLDER_TOTAL_STEPS,
     )  # fmt: skip
     method.validate(params, model, ctx)
     adapted = method.adapt(model, params, ctx)

@@ -79,7 +79,12 @@ class Task:
     modality: ClassVar[str] = "text"
     fresh_head: ClassVar[bool] = True  # a new task head, trained with the adapter (not for causal LMs)
     # sizes every family reads from its YAML: a positive integer or null; `required_sizes` may not be null
-    sizes: ClassVar[tuple[str, ...]] = ("max_train_samples", "max_eval_samples", "max_seq_length")
+    sizes: ClassVar[tuple[str, ...]] = (
+        "max_train_samples",
+        "max_eval_samples",
+        "max_seq_length",
+        "eval_max_seq_length",
+    )
     required_sizes: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: DictConfig) -> None:

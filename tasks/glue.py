@@ -3,6 +3,8 @@
 Hub protocol (the papers'): fit on `train`, report on `validation` (MNLI: matched and mismatched).
 The text fields go to the tokenizer as a sentence pair, or through `input_template` as one string (GOAT's
 train_nlu.py feeds "<instruction>: {s1}\n{s2}\nresult: ", goat/peta/tasks/data.py:71-218).
+Inputs are truncated to `max_seq_length` tokens; an entry's optional `eval_max_seq_length` truncates the eval
+splits at another length (GOAT trains at 128 and evaluates at the tokenizer's 512, goat/train_nlu.py:103,243-250).
 Metrics: CoLA Matthews corr.; STS-B Pearson and Spearman with a 1-output regression head; MRPC and
 QQP F1 and accuracy; the others accuracy. Offline protocol: see `tasks/offline.py`.
 """
@@ -70,13 +72,16 @@ class Glue(ClassificationTask):
             evals = {k: v.select(range(min(cfg.max_eval_samples, len(v)))) for k, v in evals.items()}
         protocol["train_rows"] = len(train)
         protocol["eval_rows"] = {suffix or "eval": len(v) for suffix, v in evals.items()}
+        evaluated_at = self.cfg.get("eval_max_seq_length") or self.cfg.max_seq_length
         return TaskData(
             train=self._tokenize(train, tokenizer),
-            evals={suffix: self._tokenize(v, tokenizer) for suffix, v in evals.items()},
+            evals={suffix: self._tokenize(v, tokenizer, evaluated_at) for suffix, v in evals.items()},
             protocol=protocol,
         )
 
-    def _tokenize(self, rows: Dataset, tokenizer: PreTrainedTokenizerBase) -> Dataset:
+    def _tokenize(self, rows: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int | None = None) -> Dataset:
+        """Encode `rows`, truncated to `max_length` tokens (default: the task's max_seq_length)."""
+        max_length = max_length or self.cfg.max_seq_length
         fields = list(self.cfg.text_fields)
         regression = self.cfg.num_labels == 1
         template = self.cfg.get("input_template")
@@ -91,7 +96,7 @@ class Glue(ClassificationTask):
                         for values in zip(*(batch[f] for f in fields), strict=True)
                     ]
                 ]
-            encoded = tokenizer(*texts, truncation=True, max_length=self.cfg.max_seq_length)
+            encoded = tokenizer(*texts, truncation=True, max_length=max_length)
             encoded["labels"] = [float(x) for x in batch["label"]] if regression else batch["label"]
             return encoded
 

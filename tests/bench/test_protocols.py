@@ -14,11 +14,16 @@ from omegaconf import OmegaConf
 import bench.run
 from bench.config import CONF_DIR, group_choices
 from bench.grid import grid_axes, grid_points, sweep_config
+from bench.models import load_classifier, load_model, load_tokenizer
 from bench.paper import paper_report
-from bench.run import identify
+from bench.run import check_config, identify
+from bench.train import optimizer_steps
 from core.errors import ConfigError
 from core.store import RunStore
+from methods.base import RunContext
+from tasks.base import build_task
 from tests.conftest import compose_run
+from tests.helpers import TINY, TINY_LLAMA
 
 DOC = CONF_DIR.parent / "docs" / "protocols.md"
 NOT_PAPER_SWEEPS = {"demo", "demo_methods", "demo_llm", "demo_llm_gsm8k", "lorahub_upstream", "none"}
@@ -158,3 +163,96 @@ def test_image_run_with_goats_holdout_and_augmentation(store: Path) -> None:
     assert record["status"] == "ok", record["error"]
     assert record["protocol"]["train_holdout"] == {"held_out": 20, "seed": 0}
     assert record["protocol"]["train_rows"] == 180
+
+
+def _adalora_table() -> list[dict[str, str]]:
+    """The per-task AdaLoRA table of the Subspace Tuning section: one dict per task, keyed by the header."""
+    lines = [line for line in DOC.read_text().splitlines() if line.startswith("| ")]
+    header = next(i for i, line in enumerate(lines) if line.startswith("| task | train rows |"))
+    names = [cell.strip() for cell in lines[header].strip("|").split("|")]
+    rows = []
+    for line in lines[header + 1 :]:
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if not cells[0].startswith("glue_"):
+            break
+        rows.append(dict(zip(names, cells, strict=True)))
+    return rows
+
+
+ADALORA_ROWS = _adalora_table()
+
+
+def test_the_adalora_table_covers_the_eight_tasks_with_references() -> None:
+    assert [row["task"] for row in ADALORA_ROWS] == [
+        "glue_mnli", "glue_sst2", "glue_cola", "glue_qqp", "glue_qnli", "glue_rte", "glue_mrpc", "glue_stsb",
+    ]  # fmt: skip
+    assert all(
+        row["reference (ST NLU/scripts/)"].startswith(f"run_debertav3_{row['task'][5:]}.sh:") for row in ADALORA_ROWS
+    )
+
+
+@pytest.mark.parametrize("row", ADALORA_ROWS, ids=[row["task"] for row in ADALORA_ROWS])
+def test_subspace_adalora_points_build_the_scripts_adalora(row: dict[str, str]) -> None:
+    """Each task's AdaLoRA point, composed as a run composes it (protocol rules included), builds PEFT's AdaLoraConfig
+    with the script's lr, alpha, schedule (in steps, inside the run's own length), orthogonality weight and ranks."""
+    tinit, tfinal, delta = (int(v) for v in row["tinit / tfinal / deltaT"].split("/"))
+    ranks = [tuple(int(v) for v in pair.split("/")) for pair in row["init_r / target_r at r 2 and r 16"].split(",")]
+    for sweep in ("subspace_t2", "subspace_t3", "subspace_t4"):
+        for method_name, rank, (init_r, target_r) in [
+            ("adalora", 2, ranks[0]), ("adalora", 16, ranks[1]), ("adalora_mpco", 2, ranks[0]),
+        ]:  # fmt: skip
+            cfg = sweep_config(sweep, [f"method={method_name}", f"task={row['task']}", f"rank={rank}", "lr=2e-5"])
+            method, params, axes, _ = check_config(cfg)
+            steps = optimizer_steps(int(row["train rows"]), cfg.trainer)
+            ctx = RunContext(rank=axes["rank"], lr=axes["lr"], seed=0, target_modules=["query"], head_modules=[],
+                             total_steps=steps)  # fmt: skip
+            config = method.adalora_config(params, ctx)
+            point = (sweep, method_name, rank)
+            assert steps == int(row["run steps"]), point
+            assert axes["lr"] == pytest.approx(float(row["lr"])), point
+            assert config.lora_alpha == int(row["lora_alpha"]), point
+            schedule = (config.tinit, config.tfinal, config.deltaT, config.total_step)
+            assert schedule == (tinit, tfinal, delta, steps), point
+            assert (config.init_r, config.target_r) == (init_r, target_r), point
+            orth = float(row["orth_reg_weight"]) if method_name == "adalora" else 0.0
+            assert config.orth_reg_weight == pytest.approx(orth), point
+            assert cfg.trainer.bf16 is False, point  # the scripts train in fp32
+
+
+def test_an_added_pad_token_gets_the_mean_embedding_row() -> None:
+    """model.pad_with (SingLoRA T2's `[PAD]`): the tokenizer pads with a new token whose input and output rows are the
+    mean of the old rows, as LoRA+'s smart_tokenizer_and_embedding_resize; the classifier pads with it."""
+    spec = OmegaConf.merge(TINY_LLAMA, {"pad_with": "<extra_pad>"})
+    before = load_model(TINY_LLAMA, "causal-lm")
+    tokenizer = load_tokenizer(spec)
+    vocab = TINY_LLAMA.config.vocab_size
+    assert tokenizer.pad_token == "<extra_pad>" and tokenizer.pad_token_id == vocab and len(tokenizer) == vocab + 1
+    torch.manual_seed(0)
+    lm = load_model(spec, "causal-lm")
+    for table in (lm.get_input_embeddings().weight, lm.get_output_embeddings().weight):
+        assert table.shape[0] == vocab + 1
+        assert torch.allclose(table[-1], table[:-1].mean(dim=0), atol=1e-7)
+    assert before.get_input_embeddings().weight.shape[0] == vocab  # without the option: no new row
+    # the classifier a run loads (task.model_head's pad id): it reads each row at its last token before the padding
+    classifier = load_classifier(spec, 2, tokenizer.pad_token_id).eval()
+    assert classifier.config.pad_token_id == vocab and classifier.get_input_embeddings().weight.shape[0] == vocab + 1
+    batch = tokenizer(["a short one", "a somewhat longer sentence than that"], padding=True, return_tensors="pt")
+    assert batch["input_ids"][0, -1] == vocab  # the short row is padded with the new token
+    alone = tokenizer(["a short one"], return_tensors="pt")
+    with torch.no_grad():
+        assert torch.allclose(classifier(**batch).logits[0], classifier(**alone).logits[0], atol=1e-5)
+    with pytest.raises(ConfigError, match=r"model.pad_with=5 is not valid; give a token such as '\[PAD\]', or null"):
+        load_tokenizer(OmegaConf.merge(TINY_LLAMA, {"pad_with": 5}))
+
+
+def test_goat_t4_evaluates_at_its_own_length_and_trains_at_max_seq_length() -> None:
+    cfg = sweep_config("goat_t4", ["task=glue_rte", "data=offline"])
+    check_config(cfg)
+    assert (cfg.task.max_seq_length, cfg.task.eval_max_seq_length) == (128, 512)
+    cfg.task.max_seq_length, cfg.task.eval_max_seq_length = 16, 48  # the same split at lengths RTE's rows exceed
+    data = build_task(cfg.task).prepare("offline", load_tokenizer(TINY))
+    assert max(len(ids) for ids in data.train["input_ids"]) == 16
+    assert max(len(ids) for split in data.evals.values() for ids in split["input_ids"]) == 48
+    plain = sweep_config("glue", ["task=glue_rte"])
+    check_config(plain)
+    assert plain.task.get("eval_max_seq_length") is None  # other sweeps: evaluated at max_seq_length
