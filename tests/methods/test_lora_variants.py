@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
+import bench.param_count
 import bench.run
 from bench.config import CONF_DIR
 from bench.errors import ConfigError
@@ -230,11 +231,43 @@ def test_trilora_mpco_aux_loss_is_lambda_times_the_penalty(penalty: str) -> None
 def test_trilora_mpco_is_trilora_plus_the_penalty() -> None:
     _, plain, _, _ = build("trilora", RANK)
     _, regularised, method, params = build("trilora_mpco", RANK)
-    assert params.mpc_lambda == 1e-3 and params.penalty == "mpco"
+    assert params.mpc_lambda == 1e-7 and params.penalty == "mpco"
     perturb(plain)
     perturb(regularised)
     assert torch.equal(logits(plain), logits(regularised))
     assert method.aux_loss(regularised, params).item() > 0
+
+
+@pytest.mark.parametrize("rank", [2, 16])
+def test_trilora_mpco_default_starts_of_the_task_losss_order(rank: int) -> None:
+    """At init on RoBERTa-base's six linears per block, λ·penalty with the YAML's λ is of the cross-entropy's order
+    (≈ 0.7): within [0.05, 5], and equal to the closed form of Kaiming-uniform A (fan-in `in`), B (fan-in r)."""
+    spec = OmegaConf.load(CONF_DIR / "model" / "roberta-base.yaml")
+    meta = bench.param_count.meta_model(spec, "sequence-classification", num_labels=2)
+    targets = target_layers(meta, spec.target_sets.all_linear)
+    assert len(targets) == 72
+    method = get_method("trilora_mpco")
+    yaml = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "method" / "trilora_mpco.yaml"), resolve=True)
+    params = method.parse(yaml)
+    assert params.mpc_lambda == type(params)().mpc_lambda == 1e-7  # the YAML and the dataclass agree
+    torch.manual_seed(0)
+    layers = torch.nn.ModuleList(
+        TriLoraLayer(torch.nn.utils.skip_init(torch.nn.Linear, t.in_features, t.out_features), rank, 1.0, 0.0)
+        for t in targets
+    )
+    value = method.aux_loss(layers, params).item()
+    assert 0.05 < value < 5.0
+
+    def expected(n: int, fan_in: int) -> float:
+        """E‖G − I_r‖² for the Gram matrix G of r vectors of length n with entries U(±1/√fan_in) (A: rows of
+        length in, fan-in in; B: columns of length out, fan-in r): variance a²/3, E x⁴ = a⁴/5 with a² = 1/fan_in."""
+        a2 = 1.0 / fan_in
+        diag = (n * a2 / 3 - 1) ** 2 + n * (a2**2 / 5 - a2**2 / 9)
+        return rank * diag + rank * (rank - 1) * n * a2**2 / 9
+
+    closed = sum(expected(t.in_features, t.in_features) + expected(t.out_features, rank) for t in targets)
+    assert value == pytest.approx(params.mpc_lambda * closed, rel=0.03)
+    assert 1e-3 * closed > 900  # the earlier default: four orders above the loss at r 2, three at r 16
 
 
 # ---------- AdaLoRA-MPCo ----------
