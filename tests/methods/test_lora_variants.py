@@ -152,8 +152,8 @@ def test_sam_parser_decomposes_meta_weights_into_right_shaped_buffers() -> None:
     with torch.device("meta"):
         linear = torch.nn.Linear(768, 3072)
     layer = SamParserLayer(linear)
-    assert layer.U.shape == (3072, 768) and layer.Vh.shape == (768, 768) and layer.sigma.shape == (768,)
-    assert layer.sigma.is_meta
+    assert layer.U.shape == (3072, 768) and layer.Vh.shape == (768, 768) and layer.sigma_shift.shape == (768,)
+    assert layer.sigma.is_meta and layer.sigma0.is_meta
 
 
 # ---------- PA ----------
@@ -361,8 +361,9 @@ def test_sam_parser_svd_reconstructs_w0_and_output_is_base(spec: DictConfig) -> 
     for name, layer in model.adapter_layers():
         w0 = base.get_submodule(name).weight
         assert torch.allclose(layer.reference_weight(), w0, atol=1e-5)  # U·diag(σ)·Vᵀ = W0 (fp32)
-        assert torch.equal(layer.sigma, layer.sigma0) and layer.sigma.requires_grad
-        assert layer.sigma.shape == (min(layer.in_features, layer.out_features),)
+        assert torch.equal(layer.sigma, layer.sigma0) and layer.sigma_shift.requires_grad
+        assert torch.count_nonzero(layer.sigma_shift) == 0 and not layer.sigma0.requires_grad
+        assert layer.sigma_shift.shape == (min(layer.in_features, layer.out_features),)
     assert torch.allclose(logits(model), logits(base), atol=1e-6)
 
 
@@ -380,11 +381,44 @@ def test_sam_parser_gradients_reach_sigma_unless_frozen_as_the_reference() -> No
     _, model, _, _ = build("sam_parser", None)
     model.train()
     model(**tiny_batch(), labels=LABELS).loss.backward()
-    assert all(layer.sigma.grad is not None and layer.sigma.grad.abs().sum() > 0 for _, layer in model.adapter_layers())
+    grads = [layer.sigma_shift.grad for _, layer in model.adapter_layers()]
+    assert all(g is not None and g.abs().sum() > 0 for g in grads)
     base, frozen, _, _ = build("sam_parser", None, reproduce_frozen_sigma=True)
     assert count_params(frozen, TINY.head_modules).trainable_params == head_size()  # head-only training
-    assert not any(layer.sigma.requires_grad for _, layer in frozen.adapter_layers())
+    assert not any(p.requires_grad for _, layer in frozen.adapter_layers() for p in layer.parameters())
     assert torch.allclose(logits(frozen), logits(base), atol=1e-6)
+
+
+def test_sam_parser_weight_decay_no_longer_shrinks_w0(tmp_path: Path) -> None:
+    """The Trainer's AdamW with weight decay 0.1 and lr 0.1, on a loss with no gradient for the singular values:
+    decoupled decay alone moves them. It leaves σ' = σ (δ = 0 stays 0), so W' = W0; on σ' itself it would have
+    multiplied W0's singular values by (1 − 0.1·0.1)^5 = 0.951."""
+    from transformers import Trainer, TrainingArguments
+
+    _, model, _, _ = build("sam_parser", None)
+    layers = [layer for _, layer in model.adapter_layers()]
+    args = TrainingArguments(
+        output_dir=str(tmp_path), learning_rate=0.1, weight_decay=0.1, lr_scheduler_type="constant",
+        use_cpu=True, report_to="none",
+    )  # fmt: skip
+    trainer = Trainer(model=model, args=args)
+    optimizer = trainer.create_optimizer()
+    decayed = {id(p) for group in optimizer.param_groups if group["weight_decay"] > 0 for p in group["params"]}
+    assert all(id(layer.sigma_shift) in decayed for layer in layers)  # decay reaches the trained tensor …
+    for _ in range(5):
+        for layer in layers:
+            layer.sigma_shift.grad = torch.zeros_like(layer.sigma_shift)
+        optimizer.step()
+    for layer in layers:  # … and leaves W0 as it was
+        assert torch.count_nonzero(layer.sigma_shift) == 0 and torch.equal(layer.sigma, layer.sigma0)
+        torch.testing.assert_close(layer.merged_weight(), layer.base_layer.weight, atol=0, rtol=0)
+    # the same optimizer step on σ' as a parameter (the earlier form) shrinks it: what the test rules out
+    sigma_prime = torch.nn.Parameter(layers[0].sigma0.clone())
+    old = torch.optim.AdamW([sigma_prime], lr=0.1, weight_decay=0.1)
+    for _ in range(5):
+        sigma_prime.grad = torch.zeros_like(sigma_prime)
+        old.step()
+    torch.testing.assert_close(sigma_prime.detach(), layers[0].sigma0 * 0.99**5)
 
 
 # ---------- LieRA ----------
@@ -440,14 +474,14 @@ def test_save_then_load_gives_identical_logits(name: str, values: dict, tmp_path
     assert torch.allclose(logits(loaded), expected, atol=1e-5)
 
 
-def test_sam_parser_saves_only_sigma(tmp_path: Path) -> None:
+def test_sam_parser_saves_only_the_change_of_sigma(tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
     _, model, method, _ = build("sam_parser", None)
     method.save(model, str(tmp_path / "adapter"))
     keys = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors")).keys()
     adapter_keys = [k for k in keys if "classifier" not in k]
-    assert len(adapter_keys) == 4 and all(k.endswith(".sigma") for k in adapter_keys)
+    assert len(adapter_keys) == 4 and all(k.endswith(".sigma_shift") for k in adapter_keys)
 
 
 @pytest.mark.parametrize(
