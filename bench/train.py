@@ -141,6 +141,13 @@ def check_eval_every(value: Any) -> int | str | None:
     raise ConfigError(f"trainer.eval_every={value!r} is not valid; give null, a positive number of steps or 'epoch'")
 
 
+def check_compile(value: Any) -> bool:
+    """`trainer.compile`: true or false."""
+    if isinstance(value, bool):
+        return value
+    raise ConfigError(f"trainer.compile={value!r} is not valid; give true or false")
+
+
 def best_evaluation(history: list[dict[str, Any]], primary: str) -> dict[str, Any] | None:
     """The evaluation with the highest primary metric (the earliest on ties), or None without history."""
     scored = [h for h in history if isinstance(h.get(primary), int | float) and math.isfinite(h[primary])]
@@ -276,6 +283,7 @@ def training_arguments(cfg: DictConfig, output_dir: str, use_bf16: bool) -> Trai
         save_total_limit=2,
         report_to="none",
         disable_tqdm=not trainer.progress_bar,
+        torch_compile=check_compile(trainer.get("compile", False)),
         dataloader_num_workers=0,
         **{key: trainer[key] for key in PASSED_THROUGH},
         fsdp_config=OmegaConf.to_container(trainer.fsdp_config, resolve=True) if trainer.get("fsdp_config") else None,
