@@ -25,7 +25,8 @@ from core.validation import check_choice
 GROUPS = ("method", "model", "task", "trainer", "logger", "sweep")
 DATA_SOURCES = ("hub", "offline")
 # Trainer keys that change how a run is watched or kept, not what it computes.
-BOOKKEEPING_TRAINER_KEYS = frozenset({"progress_bar", "checkpoint_steps"})
+# how a run is carried out, not what it computes: not in the run_id (compile: the same results up to float rounding)
+BOOKKEEPING_TRAINER_KEYS = frozenset({"progress_bar", "checkpoint_steps", "compile"})
 # Keys that moved: the old spelling stops with a one-line error instead of being ignored.
 MOVED_KEYS = {"trainer.save_adapter": "store.save_adapter"}
 

@@ -42,6 +42,7 @@ from bench.tracking import track
 from bench.train import (
     batch_sampler,
     best_evaluation,
+    check_compile,
     check_eval_every,
     optimizer_steps,
     train_and_evaluate,
@@ -68,6 +69,7 @@ def check_config(cfg: DictConfig) -> tuple[Method, Any, dict[str, Any], Task]:
     params = method.parse(OmegaConf.to_container(cfg.method, resolve=True))
     axes = normalized_axes(cfg, method.uses_rank)
     check_eval_every(cfg.trainer.get("eval_every"))
+    check_compile(cfg.trainer.get("compile", False))
     task = build_task(cfg.task)
     task.validate(cfg.data)
     return method, params, axes, task

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.loss.loss_utils import LOSS_MAPPING, ForCausalLMLoss
 
 from bench.checkpoints import MarkCompleteCheckpoints
 from bench.console import quiet_progress
@@ -139,24 +140,88 @@ def check_eval_every(value: Any) -> int | str | None:
     raise ConfigError(f"trainer.eval_every={value!r} is not valid; give null, a positive number of steps or 'epoch'")
 
 
+def check_compile(value: Any) -> bool:
+    """`trainer.compile`: true or false."""
+    if isinstance(value, bool):
+        return value
+    raise ConfigError(f"trainer.compile={value!r} is not valid; give true or false")
+
+
 def best_evaluation(history: list[dict[str, Any]], primary: str) -> dict[str, Any] | None:
     """The evaluation with the highest primary metric (the earliest on ties), or None without history."""
     scored = [h for h in history if isinstance(h.get(primary), int | float) and math.isfinite(h[primary])]
     return max(scored, key=lambda h: (h[primary], -h["step"])) if scored else None
 
 
+def transformers_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model under PEFT's wrapper or ours (`get_base_model`), whose class decides its loss."""
+    get_base_model = getattr(model, "get_base_model", None)
+    return get_base_model() if callable(get_base_model) else model
+
+
+def loss_is_token_level(model: torch.nn.Module) -> bool:
+    """Whether the model's loss is transformers' causal-LM loss: it shifts the labels, sums the tokens' losses and
+    divides by `num_items_in_batch` when given one (the rule the Trainer applies to the model it unwraps)."""
+    base = transformers_model(model)
+    causal = LOSS_MAPPING.get(getattr(base, "loss_type", None)) is ForCausalLMLoss
+    return causal and not getattr(getattr(base, "config", None), "is_encoder_decoder", False)
+
+
 class BenchTrainer(Trainer):
-    """The Trainer with the method's auxiliary loss and optimizer parameter groups."""
+    """The Trainer with the method's auxiliary loss and optimizer parameter groups, and gradient accumulation
+    that trains as one batch: GA = k gives the gradient of GA = 1 at k times the micro-batch.
+
+    With transformers 5 the Trainer no longer divides by the accumulation steps when the model takes loss kwargs
+    (PEFT's wrapper and ours do), on the understanding that the model divides its summed loss by the accumulated
+    batch's `num_items_in_batch`. A causal LM's loss does (token-level over the accumulated batch); a classifier's
+    need not (RoBERTa's is the micro-batch's mean, LLaMA's divides by the count): without care the gradient grew
+    k-fold at GA k. So `compute_loss` returns each micro-batch's share of the accumulated batch's loss itself.
+    """
+
+    # compute_loss returns a loss already scaled for gradient accumulation in training: the Trainer adds no division
+    loss_is_scaled_for_ga = True
 
     def __init__(self, *args: Any, method: Method, method_params: Any, ctx: RunContext, **kwargs: Any) -> None:
         self.method, self.method_params, self.ctx = method, method_params, ctx
         super().__init__(*args, **kwargs)
+        self.token_level = loss_is_token_level(self.model)
+        # The Trainer counts `num_items_in_batch` over labels[..., 1:] only for a causal LM it can see: it looks
+        # through PEFT's wrapper, not ours, and counted a trained-on first token our model's loss never sees.
+        self._loss_shifts_labels = self.token_level
+
+    def items_in(self, inputs: dict[str, Any]) -> torch.Tensor:
+        """This micro-batch's items, counted as the Trainer counts `num_items_in_batch` (labels other than -100)."""
+        labels = inputs["shift_labels"] if "shift_labels" in inputs else inputs["labels"]
+        if self.token_level and "shift_labels" not in inputs:
+            labels = labels[..., 1:]
+        return labels.ne(-100).sum()
+
+    def _device_factor(self) -> int:
+        """What the Trainer multiplies a loss divided by a global `num_items_in_batch` by (the DDP mean divides)."""
+        if not self.args.average_tokens_across_devices:
+            return 1
+        return self.accelerator.num_processes // self.get_tp_size() if self.args.n_gpu <= 1 else self.args.n_gpu
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
-        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        training = model.training
+        steps = getattr(self, "current_gradient_accumulation_steps", 1) if training else 1
+        if self.token_level:
+            # the model sums its tokens' losses over the accumulated batch's count: token-level, already scaled
+            loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+            scaled = num_items_in_batch is not None and self.model_accepts_loss_kwargs
+        else:
+            # the micro-batch's mean, whatever the head does with a count (it is not passed), weighted by the
+            # micro-batch's share of the accumulated rows (unequal when an epoch's last batch is short)
+            items = self.items_in(inputs) if training and num_items_in_batch is not None else None
+            loss, outputs = super().compute_loss(model, inputs, True)
+            scaled = items is not None
+            if scaled:
+                loss = loss * (items / num_items_in_batch * self._device_factor())
+        if training and not scaled:  # no count: the Trainer's own rule, each micro-batch weighs 1/k
+            loss = loss / steps
         aux = self.method.aux_loss(model, self.method_params)
-        if aux is not None:
-            loss = loss + aux
+        if aux is not None:  # once per optimizer step, as at GA 1: each of the k micro-batches adds a k-th
+            loss = loss + aux / steps
         return (loss, outputs) if return_outputs else loss
 
     # A hand-written method's checkpoint holds what its saved adapter holds (adapter, head, any base
@@ -216,6 +281,7 @@ def training_arguments(trainer: DictConfig, axes: dict[str, Any], output_dir: st
         save_total_limit=2,
         report_to="none",
         disable_tqdm=not trainer.progress_bar,
+        torch_compile=check_compile(trainer.get("compile", False)),
         dataloader_num_workers=0,
         **{key: trainer[key] for key in PASSED_THROUGH},
         fsdp_config=OmegaConf.to_container(trainer.fsdp_config, resolve=True) if trainer.get("fsdp_config") else None,

@@ -471,6 +471,52 @@ def test_ft_moe_routes_top2_renormalised_with_a_switch_balance_loss() -> None:
     assert layer.balance_loss.item() == pytest.approx(expected.item(), rel=1e-6)
 
 
+def _upcycled_step(layer: UpcycledLinear, x: torch.Tensor, path: str) -> dict[str, torch.Tensor]:
+    layer.path = path
+    layer.zero_grad(set_to_none=True)
+    x = x.clone().requires_grad_()
+    out = layer(x)
+    (out.square().sum() + layer.balance_loss).backward()
+    grads = {f"grad_{n}": p.grad.clone() for n, p in layer.named_parameters()}
+    return {"out": out.detach(), "aux": layer.balance_loss.detach(), "grad_x": x.grad, **grads}
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_ft_moe_dense_and_routed_paths_agree(bias: bool) -> None:
+    """The dense path (every expert on every token, the top-k gates as a mask) against the routed one (each expert
+    gathers its tokens): output, balance loss and every gradient, with an expert that gets no token."""
+    torch.manual_seed(0)
+    layer = UpcycledLinear(torch.nn.Linear(16, 12, bias=bias), experts=8, top_k=2).train()
+    perturb(layer, size=0.3)
+    x = torch.randn(3, 4, 16)
+    with torch.no_grad():
+        layer.router.weight[5] = -10.0 * x.reshape(-1, 16).mean(0)  # expert 5: never in a token's top 2
+    routed, dense = _upcycled_step(layer, x, "routed"), _upcycled_step(layer, x, "dense")
+    assert int((x @ layer.router.weight.T).topk(2).indices.eq(5).sum()) == 0
+    assert routed.keys() == dense.keys() and {"grad_weight", "grad_router.weight"} <= routed.keys()
+    for key in routed:
+        assert torch.allclose(routed[key], dense[key], atol=1e-5), key
+    layer.eval()
+    layer.path = "routed"
+    expected = layer(x)
+    layer.path = "dense"
+    assert torch.allclose(layer(x), expected, atol=1e-5)
+    assert layer.expert_load.tolist()[5] == 0 and layer.expert_load.sum() == 2 * 2 * 12  # both evaluations counted
+
+
+@pytest.mark.parametrize(
+    ("tokens", "in_out", "dense"),
+    [(16, (1024, 4096), True), (17, (1024, 4096), False), (128, (32, 64), True), (2048, (32, 64), False),
+     (128, (384, 384), False)],
+)  # fmt: skip
+def test_ft_moe_path_rule(tokens: int, in_out: tuple[int, int], dense: bool) -> None:
+    """The measured rule (docs/perf/2026-12-04_cpu_moe_paths.md): dense up to 16 tokens or E·N·in·out ≤ 2^24."""
+    layer = UpcycledLinear(torch.nn.Linear(*in_out, device="meta"), experts=8, top_k=2)
+    assert layer.uses_dense(tokens) is dense
+    layer.path = "routed"
+    assert not layer.uses_dense(tokens)
+
+
 def test_ft_moe_record_has_an_expert_load(store: Path) -> None:
     record = bench.run.run(compose_run(store, "method=ft_moe", "trainer.max_steps=2"))
     assert record["status"] == "ok", record["error"]
