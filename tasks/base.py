@@ -61,6 +61,7 @@ class TaskData:
     evals: dict[str, Dataset]
     protocol: dict[str, Any] = field(default_factory=dict)
     processor: Any = None  # the tokenizer or image processor, for tasks that evaluate by generating
+    held_out: Dataset | None = None  # training rows kept out of training (`task.held_out`), tokenized as training
 
 
 class Task:
@@ -74,6 +75,7 @@ class Task:
     # sizes every family reads from its YAML: a positive integer or null; `required_sizes` may not be null
     sizes: ClassVar[tuple[str, ...]] = ("max_train_samples", "max_eval_samples", "max_seq_length")
     required_sizes: ClassVar[tuple[str, ...]] = ()
+    holds_out: ClassVar[bool] = False  # whether the family can keep `task.held_out` training rows aside
 
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg

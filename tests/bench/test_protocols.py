@@ -9,15 +9,21 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from datasets import Dataset
 from omegaconf import OmegaConf
+from peft import get_peft_model_state_dict
+from safetensors.torch import load_file
+from transformers import TrainerCallback
 
 import bench.run
 from bench.config import CONF_DIR, group_choices
 from bench.grid import grid_axes, grid_points, sweep_config
 from bench.paper import paper_report
 from bench.run import identify
+from bench.train import BenchTrainer
 from core.errors import ConfigError
 from core.store import RunStore
+from methods.injection import WEIGHTS, InjectedModel
 from tests.conftest import compose_run
 
 DOC = CONF_DIR.parent / "docs" / "protocols.md"
@@ -158,3 +164,75 @@ def test_image_run_with_goats_holdout_and_augmentation(store: Path) -> None:
     assert record["status"] == "ok", record["error"]
     assert record["protocol"]["train_holdout"] == {"held_out": 20, "seed": 0}
     assert record["protocol"]["train_rows"] == 180
+
+
+HELD_OUT_RUN = [
+    "model=tiny-llama", "task=cs_arc_c", "task.max_eval_samples=2", "task.generation.max_new_tokens=2",
+    "task.max_seq_length=64", "+task.held_out={rows: 16, seed: 42}", "+trainer.val_loss_every=2",
+    "trainer.max_steps=6", "trainer.per_device_train_batch_size=2", "trainer.per_device_eval_batch_size=8", "lr=5e-3",
+]  # fmt: skip
+
+
+class _Forget(TrainerCallback):
+    """Put the trainable weights back to their init after every step from step 3 on: the checkpoints of steps 4 and 6
+    hold the untrained adapter, worse on the held-out rows than step 2's two steps of training."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.init = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):  # noqa: ANN001, ANN003
+        if state.global_step >= 3:
+            with torch.no_grad():
+                for name, param in model.named_parameters():
+                    if name in self.init:
+                        param.copy_(self.init[name])
+        return control
+
+
+@pytest.mark.parametrize("method", ["lora", "goat"])  # a PEFT adapter and a hand-written one (its own checkpoint)
+def test_held_out_loss_restores_the_lowest_loss_checkpoint(
+    store: Path, monkeypatch: pytest.MonkeyPatch, method: str
+) -> None:
+    seen: dict = {}
+    real = bench.run.train_and_evaluate
+
+    def capture(model, collate, task, data, meth, params, ctx, args, *rest):  # noqa: ANN001, ANN002
+        callbacks = meth.callbacks
+        monkeypatch.setattr(meth, "callbacks", lambda *a: [*callbacks(*a), _Forget(model)])
+        outcome = real(model, collate, task, data, meth, params, ctx, args, *rest)
+        # the evaluated model, scored again on the held-out rows (its loss with the method's aux loss, as in training),
+        # and the checkpoint the choice names
+        again = BenchTrainer(
+            model=model, args=args, eval_dataset=data.held_out, data_collator=collate, method=meth,
+            method_params=params, ctx=ctx,
+        )  # fmt: skip
+        seen["loss"] = again.evaluate()
+        saved = load_file(str(Path(args.output_dir) / f"checkpoint-{outcome.restored_step}" / WEIGHTS))
+        state = model.model.state_dict() if isinstance(model, InjectedModel) else get_peft_model_state_dict(model)
+        seen["equal"] = sorted(saved) == sorted(k for k in state if k in saved) and all(
+            torch.equal(saved[k], state[k].cpu()) for k in saved
+        )
+        return outcome
+
+    monkeypatch.setattr(bench.run, "train_and_evaluate", capture)
+    record = bench.run.run(compose_run(store, *HELD_OUT_RUN, f"method={method}"))
+    assert record["status"] == "ok", record["error"]
+    held = record["protocol"]["held_out"]
+    losses = {entry["step"]: entry["loss"] for entry in held["losses"]}
+    assert sorted(losses) == [2, 4, 6] and min(losses, key=losses.get) == 2 < record["steps"]
+    assert held["restored_step"] == 2 and losses[2] < min(losses[4], losses[6])
+    assert seen["equal"]  # the weights evaluated are the step-2 checkpoint's, not the last step's
+    assert seen["loss"]["eval_loss"] == pytest.approx(losses[2], rel=1e-5)
+    # the held-out rows: datasets' train_test_split(test_size=16, shuffle=True, seed=42) of the training rows
+    total = record["protocol"]["train_rows"] + 16
+    reference = Dataset.from_dict({"i": list(range(total))}).train_test_split(test_size=16, shuffle=True, seed=42)
+    assert held["ids"] == reference["test"]["i"] and held["rows"] == 16 and held["seed"] == 42
+
+
+def test_held_out_rows_are_checked_before_training(store: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^trainer.val_loss_every=80 needs held-out rows to score; set task"):
+        identify(compose_run(store, "model=tiny-llama", "task=cs_arc_c", "+trainer.val_loss_every=80"))
+    with pytest.raises(ConfigError, match=r"^task.held_out=.* is not valid; give null or \{rows: 120, seed: 42\}"):
+        identify(compose_run(store, "model=tiny-llama", "task=cs_arc_c", "+task.held_out={rows: 0, seed: 42}"))
+    with pytest.raises(ConfigError, match=r"^task.held_out is not available for task family 'glue'"):
+        identify(compose_run(store, "+task.held_out={rows: 8, seed: 42}"))
