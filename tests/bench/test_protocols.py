@@ -16,9 +16,9 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 import bench.run
-from bench.config import CONF_DIR, group_choices
+from bench.config import CONF_DIR, compute_run_id, experiment_config, group_choices
 from bench.grid import grid_axes, grid_points, sweep_config
-from bench.paper import paper_report
+from bench.paper import load_paper_table, paper_report
 from bench.run import identify
 from bench.train import BenchTrainer
 from core.errors import ConfigError
@@ -82,8 +82,29 @@ def test_protocol_rules_merge_in_order_and_reject_bad_keys() -> None:
     identify(cfg)
     assert cfg.lr == 1e-5 and cfg.trainer.num_train_epochs == 50 and "entails" in cfg.task.input_template
     bad = sweep_config("goat_t4", ["+protocol_rules=[{when: {dataset: x}, set: {lr: 1}}]"])
-    with pytest.raises(ConfigError, match="`when` key 'dataset' is not valid; valid keys: method, model, task"):
+    with pytest.raises(ConfigError, match="`when` key 'dataset' is not valid; valid keys: method, model, task, rank$"):
         identify(bad)
+    bad = sweep_config("goat_t4", ["+protocol_rules=[{when: {rank: '32'}, set: {lr: 1}}]"])
+    with pytest.raises(ConfigError, match=r"^protocol_rules: `when` rank '32' is not valid; give an integer or a list"):
+        identify(bad)
+
+
+@pytest.mark.parametrize(
+    ("sweep", "point", "rank", "lr"),
+    [("subspace_fair", ["method=dora", "rank=4"], 4, 2e-4), ("subspace_fair", ["method=dora", "rank=32"], 32, 1e-4),
+     ("subspace_fair_llama3", ["method=lora", "rank=16"], 16, 1e-4),
+     ("subspace_fair_llama3", ["method=lora", "rank=32"], 32, 3e-4),
+     ("subspace_fair", ["method=lora", "rank=32", "model=llama3-8b"], 32, 3e-4),  # the rule keys on the model
+     ("goat_t3", ["method=dora", "rank=32"], 16, 2e-4)],  # a rule that sets the rank: the row's own r 16
+)  # fmt: skip
+def test_rank_and_model_rules_pick_a_printed_rows_settings(sweep: str, point: list[str], rank: int, lr: float) -> None:
+    cfg, axes = _resolve(sweep, " ".join(point))  # the grid's first point, then these values: as a run composes it
+    assert (axes["rank"], axes["lr"]) == (rank, pytest.approx(lr))
+    if sweep == "goat_t3":  # DoRA README.md:106's r 16 / alpha 32 run, whatever rank the grid point names
+        assert cfg.method.lora_alpha == 32
+        assert compute_run_id(experiment_config(cfg, axes)) == compute_run_id(
+            experiment_config(*_resolve(sweep, "method=dora rank=16"))
+        )
 
 
 def test_a_run_that_evaluates_during_training_records_best_and_final(store: Path) -> None:
@@ -117,6 +138,40 @@ def test_paper_report_takes_best_or_final_as_the_table_says(tmp_path: Path) -> N
     store.write({**_glue_record("lora", "glue_rte", final=0.70, best=0.80), "model": "roberta-large", "rank": 32})
     goat = paper_report(tmp_path, "st", "goat_t4_roberta_large_glue").set_index("Method")  # final
     assert goat.at["LoRA", "RTE"] == "70.00 [n/a] (84.47, Δ -14.47)"
+
+
+def _gsm8k_record(method: str, lr: float, strict: float, goat: float, rank: int = 8) -> dict:
+    return {
+        "run_id": f"{method}{lr}{rank}", "sweep": "g", "status": "ok", "method": method, "model": "llama2-7b",
+        "task": "gsm8k", "rank": rank, "lr": lr, "seed": 0, "data": "hub", "config": {},
+        "metrics": {"accuracy": strict, "accuracy_goat": goat, "primary": strict},
+    }  # fmt: skip
+
+
+def test_goats_gsm8k_tables_compare_goats_rule_at_each_rows_rank_and_lr(tmp_path: Path) -> None:
+    """GOAT scored GSM8K with its own rule (accuracy_goat); Table 6's rows are rank-8 runs at one lr each."""
+    store = RunStore(tmp_path)
+    store.write(_gsm8k_record("goat", 1e-5, strict=0.50, goat=0.55))
+    store.write(_gsm8k_record("goat", 5e-5, strict=0.60, goat=0.65))
+    store.write(_gsm8k_record("goat", 2e-5, strict=0.58, goat=0.62))
+    t6 = paper_report(tmp_path, "g", "goat_t6_lr_sensitivity").set_index(["Method", "r"])["GSM8K"]
+    assert list(t6.loc[("GOAT", "8")]) == ["55.00 [n/a] (58.74, Δ -3.74)", "62.00 [n/a] (60.20, Δ +1.80)",
+                                           "65.00 [n/a] (62.05, Δ +2.95)"]  # fmt: skip
+    t2 = paper_report(tmp_path, "g", "goat_t2_llama2_nlg").set_index("Method")
+    assert t2.at["GOAT", "GSM8K"] == "65.00 [n/a] (60.20, Δ +4.80)"  # Table 2: the best lr, GOAT's rule
+
+
+def test_goat_t3_dora_row_is_the_r16_run(tmp_path: Path) -> None:
+    store = RunStore(tmp_path)
+    sets = load_paper_table("goat_t3_llama2_commonsense")["columns"]
+    for rank, value in ((16, 0.80), (32, 0.70)):
+        store.write({
+            "run_id": f"dora{rank}", "sweep": "t3", "status": "ok", "method": "dora", "model": "llama2-7b",
+            "task": "commonsense", "rank": rank, "lr": 2e-4, "seed": 0, "data": "hub", "config": {},
+            "metrics": {**{f"{s}/accuracy": value for s in sets}, "accuracy": value, "primary": value},
+        })  # fmt: skip
+    shown = paper_report(tmp_path, "t3", "goat_t3_llama2_commonsense").set_index("Method")
+    assert shown.at["DoRA†", "r"] == "16" and shown.at["DoRA†", "BoolQ"].startswith("80.00 ")
 
 
 def test_glue_input_template_makes_one_sequence() -> None:
