@@ -173,15 +173,20 @@ def sweep_strategy(cfg: DictConfig) -> dict[str, Any]:
     return {"name": name, "stage": cfg.get(STAGE_KEY)}
 
 
-POINT_KEYS = ("method", "model", "task")
+POINT_KEYS = ("method", "model", "task", "rank")
 
 
 def _point_matches(when: DictConfig, cfg: DictConfig) -> bool:
     for key, wanted in when.items():
         if key not in POINT_KEYS:
             raise ConfigError(f"protocol_rules: `when` key {key!r} is not valid; valid keys: {', '.join(POINT_KEYS)}")
-        names = [wanted] if isinstance(wanted, str) else list(wanted)
-        if cfg[key].name not in names:
+        values = [wanted] if isinstance(wanted, str | int) else list(wanted)
+        if key == "rank":  # the grid's rank (a value, not a config group): a printed row's rank, e.g. DoRA's r 32
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+                raise ConfigError(f"protocol_rules: `when` rank {wanted!r} is not valid; give an integer or a list")
+            if cfg.rank not in values:
+                return False
+        elif cfg[key].name not in values:
             return False
     return True
 
@@ -189,9 +194,11 @@ def _point_matches(when: DictConfig, cfg: DictConfig) -> bool:
 def apply_protocol_rules(cfg: DictConfig) -> None:
     """Merge a sweep's per-point settings into the point's config (recorded, and hashed into the run_id).
 
-    A paper's protocol varies settings by task, model or method (RTE trains 50 epochs, full FT uses lr 1e-5,
-    one LoRA+ cell uses ratio 80); a sweep lists them in order, and each entry whose `when` matches the point
-    is merged: `protocol_rules: [{when: {task: glue_rte}, set: {trainer: {num_train_epochs: 50}}}]`.
+    A paper's protocol varies settings by task, model, method or rank (RTE trains 50 epochs, full FT uses lr 1e-5,
+    one LoRA+ cell uses ratio 80, DoRA's r 32 row ran at lr 1e-4); a sweep lists them in order, and each entry
+    whose `when` matches the point is merged: `protocol_rules: [{when: {task: glue_rte}, set: {trainer:
+    {num_train_epochs: 50}}}]`. Entries see the point as the entries before them left it (one that sets `rank`
+    changes what a later `when: {rank: ...}` matches).
     """
     for rule in cfg.get("protocol_rules") or []:
         if set(rule) != {"when", "set"}:

@@ -44,6 +44,7 @@ from bench.train import (
     best_evaluation,
     check_compile,
     check_eval_every,
+    check_val_loss_every,
     optimizer_steps,
     train_and_evaluate,
     training_arguments,
@@ -71,7 +72,10 @@ def check_config(cfg: DictConfig) -> tuple[Method, Any, dict[str, Any], Task]:
     check_eval_every(cfg.trainer.get("eval_every"))
     check_compile(cfg.trainer.get("compile", False))
     task = build_task(cfg.task)
+    if cfg.task.get("held_out") is not None and not task.holds_out:
+        raise ConfigError(f"task.held_out is not available for task family {task.family!r}; set task.held_out=null")
     task.validate(cfg.data)
+    check_val_loss_every(cfg.trainer.get("val_loss_every"), cfg.task.get("held_out"))
     return method, params, axes, task
 
 
@@ -179,6 +183,8 @@ def _train_point(cfg, method, params, axes, task, inputs, store, run_id, work_di
             str(resume[0]) if resume else None,
             check_eval_every(cfg.trainer.get("eval_every")),
         )
+    if outcome.held_out_losses:  # which checkpoint was evaluated, and why: beside the held-out rows' ids
+        data.protocol["held_out"].update(losses=outcome.held_out_losses, restored_step=outcome.restored_step)
     fields: dict[str, Any] = {
         "protocol": data.protocol,
         "trainable_params": counts.trainable_params,

@@ -68,6 +68,7 @@ class TaskData:
     evals: dict[str, Dataset]
     protocol: dict[str, Any] = field(default_factory=dict)
     processor: Any = None  # the tokenizer or image processor, for tasks that evaluate by generating
+    held_out: Dataset | None = None  # training rows kept out of training (`task.held_out`), tokenized as training
 
 
 class Task:
@@ -86,6 +87,7 @@ class Task:
         "eval_max_seq_length",
     )
     required_sizes: ClassVar[tuple[str, ...]] = ()
+    holds_out: ClassVar[bool] = False  # whether the family can keep `task.held_out` training rows aside
 
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 
 import pytest
@@ -174,6 +175,29 @@ DISAGREEMENTS = [
 def test_first_match_and_strict_rules_disagree_as_designed(fmt: str, output: str, first: str, strict: str) -> None:
     assert extract_first(output, LLM_ADAPTERS_LABELS[fmt]) == first
     assert extract_choice(output, FORMATS[fmt][1]) == strict
+
+
+# The evaluators split prompt + output at "### Response:" (the prompt ends with one): LLM-Adapters keeps part [1],
+# the output before a second marker (`first`); DoRA, Subspace Tuning and GOAT keep part [-1] (`last`).
+SEGMENTS = [
+    ("winogrande", "the correct answer is option2", "option2", "option2"),  # one marker: the same text
+    ("winogrande", "option2 ### Response: option1", "option2", "option1"),
+    ("winogrande", "### Response: option1", None, "option1"),
+    ("boolq", "true\n### Response: false ### Response: no answer", "true", None),  # after the last: nothing
+]
+
+
+@pytest.mark.parametrize(("fmt", "output", "first", "last"), SEGMENTS)
+def test_answer_segment_first_is_llm_adapters_last_is_doras(fmt: str, output: str, first: str, last: str) -> None:
+    labels = LLM_ADAPTERS_LABELS[fmt]
+    prompt = "### Instruction:\nQ\n\n### Response:\n"
+    assert extract_first(output, labels, "first") == first
+    assert extract_first(output, labels, "last") == last
+    # as their code reads it: the decoded prompt + output, split, part [1] or [-1], then their regex's first match
+    for segment, part in (("first", 1), ("last", -1)):
+        text = (prompt + output).split("### Response:")[part].strip()
+        found = re.findall("|".join(labels), text)
+        assert extract_first(output, labels, segment) == (found[0] if found else None)
 
 
 def test_commonsense_formats_build_llm_adapters_instructions() -> None:
