@@ -218,8 +218,10 @@ def run_worker(spec: dict[str, Any], budget: float) -> int:
     from hydra import compose, initialize_config_dir
 
     import bench.run
+    from bench.method_defaults import install as install_method_defaults
     from core.paths import CONF_DIR
 
+    install_method_defaults()  # what `python -m bench.run` does before it composes: the methods' defaults
     deadline = time.monotonic() + budget
     store = Path(spec["store"])
     store.mkdir(parents=True, exist_ok=True)
