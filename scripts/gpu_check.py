@@ -19,7 +19,7 @@ tiny models and a step or two each (tests/bench/test_gpu_check.py runs it in the
 cannot rot between loans).
 
     make gpu-check                        # on a GPU machine, after `make setup`; BUDGET=480 seconds by default
-    .venv/bin/python scripts/gpu_check.py --dry --budget 120 --out /tmp/check   # CPU, ~40 s
+    .venv/bin/python scripts/gpu_check.py --dry --budget 300 --out /tmp/check   # CPU: about 40 s of CPU time
 """
 
 from __future__ import annotations
