@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.paper import load_paper_table, paper_tables
+from bench.paper_tables import load_paper_table, paper_tables
 from bench.paper_params import check_table_params
 
 TABLES = [name for name in paper_tables() if load_paper_table(name).get("params")]
