@@ -1,8 +1,9 @@
 """One view across papers: every cell that more than one `conf/paper` table prints, the printed values side by side
 with their sources, their spread, and ours where the store has it (`peftbench report --cross-paper`).
 
-A cell is (method, model, task, metric, rank) as a table prints it: the metric belongs to it (GOAT prints CoLA
-accuracy, Subspace Tuning CoLA's Matthews corr.: not the same number), and so does the rank as printed. Left out:
+A cell is (method, model, task, rank) as a table prints it (the rank as printed). Where the tables print different
+metrics for it (GOAT prints CoLA accuracy, Subspace Tuning CoLA's Matthews corr.), each value names its metric and
+no spread is given: they are not the same number. Left out:
 rows of no peftbench method (ChatGPT) and rows at one fixed learning rate (GOAT Table 6, an lr sweep, not a cell
 at the best lr). Ours is the cell of each source table's own sweep (its protocol), as `--paper` computes it: the
 seed-mean at the best lr ± std [95% interval], `[offline]` when only the offline protocol ran, one entry per
@@ -22,11 +23,12 @@ from bench.results import Cell, Results, rank_text
 from bench.significance import NO_INTERVAL, TEST, column_bootstrap
 from bench.store import RunStore
 
-Key = tuple[str, str, str, str, int | None]  # method, model, task, metric, rank as printed
-COLUMNS = ["method", "model", "task", "metric", "rank", "printed (table: row)", "spread", "ours (sweep)"]
+Key = tuple[str, str, str, int | None]  # method, model, task, rank as printed
+COLUMNS = ["method", "model", "task", "rank", "metric", "printed (table: row)", "spread", "ours (sweep)"]
 CAPTION = (
-    "Cells printed by more than one paper table: (method, model, task, metric, rank) as each prints them, the "
-    "printed values side by side with their table and row label, the spread (max − min of the printed values), "
+    "Cells printed by more than one paper table: (method, model, task, rank) as each prints them, the printed "
+    "values side by side with their table and row label, the spread (max − min of the printed values; none where "
+    "the tables print different metrics, each value then names its own), "
     f"and ours from each table's own sweep where the store has it: mean ± std over seeds at the best lr, ×100, "
     f"[95% interval] ({TEST}; {NO_INTERVAL}: no interval). Rows at one fixed lr (GOAT Table 6) and rows of no "
     "peftbench method are left out."
@@ -39,6 +41,7 @@ class Printed:
 
     table: str
     label: str
+    metric: str
     value: float
     sweep: str | None
     select: str
@@ -57,9 +60,9 @@ def printed_cells() -> dict[Key, list[Printed]]:
             for task, metric, value in zip(conf["columns"], conf["metrics"], row["values"], strict=True):
                 if task is None or value is None:
                     continue
-                key = (row["method"], model, task, metric, row.get("rank"))
+                key = (row["method"], model, task, row.get("rank"))
                 cells[key].append(
-                    Printed(name, row["label"], float(value), conf.get("sweep"), conf.get("select", "final"),
+                    Printed(name, row["label"], metric, float(value), conf.get("sweep"), conf.get("select", "final"),
                             row_rank(row))  # fmt: skip
                 )
     return {key: found for key, found in cells.items() if len({p.table for p in found}) > 1}
@@ -68,10 +71,11 @@ def printed_cells() -> dict[Key, list[Printed]]:
 def _ours(store_root: str | Path, sweeps: set[str], key: Key, printed: list[Printed],
           loaded: dict[str, Results]) -> str:  # fmt: skip
     """Ours for the cell from each source table's sweep the store holds, 'mean ± std [interval] (sweep)'."""
-    method, model, task, metric, _ = key
+    method, model, task, _ = key
+    several = len({p.metric for p in printed}) > 1
     texts = []
-    for source in dict.fromkeys((p.sweep, p.select, p.rank) for p in printed):
-        sweep, select, rank = source
+    for source in dict.fromkeys((p.sweep, p.select, p.rank, p.metric) for p in printed):
+        sweep, select, rank, metric = source
         if sweep is None or sweep not in sweeps:
             continue
         if sweep not in loaded:
@@ -82,7 +86,7 @@ def _ours(store_root: str | Path, sweeps: set[str], key: Key, printed: list[Prin
             cell = Cell(ours.mean, ours.std if ours.seeds > 1 else float("nan"), ours.seeds, boot.interval)
             tags = [f"[{ours.data}]"] if ours.data != "hub" else []
             tags += [f"[{variant}]"] if variant else []
-            texts.append(" ".join([cell.ours, *tags, f"({sweep})"]))
+            texts.append(" ".join([cell.ours, *tags, f"({sweep}{', ' + metric if several else ''})"]))
     return " · ".join(texts)
 
 
@@ -92,13 +96,18 @@ def cross_paper_table(store_root: str | Path | None = None) -> Table:
     sweeps = set(RunStore(store_root).sweeps()) if store_root is not None else set()
     rows = []
     for key, printed in sorted(printed_cells().items(), key=lambda item: [str(part) for part in item[0]]):
-        method, model, task, metric, rank = key
+        method, model, task, rank = key
         values = [p.value for p in printed]
-        side_by_side = " · ".join(f"{p.value:.2f} ({p.table}: {p.label})" for p in printed)
+        metrics = list(dict.fromkeys(p.metric for p in printed))
+        named = len(metrics) > 1  # different metrics: each value names its own, and there is no spread
+        side_by_side = " · ".join(
+            f"{p.value:.2f}{' ' + p.metric if named else ''} ({p.table}: {p.label})" for p in printed
+        )
+        spread = "" if named else f"{max(values) - min(values):.2f}"
         ours = "" if store_root is None else _ours(store_root, sweeps, key, printed, loaded)
-        rows.append([method, model, task, metric, rank_text(rank), side_by_side,
-                     f"{max(values) - min(values):.2f}", ours])  # fmt: skip
-    return Table(list(COLUMNS), rows, 5)
+        rows.append([method, model, task, rank_text(rank), "differ" if named else metrics[0], side_by_side, spread,
+                     ours])  # fmt: skip
+    return Table(list(COLUMNS), rows, 4)
 
 
 def write_cross_paper(table: Table, out_root: str | Path) -> dict[str, Path]:
