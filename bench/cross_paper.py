@@ -62,8 +62,15 @@ def printed_cells() -> dict[Key, list[Printed]]:
                     continue
                 key = (row["method"], model, task, row.get("rank"))
                 cells[key].append(
-                    Printed(name, row["label"], metric, float(value), conf.get("sweep"), conf.get("select", "final"),
-                            row_rank(row))  # fmt: skip
+                    Printed(
+                        name,
+                        row["label"],
+                        metric,
+                        float(value),
+                        conf.get("sweep"),
+                        conf.get("select", "final"),
+                        row_rank(row),
+                    )  # fmt: skip
                 )
     return {key: found for key, found in cells.items() if len({p.table for p in found}) > 1}
 

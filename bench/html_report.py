@@ -232,9 +232,8 @@ def _paper_section(paper: PaperTable) -> str:
 
 
 def _cross_section(table: Table) -> str:
-    return (
-        f'<h2 id="cross">Across papers</h2><p class="muted">{html.escape(CROSS_CAPTION)}</p>'
-        + to_html(table, table_id="table-cross")
+    return f'<h2 id="cross">Across papers</h2><p class="muted">{html.escape(CROSS_CAPTION)}</p>' + to_html(
+        table, table_id="table-cross"
     )
 
 

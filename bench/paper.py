@@ -44,8 +44,8 @@ from bench.significance import (
     percentile_interval,
 )
 
-__all__ = ["PAPER_DIR", "PaperTable", "load_paper_table", "paper_report", "paper_table", "paper_tables",
-           "write_paper_report"]  # fmt: skip  (the conf/paper readers stay importable from here)
+# the conf/paper readers (bench.paper_tables) stay importable from here, as before
+__all__ = ["PAPER_DIR", "PaperTable", "load_paper_table", "paper_report", "paper_table", "paper_tables"]
 
 
 @dataclass(frozen=True)
@@ -83,8 +83,9 @@ def ours_cells(frame: pd.DataFrame, method: str | None, model: str, rank: int | 
         chosen = cell_runs(runs[runs["data"] == data], metric)
         if chosen:
             return {
-                variant: Ours(100 * part["value"].mean(), 100 * part["value"].std(), int(part["value"].count()),
-                              data, part)  # fmt: skip
+                variant: Ours(
+                    100 * part["value"].mean(), 100 * part["value"].std(), int(part["value"].count()), data, part
+                )  # fmt: skip
                 for variant, part in chosen.items()
             }
     return {}

@@ -11,8 +11,7 @@ from typing import Any
 
 import yaml
 
-from bench.config import CONF_DIR
-from bench.config import check_choice
+from bench.config import CONF_DIR, check_choice
 from methods.base import get_method
 
 PAPER_DIR = CONF_DIR / "paper"

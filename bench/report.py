@@ -259,7 +259,9 @@ def build_tables(results: Results, baseline: str | None = None) -> Tables:
     intervals = baseline_comparisons(numbers, columns, boots, baseline)
     significant = {(e.row, e.column) for e in intervals[intervals["significant"].eq(True)].itertuples(index=False)}
     styles = column_styles(numbers, columns, boots)
-    shown_labels = [[m, mo, rank_text(r), *rest] for m, mo, r, *rest in numbers.iloc[:, :labels].itertuples(index=False)]
+    shown_labels = [
+        [m, mo, rank_text(r), *rest] for m, mo, r, *rest in numbers.iloc[:, :labels].itertuples(index=False)
+    ]
     rows = []
     for i, label in enumerate(shown_labels):
         cells = [

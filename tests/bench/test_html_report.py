@@ -15,7 +15,6 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from bench.cli import main as cli_main
