@@ -158,6 +158,12 @@ def _params_text(printed: str | None, ours: str | None) -> Text | str:
     return ours if printed is None else Text(ours, f"({printed})")
 
 
+def _row_lr(row: dict) -> float | None:
+    """A row printed at one lr (GOAT Table 6: a number); a list is the lr printed per cell (SingLoRA T1), not a filter."""
+    lr = row.get("lr")
+    return float(lr) if isinstance(lr, int | float) and not isinstance(lr, bool) else None
+
+
 def paper_table(results: Results, name: str, baseline: str | None = None) -> PaperTable:
     """The paper's table with our cells filled in; `baseline`: the method each row is tested against (default:
     the table's LoRA rows, when run)."""
@@ -173,7 +179,7 @@ def paper_table(results: Results, name: str, baseline: str | None = None) -> Pap
     for r, row in enumerate(conf["rows"]):
         for c, (task, metric) in enumerate(columns):
             found[(r, c)] = ours_cells(
-                frame, row.get("method"), row_model(conf, row), row_rank(row), task, metric, row.get("lr")
+                frame, row.get("method"), row_model(conf, row), row_rank(row), task, metric, _row_lr(row)
             )
         variants = sorted({v for c in range(len(columns)) for v in found[(r, c)]}) or [""]
         expanded += [(r, variant) for variant in variants]
