@@ -159,7 +159,7 @@ def _params_text(printed: str | None, ours: str | None) -> Text | str:
 
 
 def _row_lr(row: dict) -> float | None:
-    """A row printed at one lr (GOAT Table 6: a number); a list is the lr printed per cell (SingLoRA T1), not a filter."""
+    """A row printed at one lr (GOAT Table 6); a list is the lr printed per cell (SingLoRA T1), not a filter."""
     lr = row.get("lr")
     return float(lr) if isinstance(lr, int | float) and not isinstance(lr, bool) else None
 
