@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections import Counter
 
-from bench.errors import ConfigError
+from core.errors import ConfigError
 
 DEFAULT_STORE = "results/runs"
 
@@ -17,7 +17,7 @@ def _report(args: argparse.Namespace) -> int:
 
     if args.paper:
         from bench.paper import write_paper_report
-        from bench.store import RunStore
+        from core.store import RunStore
 
         paths = write_paper_report(args.store, args.sweep, args.paper, args.out, args.baseline)
         print(paths["md"].read_text())
@@ -55,12 +55,11 @@ def _grid(args: argparse.Namespace) -> int:
 def _prefetch(args: argparse.Namespace) -> int:
     from bench.prefetch import prefetch
 
-    prefetch(args.sweep, args.overrides)
-    return 0
+    return prefetch(args.sweep, args.overrides, update=args.update, check=args.check)
 
 
 def _status(args: argparse.Namespace) -> int:
-    from bench.store import RunStore
+    from core.store import RunStore
 
     store = RunStore(args.store)
     scan = store.scan(args.sweep)
@@ -78,21 +77,28 @@ def _status(args: argparse.Namespace) -> int:
             print(f"  failed {record['run_id']} {record['method']} {record['task']} rank={record['rank']} "
                   f"lr={record['lr']:g} seed={record['seed']}: {record['error']}")  # fmt: skip
     if args.grid:
-        missing = _missing_points(args.sweep, by_id)
+        from bench.strategy import sweep_status
+
+        lines = sweep_status(args.sweep, args.store, args.overrides)  # None under the default strategy, grid
+        if lines is not None:  # two stages: the second as far as the store decides it
+            print("\n".join(lines))
+            return 0
+        missing = _missing_points(args.sweep, by_id, args.overrides)
         print(f"missing: {len(missing)} grid points without a complete record")
         for point in missing:
             print("  python -m bench.run sweep=" + args.sweep + " " + " ".join(f"{k}={v}" for k, v in point.items()))
     return 0
 
 
-def _missing_points(sweep: str, by_id: dict[str, dict]) -> list[dict[str, str]]:
+def _missing_points(sweep: str, by_id: dict[str, dict], overrides: list[str]) -> list[dict[str, str]]:
     """Grid points whose run_id has no ok/diverged record (duplicates of one run_id listed once)."""
-    from bench.grid import grid_axes, grid_points, sweep_config
+    from bench.grid import sweep_config
     from bench.run import identify
-    from bench.store import COMPLETED
+    from bench.strategy import launch_points
+    from core.store import COMPLETED
 
     missing, seen = [], set()
-    for point in grid_points(grid_axes(sweep_config(sweep))):
+    for point in launch_points(sweep, overrides):
         cfg = sweep_config(sweep, [f"{k}={v}" for k, v in point.items()])
         run_id = identify(cfg)[-1]
         if run_id in seen:
@@ -121,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("sweep")
     status.add_argument("--store", default=DEFAULT_STORE, help="results store root (default: %(default)s)")
     status.add_argument("--grid", action="store_true", help="also list grid points with no record yet")
+    status.add_argument(
+        "overrides", nargs="*", help="with --grid: the launch's overrides, e.g. strategy=lr_then_seeds task=glue_rte"
+    )
     status.set_defaults(handler=_status)
 
     grid = commands.add_parser("grid", help="print a sweep's grid, its size and a GPU-hours estimate; run nothing")
@@ -128,11 +137,18 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--store", default=None, help="results store root (default: the sweep's store.root)")
     grid.set_defaults(handler=_grid)
 
-    fetch = commands.add_parser("prefetch", help="download every hub model and dataset a sweep needs (login node)")
+    fetch = commands.add_parser(
+        "prefetch", help="download every hub model and dataset a sweep needs at its locked commit (login node)"
+    )
     fetch.add_argument("sweep")
     fetch.add_argument(
         "overrides", nargs="*", help="Hydra overrides narrowing or changing the grid, e.g. task=glue_rte"
     )
+    fetch.add_argument("--update", action="store_true", help="move locked assets to what the hub serves now")
+    fetch.add_argument(
+        "--check", action="store_true",
+        help="download nothing: check access, loading scripts and each dataset's schema against docs/hub_assets.md",
+    )  # fmt: skip
     fetch.set_defaults(handler=_prefetch)
 
     # listed for --help only: main() hands `perf` and its options to bench.perf's own parser
@@ -146,7 +162,11 @@ def main(argv: list[str] | None = None) -> int:
         from bench.perf import main as perf_main
 
         return perf_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and (getattr(args, "overrides", None) is None or any(e.startswith("-") for e in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.overrides = [*(getattr(args, "overrides", None) or []), *extra]  # `status demo --grid k=v`: after its options
     try:
         return args.handler(args)
     except (ConfigError, FileNotFoundError) as exc:

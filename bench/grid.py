@@ -15,11 +15,13 @@ from hydra.core.override_parser.types import Glob
 from omegaconf import DictConfig, OmegaConf
 
 from bench.config import CONF_DIR, GROUPS, check_choice, group_choices
+from bench.method_defaults import install as install_method_defaults
 
 
 def sweep_config(sweep: str, overrides: list[str] | None = None) -> DictConfig:
     """The composed config of a sweep, Hydra's own node included."""
     check_choice("sweep", sweep, group_choices("sweep"))
+    install_method_defaults()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("config", overrides=[f"sweep={sweep}", *(overrides or [])], return_hydra_config=True)
 
@@ -60,7 +62,7 @@ def estimate_gpu_hours(store_root: str, sweep: str, points: int) -> str:
     """GPU-hours for the whole grid from the median wall time of this sweep's runs already done on a GPU."""
     import statistics
 
-    from bench.store import RunStore
+    from core.store import RunStore
 
     timed = [
         r for r in RunStore(store_root).iter_records(sweep)

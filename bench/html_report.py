@@ -38,7 +38,7 @@ import yaml
 
 from bench.paper import PAPER_DIR, load_paper_table, paper_report, paper_tables
 from bench.report import KEYS, ROW_KEYS, build_tables, load_frame
-from bench.store import RunStore
+from core.store import RunStore
 
 SIGNIFICANCE_MARKERS = ("†",)
 DELTA = re.compile(r"Δ\s*([+\-−])\s*(\d+(?:\.\d+)?)")

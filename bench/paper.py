@@ -41,7 +41,7 @@ from bench.significance import (
     percentile_interval,
     read_sidecar,
 )
-from bench.store import RunStore
+from core.store import RunStore
 
 PAPER_DIR = CONF_DIR / "paper"
 
@@ -127,6 +127,8 @@ def _ours(frame: pd.DataFrame, row: dict, model: str, task: str, metric: str) ->
     rank = row.get("rank") if row["method"] != "full" else None
     rank_match = frame["rank"].isna() if rank is None else frame["rank"] == rank
     runs = frame[(frame["method"] == row["method"]) & (frame["model"] == model) & (frame["task"] == task) & rank_match]
+    if row.get("lr") is not None:  # a row printed at one lr (GOAT Table 6) is compared with the runs at that lr
+        runs = runs[np.isclose(runs["lr"].astype(float), float(row["lr"]))]
     for data in ("hub", "offline"):
         chosen = best_runs(runs[runs["data"] == data], metric)
         if chosen is not None:

@@ -9,6 +9,8 @@ A table says how its column reads under `params:` in `conf/paper/<table>.yaml`:
   ("0.83%" of base + adapter, "+ 877k" parameters on top of LoRA at the same rank and model).
 - `base`: a number (the paper's own denominator, e.g. Subspace Tuning's flat 125M for RoBERTa-base) or
   `backbone` (the model as loaded for the task, without its task head).
+- `task`: the column whose point is counted (default: the first); a table whose protocol changes the count on some
+  columns (Subspace Tuning's AdaLoRA starts at 1.5 r on MNLI and CoLA) names one the printed column describes.
 - `decimals`: the printed precision (default: the printed value's own; a row's `params_decimals` overrides
   it). Ours agrees when, printed to that precision, it is at most one in the last digit from the paper's: the
   papers round their intermediate counts (Subspace Tuning prints r 16 as twice its rounded r 8), so demanding
@@ -63,7 +65,8 @@ def _count(sweep: str, overrides: tuple[str, ...]) -> MetaCount:
 
 def _row_overrides(table: dict, row: dict, method: str | None = None) -> tuple[str, ...]:
     method = method or row["method"]
-    values = [f"method={method}", f"task={next(c for c in table['columns'] if c)}"]
+    task = table["params"].get("task") or next(c for c in table["columns"] if c)
+    values = [f"method={method}", f"task={task}"]
     if row.get("model"):
         values.append(f"model={row['model']}")
     if get_method(method).uses_rank and row.get("rank") is not None:

@@ -36,7 +36,7 @@ from bench.significance import (
     percentile_interval,
     read_sidecar,
 )
-from bench.store import RunStore
+from core.store import RunStore
 
 KEYS = ["method", "model", "task", "rank"]
 ROW_KEYS = ["method", "model", "rank"]

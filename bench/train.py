@@ -3,6 +3,10 @@
 The method contributes optimizer parameter groups, callbacks and an auxiliary loss through its
 interface (`methods.base.Method`); this module never names a method. A NaN/inf training loss stops
 training and makes the run `diverged` (it is recorded, never dropped).
+
+`trainer.val_loss_every: N` (with `task.held_out` rows) is LLM-Adapters' and DoRA's checkpoint choice, done by the
+Trainer as their finetune.py asks it to (`eval_steps`, `save_steps`, `load_best_model_at_end`): the held-out loss
+every N optimizer steps, a checkpoint at each, and the weights of the lowest-loss checkpoint restored at the end.
 """
 
 from __future__ import annotations
@@ -23,9 +27,8 @@ from transformers.loss.loss_utils import LOSS_MAPPING, ForCausalLMLoss
 
 from bench.checkpoints import MarkCompleteCheckpoints
 from bench.console import quiet_progress
-from bench.errors import ConfigError
+from core.errors import ConfigError
 from methods.base import Method, RunContext
-from methods.injection import InjectedModel
 from tasks.base import Task, TaskData
 
 PASSED_THROUGH = (
@@ -51,7 +54,9 @@ class TrainOutcome:
     """What training and evaluation produced; `diverged_at_step` is set when the loss went NaN/inf.
 
     `metrics` are the final model's; `history` holds the evaluations during training (`trainer.eval_every`),
-    each with its `step`, the final one included, so the best can be picked where a protocol reports it."""
+    each with its `step`, the final one included, so the best can be picked where a protocol reports it.
+    `held_out_losses` are the held-out losses by step (`trainer.val_loss_every`) and `restored_step` the step whose
+    weights were restored (the lowest loss) and evaluated."""
 
     metrics: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -62,6 +67,8 @@ class TrainOutcome:
     steps: int = 0
     final_loss: float | None = None
     diverged_at_step: int | None = None
+    held_out_losses: list[dict[str, Any]] = field(default_factory=list)
+    restored_step: int | None = None
 
 
 def optimizer_steps(train_rows: int, trainer_cfg: DictConfig) -> int:
@@ -148,6 +155,19 @@ def check_compile(value: Any) -> bool:
     raise ConfigError(f"trainer.compile={value!r} is not valid; give true or false")
 
 
+def check_val_loss_every(value: Any, held_out: Any) -> int | None:
+    """`trainer.val_loss_every`: null, or a positive number of steps, which needs `task.held_out` rows to score."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"trainer.val_loss_every={value!r} is not valid; give null or a positive number of steps")
+    if held_out is None:
+        raise ConfigError(
+            f"trainer.val_loss_every={value} needs held-out rows to score; set task.held_out={{rows: 120, seed: 42}}"
+        )
+    return value
+
+
 def best_evaluation(history: list[dict[str, Any]], primary: str) -> dict[str, Any] | None:
     """The evaluation with the highest primary metric (the earliest on ties), or None without history."""
     scored = [h for h in history if isinstance(h.get(primary), int | float) and math.isfinite(h[primary])]
@@ -229,19 +249,26 @@ class BenchTrainer(Trainer):
     # weight it changes), as PEFT's does: the Trainer would save the whole state dict, which fails on
     # tied embeddings and writes the frozen base of a 7B model at every checkpoint.
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        if not isinstance(self.model, InjectedModel):
+        if not self.method.own_checkpoints(self.model):
             return super()._save(output_dir, state_dict)
         output_dir = output_dir or self.args.output_dir
         if self.args.should_save:
-            self.model.save_pretrained(output_dir)
+            self.method.save(self.model, output_dir)
             torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+        return None
+
+    def _load_best_model(self) -> None:
+        """`load_best_model_at_end` for a method that writes its own checkpoints (`_save`): its own loader."""
+        if not self.method.own_checkpoints(self.model):
+            return super()._load_best_model()
+        self.method.load_weights(self.model, self.state.best_model_checkpoint)
         return None
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
         model = model or self.model
-        if not isinstance(model, InjectedModel):
+        if not self.method.own_checkpoints(model):
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        model.load_adapter(resume_from_checkpoint)
+        self.method.load_weights(model, resume_from_checkpoint)
         return None
 
     def create_optimizer(self, model=None):  # noqa: ANN001
@@ -261,26 +288,34 @@ class BenchTrainer(Trainer):
         return self.lr_scheduler
 
 
-def training_arguments(cfg: DictConfig, output_dir: str, use_bf16: bool) -> TrainingArguments:
-    """TrainingArguments from `cfg.trainer` and the run's lr and seed."""
-    trainer = cfg.trainer
+def training_arguments(trainer: DictConfig, axes: dict[str, Any], output_dir: str, use_bf16: bool) -> TrainingArguments:
+    """TrainingArguments from the trainer config and the run's validated axes (its lr and seed)."""
+    every = trainer.get("val_loss_every")
+    # the held-out loss picks the checkpoint (LLM-Adapters' finetune.py:286-292): a checkpoint at each evaluation,
+    # which also serves a preempted run's resume in place of checkpoint_steps; only the loss is kept (no logits)
+    best = {"eval_strategy": "steps", "eval_steps": every, "save_strategy": "steps", "save_steps": every,
+            "load_best_model_at_end": True, "metric_for_best_model": "loss", "greater_is_better": False,
+            "prediction_loss_only": True}  # fmt: skip
+    checkpoints = {
+        "eval_strategy": "no",
+        # checkpoints for resuming a preempted run (bench.checkpoints); two kept, so a kill during the
+        # newest save still leaves a complete one
+        "save_strategy": "steps" if trainer.checkpoint_steps > 0 else "no",
+        "save_steps": max(int(trainer.checkpoint_steps), 1),
+    }
     return TrainingArguments(
         output_dir=output_dir,
-        learning_rate=float(cfg.lr),
-        seed=int(cfg.seed),
-        data_seed=int(cfg.seed),
+        learning_rate=float(axes["lr"]),
+        seed=int(axes["seed"]),
+        data_seed=int(axes["seed"]),
         bf16=use_bf16,
         use_cpu=not torch.cuda.is_available(),
         label_names=["labels"],
         remove_unused_columns=False,  # tokenized splits hold only model inputs; wrapped models hide their signature
         logging_strategy="steps",
         logging_nan_inf_filter=False,  # keep NaN/inf visible: they make a run `diverged`
-        eval_strategy="no",
-        # checkpoints for resuming a preempted run (bench.checkpoints); two kept, so a kill during the
-        # newest save still leaves a complete one
-        save_strategy="steps" if trainer.checkpoint_steps > 0 else "no",
-        save_steps=max(int(trainer.checkpoint_steps), 1),
-        save_total_limit=2,
+        **(best if every else checkpoints),
+        save_total_limit=2,  # with load_best_model_at_end the Trainer keeps the best checkpoint besides
         report_to="none",
         disable_tqdm=not trainer.progress_bar,
         torch_compile=check_compile(trainer.get("compile", False)),
@@ -288,6 +323,17 @@ def training_arguments(cfg: DictConfig, output_dir: str, use_bf16: bool) -> Trai
         **{key: trainer[key] for key in PASSED_THROUGH},
         fsdp_config=OmegaConf.to_container(trainer.fsdp_config, resolve=True) if trainer.get("fsdp_config") else None,
     )
+
+
+def held_out_choice(trainer: Trainer) -> tuple[list[dict[str, Any]], int | None]:
+    """(the held-out losses by step, the step whose weights `load_best_model_at_end` restored; None: none saved)."""
+    losses = [  # JSON has no NaN: a non-finite loss is null (never the lowest)
+        {"step": e["step"], "loss": e["eval_loss"] if math.isfinite(e["eval_loss"]) else None}
+        for e in trainer.state.log_history
+        if "eval_loss" in e
+    ]
+    best = trainer.state.best_model_checkpoint
+    return losses, None if best is None else int(Path(best).name.removeprefix("checkpoint-"))
 
 
 def train_and_evaluate(
@@ -309,6 +355,7 @@ def train_and_evaluate(
         model=model,
         args=args,
         train_dataset=data.train,
+        eval_dataset=data.held_out if args.load_best_model_at_end else None,
         data_collator=collate,
         callbacks=[guard, MarkCompleteCheckpoints(), *method.callbacks(model, method_params, ctx)],
         method=method,
@@ -326,6 +373,8 @@ def train_and_evaluate(
         outcome = TrainOutcome(
             steps=trainer.state.global_step, final_loss=float(final_loss), train_seconds=result.metrics["train_runtime"]
         )
+        if args.load_best_model_at_end:
+            outcome.held_out_losses, outcome.restored_step = held_out_choice(trainer)
         if guard.diverged_at_step is not None or not math.isfinite(result.training_loss):
             outcome.diverged_at_step = guard.diverged_at_step or trainer.state.global_step
             return outcome

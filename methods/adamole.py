@@ -25,7 +25,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from bench.errors import ConfigError
+from core.errors import ConfigError
 from methods.base import RunContext, register
 from methods.moe import MoeLoraLayer, MoeMethod
 from methods.targets import check_rank, require_targets
@@ -34,7 +34,7 @@ from methods.targets import check_rank, require_targets
 @dataclass
 class AdamoleParams:
     num_experts: int = field(default=8, metadata={"help": "E, the number of LoRA experts"})
-    lora_alpha: float = field(default=16.0, metadata={"help": "scale numerator: s = lora_alpha / r_e"})
+    lora_alpha: float = field(default=16, metadata={"help": "scale numerator: s = lora_alpha / r_e"})
     expert_rank: Literal["split", "full"] = field(
         default="split", metadata={"help": "split: r_e = r/E (AdaMoLE's train.py, GOAT's budget); full: r_e = r"}
     )

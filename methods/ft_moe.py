@@ -32,7 +32,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from bench.errors import ConfigError
+from core.errors import ConfigError
 from methods.base import Method, RunContext, register
 from methods.injection import linear_features
 from methods.targets import in_head

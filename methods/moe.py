@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from bench.errors import ConfigError
+from core.errors import ConfigError
 from methods.base import Method, RunContext
 from methods.injection import AdapterLayer, NativeMethod, NotMergeable, adapter_layers_of, linear_features
 from methods.targets import check_rank, require_targets
@@ -38,7 +38,7 @@ from methods.targets import check_rank, require_targets
 class MoeParams:
     num_experts: int = field(default=8, metadata={"help": "E, the number of experts; rank must be a multiple"})
     top_k: int = field(default=2, metadata={"help": "experts used per token"})
-    lora_alpha: float = field(default=16.0, metadata={"help": "scale numerator α"})
+    lora_alpha: float = field(default=16, metadata={"help": "scale numerator α"})
     aux_loss_coef: float = field(default=1e-3, metadata={"help": "weight of the load-balancing loss"})
     lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the experts' input (not the router's)"})
     target_modules: list[str] | None = field(

@@ -280,7 +280,7 @@ def test_page_in_the_browser_has_its_tables_and_no_console_errors(report: tuple[
 
 
 def test_best_tied_and_significant_cells_of_the_main_table(tmp_path: Path) -> None:
-    from bench.store import RunStore
+    from core.store import RunStore
     from tests.bench.records import write_run
 
     store = RunStore(tmp_path / "runs")

@@ -63,3 +63,17 @@ def test_harness_overhead_reports_both_loops() -> None:
     result = harness_overhead("tiny-roberta", batch_size=2, seq=8, steps=3, rounds=1)
     assert set(result) == {"bare_trainer_ms", "peftbench_ms", "overhead_pct"}
     assert result["overhead_pct"] == pytest.approx(100 * (result["peftbench_ms"] / result["bare_trainer_ms"] - 1))
+
+
+def test_a_spent_budget_stops_after_the_reference_rows(tmp_path: Path) -> None:
+    """--budget 0: floor, head-only and LoRA are measured (the ratios need them), no other row starts, and the
+    table says where it stopped."""
+    table = run_perf(
+        "tiny-roberta", ["ssl", "goat"], rank=8, batch_size=2, seq=8, steps=1, warmup=0, device="cpu", rounds=2,
+        budget_s=0.0,
+    )  # fmt: skip
+    assert list(table["method"]) == ["floor", "head_only", "lora"]
+    assert table.attrs["stopped"] == "the 0 s budget ran out in round 1 of 2, before ssl"
+    assert table.attrs["rounds_done"] == {"floor": 1, "head_only": 1, "lora": 1}
+    text = write_table(table, tmp_path, "cpu_budget").read_text()
+    assert "- stopped early: the 0 s budget ran out in round 1 of 2, before ssl" in text

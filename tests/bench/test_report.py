@@ -9,7 +9,7 @@ import pytest
 from bench.cli import main as cli_main
 from bench.plots import pareto_front
 from bench.report import best_by_lr, build_tables, load_frame, lr_cells, write_report
-from bench.store import RunStore
+from core.store import RunStore
 from tests.bench.records import write_run
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"

@@ -132,8 +132,8 @@ def test_trainer_compile_trains_through_the_compiled_model(tmp_path) -> None:  #
     method's auxiliary loss; the step equals the eager one (here on aot_eager, the backend a test can afford)."""
     from omegaconf import OmegaConf
 
-    from bench.config import CONF_DIR
     from bench.train import BenchTrainer, training_arguments
+    from core.paths import CONF_DIR
 
     cfg = OmegaConf.create(
         {"trainer": {**OmegaConf.to_container(OmegaConf.load(CONF_DIR / "trainer" / "default.yaml")),

@@ -1,4 +1,4 @@
-"""LoRA-Dash, NEAT, AdaMoLE, upcycled full-FT MoE and prefix tuning: the exact identities of METHODS_MORE.md,
+"""LoRA-Dash, NEAT, AdaMoLE, upcycled full-FT MoE and prefix tuning: the exact identities of their papers,
 their parameter counts on tiny models and on the real architectures (meta device), save/load and training."""
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from transformers import TrainerCallback
 
 import bench.run
 import methods.lora_dash
-from bench.config import CONF_DIR
-from bench.errors import ConfigError
 from bench.measure import count_params
 from bench.models import load_model
 from bench.param_count import meta_model
+from core.errors import ConfigError
+from core.paths import CONF_DIR
 from methods.adamole import AdaMoleLayer
 from methods.base import RunContext, get_method
 from methods.ft_moe import UpcycledLinear, expert_linears, upcycled_layers
@@ -132,7 +132,7 @@ def test_lora_dash_params_are_loras_plus_s_dash_per_matrix(spec: DictConfig) -> 
 
 
 def test_lora_dash_on_llama_7b_adds_1280_to_lora() -> None:
-    """METHODS_MORE: 8 per matrix over 32 layers × 5 matrices, "+1.3k", independent of r."""
+    """8 per matrix over 32 layers × 5 matrices, "+1.3k", independent of r."""
     dash, _, heads = meta_adapted(LLAMA_7B, "causal-lm", "lora_dash", 32, LLAMA_T5)
     lora, _, _ = meta_adapted(LLAMA_7B, "causal-lm", "lora", 32, LLAMA_T5)
     assert adapter_count(dash, heads) - adapter_count(lora, heads) == 1280
@@ -207,8 +207,10 @@ def test_lora_dash_switches_on_a_bf16_base_and_trains_delta_under_autocast() -> 
 
 
 def test_lora_dash_count_forwards_switches_at_the_t_th_call() -> None:
-    """The reference: calls 0..t−1 are plain LoRA, call t (eval ones included) selects and already adds δ = 0."""
-    _, model, method, params = build("lora_dash", 4, count_forwards=True, t=3)
+    """The reference (the default): calls 0..t−1 are plain LoRA, call t (eval ones included) selects and already
+    adds δ = 0."""
+    _, model, method, params = build("lora_dash", 4, t=3)
+    assert params.count_forwards is True
     assert method.callbacks(model, params, context()) == []
     perturb_lora(model, size=0.3)
     layers = adapter_layers_of(model, LoraDashLayer)
@@ -225,7 +227,20 @@ def test_lora_dash_refuses_bad_settings() -> None:
         build("lora_dash", 4, t=0)
 
 
-def test_lora_dash_delta_trains_only_after_step_t_in_a_real_run(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("count_forwards", "active", "first_moved"),
+    [
+        # the default, the reference's counter: with 2 micro-batches per step, step 1 is calls 0-1 and step 2's
+        # first micro-batch is call 2 = t, which switches: δ already trains in step 2
+        (None, [False, True, True, True], 2),
+        # optimizer steps: the switch at the end of step 2, δ trains from step 3
+        (False, [False, True, True, True], 3),
+    ],
+    ids=["forward-calls-default", "optimizer-steps"],
+)
+def test_lora_dash_switches_as_counted_in_a_real_run(
+    store: Path, monkeypatch: pytest.MonkeyPatch, count_forwards: bool | None, active: list[bool], first_moved: int
+) -> None:
     seen: list[tuple[int, bool, torch.Tensor, torch.Tensor]] = []
     real = methods.lora_dash.LoraDash.callbacks
 
@@ -243,12 +258,15 @@ def test_lora_dash_delta_trains_only_after_step_t_in_a_real_run(store: Path, mon
         return [*real(self, model, params, ctx), Recorder(model)]
 
     monkeypatch.setattr(methods.lora_dash.LoraDash, "callbacks", with_recorder)
-    record = bench.run.run(compose_run(store, "method=lora_dash", "method.t=2", "trainer.max_steps=4", "lr=1e-3"))
+    overrides = ["method=lora_dash", "method.t=2", "trainer.max_steps=4", "trainer.gradient_accumulation_steps=2"]
+    overrides += [] if count_forwards is None else [f"method.count_forwards={str(count_forwards).lower()}"]
+    record = bench.run.run(compose_run(store, *overrides, "lr=1e-3"))
     assert record["status"] == "ok", record["error"]
-    assert [(step, active) for step, active, _, _ in seen] == [(1, False), (2, True), (3, True), (4, True)]
+    assert record["config"]["method"]["count_forwards"] is (count_forwards is not False)
+    assert [(step, on) for step, on, _, _ in seen] == list(zip([1, 2, 3, 4], active, strict=True))
     deltas = [delta for _, _, delta, _ in seen]
-    assert all(torch.count_nonzero(d) == 0 for d in deltas[:2])  # steps 1, 2: LoRA alone (switch at the end of 2)
-    assert torch.count_nonzero(deltas[2]) > 0 and not torch.equal(deltas[2], deltas[3])  # steps 3, 4: δ trains
+    assert all(torch.count_nonzero(d) == 0 for d in deltas[: first_moved - 1])  # LoRA alone before the switch
+    assert torch.count_nonzero(deltas[first_moved - 1]) > 0 and not torch.equal(deltas[2], deltas[3])  # δ trains
     assert not torch.equal(seen[0][3], seen[1][3])  # LoRA trains from the start (step 1 has lr 0: warm-up)
 
 
@@ -422,7 +440,7 @@ def test_ft_moe_ffn_upcycles_only_the_feed_forward_linears() -> None:
 
 
 def test_ft_moe_on_roberta_large_is_695_8_percent() -> None:
-    """P + (E−1)·P_lin + E·Σin over the model's P, head included on both sides (METHODS_MORE: 695.8%)."""
+    """P + (E−1)·P_lin + E·Σin over the model's P, head included on both sides (695.8% for LLaMA-7B)."""
     model = meta_model(ROBERTA_LARGE, "sequence-classification", num_labels=2)
     total = sum(p.numel() for p in model.parameters())
     method = get_method("ft_moe")

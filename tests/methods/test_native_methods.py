@@ -12,9 +12,9 @@ from omegaconf import DictConfig, OmegaConf
 from peft import PeftModel
 
 import bench.run
-from bench.config import CONF_DIR
-from bench.errors import ConfigError
 from bench.measure import count_params
+from core.errors import ConfigError
+from core.paths import CONF_DIR
 from methods.adamole import AdaMoleLayer
 from methods.base import get_method
 from methods.goat import segment_indices
