@@ -35,7 +35,7 @@ def test_perf_table_shape_and_ratios(tmp_path: Path) -> None:
 def test_cpu_clock_times_the_process_and_is_refused_on_a_gpu(tmp_path: Path) -> None:
     import torch
 
-    from bench.errors import ConfigError
+    from core.errors import ConfigError
     from bench.perf import check_clock
 
     table = run_perf("tiny-roberta", ["pissa"], 8, 2, 8, steps=2, warmup=1, device="cpu", rounds=1, clock="cpu")
