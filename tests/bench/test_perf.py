@@ -32,6 +32,19 @@ def test_perf_table_shape_and_ratios(tmp_path: Path) -> None:
     assert (tmp_path / "cpu_tiny.csv").read_text().splitlines()[0].startswith("method,step_ms,vs_floor")
 
 
+def test_cpu_clock_times_the_process_and_is_refused_on_a_gpu(tmp_path: Path) -> None:
+    import torch
+
+    from core.errors import ConfigError
+    from bench.perf import check_clock
+
+    table = run_perf("tiny-roberta", ["pissa"], 8, 2, 8, steps=2, warmup=1, device="cpu", rounds=1, clock="cpu")
+    assert table.attrs["clock"] == "cpu" and (table["step_ms"] > 0).all()
+    assert "CPU time per step, `--clock cpu`" in write_table(table, tmp_path, "cpu_clock").read_text()
+    with pytest.raises(ConfigError, match="--clock='cpu' is not valid on cuda; valid: wall, or cpu on a CPU"):
+        check_clock("cpu", torch.device("cuda"))
+
+
 def test_the_floor_backpropagates_through_every_layer_without_weight_gradients() -> None:
     import torch
 
