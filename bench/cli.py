@@ -37,18 +37,18 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _grid(args: argparse.Namespace) -> int:
-    from bench.grid import describe, estimate_gpu_hours, grid_axes, grid_points, sweep_config
+    from bench.grid import describe, estimate_gpu_hours, resolve_grid, sweep_config
 
     cfg = sweep_config(args.sweep)
     store = args.store or cfg.store.root
-    axes = grid_axes(cfg)
+    grid = resolve_grid(args.sweep)
     extra = {
         "model": cfg.model.name,
         "data": cfg.data,
         "store": f"{store}/{cfg.sweep}",
-        "estimate": estimate_gpu_hours(store, cfg.sweep, len(grid_points(axes))),
+        "estimate": estimate_gpu_hours(store, cfg.sweep, len(grid.runs)),
     }
-    print(describe(args.sweep, axes, extra))
+    print(describe(grid, extra, points=args.points))
     return 0
 
 
@@ -78,29 +78,22 @@ def _status(args: argparse.Namespace) -> int:
             print(f"  failed {record['run_id']} {record['method']} {record['task']} rank={record['rank']} "
                   f"lr={record['lr']:g} seed={record['seed']}: {record['error']}")  # fmt: skip
     if args.grid:
-        missing = _missing_points(args.sweep, by_id)
-        print(f"missing: {len(missing)} grid points without a complete record")
+        from bench.grid import resolve_grid
+
+        grid = resolve_grid(args.sweep)
+        missing = _missing_points(grid.first_points(), by_id)
+        print(f"missing: {len(missing)} of {len(grid.runs)} runs without a complete record "
+              f"({len(grid.points)} grid points)")  # fmt: skip
         for point in missing:
             print("  python -m bench.run sweep=" + args.sweep + " " + " ".join(f"{k}={v}" for k, v in point.items()))
     return 0
 
 
-def _missing_points(sweep: str, by_id: dict[str, dict]) -> list[dict[str, str]]:
-    """Grid points whose run_id has no ok/diverged record (duplicates of one run_id listed once)."""
-    from bench.grid import grid_axes, grid_points, sweep_config
-    from bench.run import identify
+def _missing_points(first_points: dict[str, dict[str, str]], by_id: dict[str, dict]) -> list[dict[str, str]]:
+    """The first grid point of each run whose run_id has no ok/diverged record (a run's other points not listed)."""
     from bench.store import COMPLETED
 
-    missing, seen = [], set()
-    for point in grid_points(grid_axes(sweep_config(sweep))):
-        cfg = sweep_config(sweep, [f"{k}={v}" for k, v in point.items()])
-        run_id = identify(cfg)[-1]
-        if run_id in seen:
-            continue
-        seen.add(run_id)
-        if by_id.get(run_id, {}).get("status") not in COMPLETED:
-            missing.append(point)
-    return missing
+    return [point for run_id, point in first_points.items() if by_id.get(run_id, {}).get("status") not in COMPLETED]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,12 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="count done / diverged / failed runs of a sweep")
     status.add_argument("sweep")
     status.add_argument("--store", default=DEFAULT_STORE, help="results store root (default: %(default)s)")
-    status.add_argument("--grid", action="store_true", help="also list grid points with no record yet")
+    status.add_argument("--grid", action="store_true", help="also list the runs of the grid with no record yet")
     status.set_defaults(handler=_status)
 
-    grid = commands.add_parser("grid", help="print a sweep's grid, its size and a GPU-hours estimate; run nothing")
+    grid = commands.add_parser(
+        "grid", help="print a sweep's grid, what its protocol rules change, its distinct runs; run nothing"
+    )
     grid.add_argument("sweep")
     grid.add_argument("--store", default=None, help="results store root (default: the sweep's store.root)")
+    grid.add_argument("--points", action="store_true", help="also list every run with the values it trains with")
     grid.set_defaults(handler=_grid)
 
     fetch = commands.add_parser("prefetch", help="download every hub model and dataset a sweep needs (login node)")
