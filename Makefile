@@ -49,7 +49,7 @@ test-browser: setup
 	$(BIN)/python -m pytest -m browser
 
 # LoRA x 3 learning rates and full FT, then nine other methods each at an lr that suits it, all at rank 8
-# x 2 seeds x 2 epochs on MiniLM x offline SST-2 (CPU, 30 runs, ~13 min on 2 cores). Both grids write to
+# x 2 seeds x 2 epochs on MiniLM x offline SST-2 (CPU, 26 runs, ~13 min on 2 cores). Both grids write to
 # the sweep "demo"; one report.
 demo: setup
 	@start=$$(date +%s); \
@@ -69,10 +69,11 @@ demo-llm: setup
 # Any sweep in conf/sweep/, dashes for underscores: reproduce-glue, reproduce-goat-t4,
 # reproduce-subspace-t2 (t3, t4), reproduce-singlora-t1 (t2), reproduce-gsm8k, reproduce-commonsense,
 # reproduce-vit, reproduce-goat-t1 (t2, t3, t6). Hub data: internet (or a prefetched HF cache)
-# and a GPU. DRY=1 prints the grid, its size and a GPU-hours estimate, and runs nothing.
+# and a GPU. DRY=1 prints the grid (its points and the distinct runs they are once the protocol rules apply) and
+# its plan (tokens, FLOPs, peak memory and GPU-hours of every run; docs/plan.md), and runs nothing.
 reproduce-%: setup
 ifdef DRY
-	$(BIN)/peftbench grid $(subst -,_,$*)
+	$(BIN)/peftbench grid $(subst -,_,$*) && $(BIN)/peftbench plan $(subst -,_,$*)
 else
 	$(BIN)/python -m bench.run sweep=$(subst -,_,$*) && $(BIN)/peftbench report $(subst -,_,$*)
 endif

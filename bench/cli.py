@@ -52,6 +52,21 @@ def _grid(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan(args: argparse.Namespace) -> int:
+    from bench.plan import check_store, describe_check, describe_plan, plan_data, plan_sweep, write_csv
+
+    if args.gpu is not None and args.gpu != "cpu" and args.gpu not in plan_data()["gpus"]:
+        raise ConfigError(f"--gpu {args.gpu!r} is not known; valid choices: cpu, {', '.join(plan_data()['gpus'])}")
+    if args.check:
+        print(describe_check(args.sweep, check_store(args.sweep, args.store)))
+        return 0
+    plan = plan_sweep(args.sweep, args.overrides, args.gpu, args.gpus, args.store)
+    print(describe_plan(plan, detail=args.runs))
+    if args.csv:
+        print(f"written: {write_csv(plan, args.csv)}")
+    return 0
+
+
 def _prefetch(args: argparse.Namespace) -> int:
     from bench.prefetch import prefetch
 
@@ -123,6 +138,20 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--store", default=None, help="results store root (default: the sweep's store.root)")
     grid.add_argument("--points", action="store_true", help="also list every run with the values it trains with")
     grid.set_defaults(handler=_grid)
+
+    plan = commands.add_parser(
+        "plan", help="what each distinct run of a sweep costs: tokens, FLOPs, peak memory, GPU-hours; runs nothing"
+    )
+    plan.add_argument("sweep")
+    plan.add_argument("overrides", nargs="*", help="Hydra overrides narrowing or changing the grid, e.g. task=glue_rte")
+    plan.add_argument("--gpu", help="the device to plan for: cpu (this machine) or a GPU of bench/plan_data.yaml "
+                      "(default: cpu for a sweep of local models, else h100)")  # fmt: skip
+    plan.add_argument("--gpus", type=int, default=1, help="GPUs the runs are spread over, one run each (wall time)")
+    plan.add_argument("--store", default=DEFAULT_STORE, help="records that calibrate the rate (default: %(default)s)")
+    plan.add_argument("--check", action="store_true", help="predicted vs recorded seconds of the sweep's records")
+    plan.add_argument("--runs", action="store_true", help="also one line per run's cost")
+    plan.add_argument("--csv", help="write every run's plan to this CSV file")
+    plan.set_defaults(handler=_plan)
 
     fetch = commands.add_parser("prefetch", help="download every hub model and dataset a sweep needs (login node)")
     fetch.add_argument("sweep")

@@ -15,8 +15,10 @@ For each run of the grid (`bench.grid.resolve_grid`: points after `protocol_rule
   (forward, activation and weight gradients); a model whose only trainable part is its head runs forward only.
 - **Peak memory.** Weights in their dtype (trainables in float32, as every method keeps them), gradients and
   AdamW's two states of the trainables (4 + 8 bytes each), activations per layer (8h + 2f elements per token, 8h +
-  4f for a gated MLP; bf16 under autocast, else float32) for the batch x length, a causal LM's logits, and when
-  generating the KV cache (2 L kv_heads head_dim x (prompt + new) x batch x beams); which of 24/40/80/141 GiB fit.
+  4f for a gated MLP; bf16 under autocast, else float32; plus the float32 copy of each adapted matmul's input that
+  float32 adapters keep under autocast) for the batch x length, autocast's bf16 copy of float32 weights, a causal
+  LM's logits, and when generating the KV cache (2 L kv_heads head_dim x (prompt + new) x batch x beams); which of
+  24/40/80/141 GiB each run fits. Method-specific buffers (DoRA's weight norms, MoE routing) are not modelled.
 - **Time.** FLOPs / (peak bf16 FLOP/s x utilisation) on a named GPU (decoding: each step at least the time to
   read the weights), and on this machine's CPU from its measured FLOP/s. The utilisation and each method's
   overhead over its FLOPs come from the step-time tables in docs/perf/ (the base rows give the rate, each method's
@@ -128,6 +130,12 @@ class Arch:
     total_params: int
     head_params: int
     image_tokens: int | None
+    layer_inputs: tuple[tuple[str, int], ...] = ()  # each matmul of one block: (its name in the block, in_features)
+
+    def adapted_inputs(self, targets: list[str]) -> int:
+        """The input features of one block's matmuls that `targets` adapt (PEFT's rule: the name or its last parts)."""
+        return sum(width for name, width in self.layer_inputs
+                   if any(name == t or name.endswith("." + t) for t in targets))  # fmt: skip
 
 
 @functools.cache
@@ -149,12 +157,17 @@ def _arch(model_json: str, kind: str, labels: int) -> Arch:
     text = text or config
     heads_names = list(model_cfg.get("head_modules") or []) if kind != "causal-lm" else []
     matmul = 0
+    layer_inputs = []
     for name, module in model.named_modules():
         once = any(part in name.split(".") for part in [*heads_names, "pooler", "text_model"])
         if once:
             continue
         if isinstance(module, torch.nn.Linear | Conv1D):
             matmul += module.weight.numel()
+            block = re.match(r".*?\.0\.(.+)$", name)  # a module of the first block: its name inside the block
+            if block:
+                width = module.in_features if isinstance(module, torch.nn.Linear) else module.weight.shape[0]
+                layer_inputs.append((block.group(1), width))
         elif isinstance(module, torch.nn.Conv2d):  # a patch embedding: one matmul per patch
             matmul += module.weight.numel()
     total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
@@ -170,7 +183,7 @@ def _arch(model_json: str, kind: str, labels: int) -> Arch:
         head_dim=getattr(text, "head_dim", None) or hidden // heads, ffn=text.intermediate_size,
         vocab=getattr(text, "vocab_size", 0), gated=model_type in ("llama", "mistral", "qwen2"),
         causal=kind == "causal-lm", matmul_params=matmul, total_params=total, head_params=head_params,
-        image_tokens=image_tokens,
+        image_tokens=image_tokens, layer_inputs=tuple(layer_inputs),
     )  # fmt: skip
 
 
@@ -385,11 +398,17 @@ def run_cost(experiment: dict[str, Any], device: str) -> RunCost:
     frozen = total - trainable
     weights = frozen * base_bytes + trainable * 4
     memory = {"weights": weights, "gradients": trainable * 4.0, "optimizer": trainable * float(ADAMW_STATE_BYTES)}
-    per_token = (8 * arch.hidden + (4 if arch.gated else 2) * arch.ffn) * act_bytes
-    activations = arch.layers * batch * seq_train * per_token if trains_layers else batch * seq_train * arch.hidden * act_bytes
+    act_per_token = (8 * arch.hidden + (4 if arch.gated else 2) * arch.ffn) * act_bytes
+    if act_bytes == 2 and not full_like:  # float32 adapters under autocast keep a float32 copy of each input
+        targets = method.get("target_modules") or model.get("target_modules") or []
+        act_per_token += 4 * arch.adapted_inputs(list(targets))
+    activations = (arch.layers * batch * seq_train * act_per_token if trains_layers
+                   else batch * seq_train * arch.hidden * act_bytes)  # fmt: skip
     scores = batch * arch.heads * seq_train**2 * act_bytes  # one layer's attention probabilities, transient
     logits = batch * seq_train * arch.vocab * (act_bytes + 8) if generative else 0.0
-    memory["activations"] = activations + scores + logits
+    # autocast keeps a bf16 copy of each float32 weight it multiplies by until the forward ends
+    cast_cache = 2 * n if act_bytes == 2 and base_bytes == 4 else 0
+    memory["activations"] = activations + scores + logits + cast_cache
     memory["generation"] = gen_peak
     train_peak = weights + memory["gradients"] + memory["optimizer"] + memory["activations"]
     memory["peak"] = max(train_peak, weights + memory["optimizer"] + gen_peak)
@@ -625,8 +644,10 @@ def plan_sweep(sweep: str, overrides: list[str] | None = None, device: str | Non
 
     if gpus < 1:
         raise ConfigError(f"--gpus {gpus} is not valid; give a positive integer")
-    device = device or plan_data()["default_gpu"]
     grid = resolve_grid(sweep, overrides)
+    if device is None:  # a sweep of models on this machine (the demos) runs on its CPU; the paper sweeps on a GPU
+        local = all(e["model"].get("source") != "hub" for e in grid.experiments.values())
+        device = "cpu" if local else plan_data()["default_gpu"]
     records = _all_records(RunStore(store)) if store else []
     calibration = calibrate(device, records)
     shared: dict[str, RunCost] = {}
@@ -772,3 +793,24 @@ def describe_check(sweep: str, rows: list[CheckRow]) -> str:
     else:
         lines.append("peak memory: no GPU record (a CPU's resident set is not the model's peak; see docs/plan.md)")
     return "\n".join(lines)
+
+
+CSV_FIELDS = ("run_id", "method", "model", "task", "rank", "lr", "seed", "train_rows", "steps", "train_tokens",
+              "eval_tokens", "generated_tokens", "train_flops", "eval_flops", "trainable", "total_params",
+              "weights_gib", "gradients_gib", "optimizer_gib", "activations_gib", "generation_gib", "peak_gib",
+              "fits_gib", "train_seconds", "eval_seconds", "seconds")  # fmt: skip
+
+
+def write_csv(plan: SweepPlan, path: str) -> Path:
+    """One row per run: its key, tokens, FLOPs, parameters, memory parts (GiB), smallest fitting GPU and seconds."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        for cost in plan.runs:
+            row = {**cost.key, **{f"{k}_gib": v / GIB for k, v in cost.memory.items() if k != "peak"}}
+            row.update(peak_gib=cost.peak_gib, fits_gib=cost.fits())
+            row.update({k: getattr(cost, k) for k in CSV_FIELDS if hasattr(cost, k) and k != "peak_gib"})
+            writer.writerow({k: row.get(k) for k in CSV_FIELDS})
+    return out
