@@ -15,8 +15,8 @@ For each run of the grid (`bench.grid.resolve_grid`: points after `protocol_rule
   (forward, activation and weight gradients); a model whose only trainable part is its head runs forward only.
 - **Peak memory.** Weights in their dtype (trainables in float32, as every method keeps them), gradients and
   AdamW's two states of the trainables (4 + 8 bytes each), activations per layer (8h + 2f elements per token, 8h +
-  4f for a gated MLP; bf16 under autocast, else float32; plus the float32 copy of each adapted matmul's input that
-  float32 adapters keep under autocast) for the batch x length, autocast's bf16 copy of float32 weights, a causal
+  4f for a gated MLP; bf16 under autocast, else float32) for the batch x length, autocast's bf16 copy of float32
+  weights, a causal
   LM's logits, and when generating the KV cache (2 L kv_heads head_dim x (prompt + new) x batch x beams); which of
   24/40/80/141 GiB each run fits. Method-specific buffers (DoRA's weight norms, MoE routing) are not modelled.
 - **Time.** FLOPs / (peak bf16 FLOP/s x utilisation) on a named GPU (decoding: each step at least the time to
@@ -130,12 +130,6 @@ class Arch:
     total_params: int
     head_params: int
     image_tokens: int | None
-    layer_inputs: tuple[tuple[str, int], ...] = ()  # each matmul of one block: (its name in the block, in_features)
-
-    def adapted_inputs(self, targets: list[str]) -> int:
-        """The input features of one block's matmuls that `targets` adapt (PEFT's rule: the name or its last parts)."""
-        return sum(width for name, width in self.layer_inputs
-                   if any(name == t or name.endswith("." + t) for t in targets))  # fmt: skip
 
 
 @functools.cache
@@ -157,17 +151,12 @@ def _arch(model_json: str, kind: str, labels: int) -> Arch:
     text = text or config
     heads_names = list(model_cfg.get("head_modules") or []) if kind != "causal-lm" else []
     matmul = 0
-    layer_inputs = []
     for name, module in model.named_modules():
         once = any(part in name.split(".") for part in [*heads_names, "pooler", "text_model"])
         if once:
             continue
         if isinstance(module, torch.nn.Linear | Conv1D):
             matmul += module.weight.numel()
-            block = re.match(r".*?\.0\.(.+)$", name)  # a module of the first block: its name inside the block
-            if block:
-                width = module.in_features if isinstance(module, torch.nn.Linear) else module.weight.shape[0]
-                layer_inputs.append((block.group(1), width))
         elif isinstance(module, torch.nn.Conv2d):  # a patch embedding: one matmul per patch
             matmul += module.weight.numel()
     total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
@@ -180,10 +169,11 @@ def _arch(model_json: str, kind: str, labels: int) -> Arch:
     return Arch(
         layers=text.num_hidden_layers, hidden=hidden, heads=heads,
         kv_heads=getattr(text, "num_key_value_heads", None) or heads,
-        head_dim=getattr(text, "head_dim", None) or hidden // heads, ffn=text.intermediate_size,
+        head_dim=getattr(text, "head_dim", None) or hidden // heads,
+        ffn=getattr(text, "intermediate_size", None) or getattr(text, "n_inner", None) or 4 * hidden,
         vocab=getattr(text, "vocab_size", 0), gated=model_type in ("llama", "mistral", "qwen2"),
         causal=kind == "causal-lm", matmul_params=matmul, total_params=total, head_params=head_params,
-        image_tokens=image_tokens, layer_inputs=tuple(layer_inputs),
+        image_tokens=image_tokens,
     )  # fmt: skip
 
 
@@ -192,18 +182,18 @@ def arch_of(model_cfg: dict[str, Any], kind: str, labels: int) -> Arch:
 
 
 @functools.cache
-def _trainable(experiment_json: str) -> tuple[int, int, int]:
-    """(adapter, head, backbone) parameters of a run's method on its model's architecture (meta device)."""
+def _adapter_params(counted_json: str) -> int:
+    """The trainable parameters a run's method adds or frees outside the task head, counted by applying it to the
+    model's architecture on the meta device (`bench.param_count`). They depend on the method, the model, the rank
+    and the kind of task, not on the task's labels (the head is counted apart) or its data: one count serves all."""
     from bench.param_count import count_on_meta
 
-    experiment = json.loads(experiment_json)
-    cfg = OmegaConf.create({k: experiment[k] for k in ("method", "model", "task", "trainer", "data")})
-    cfg.rank = experiment["rank"] if experiment["rank"] is not None else 8
+    cfg = OmegaConf.create(json.loads(counted_json))
+    cfg.rank = cfg.rank if cfg.rank is not None else 8
     cfg.lr, cfg.seed = 1e-4, 0  # neither changes a count
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        count = count_on_meta(cfg)
-    return count.adapter, count.head, count.backbone
+        return count_on_meta(cfg).adapter
 
 
 # ---------------------------------------------------------------- one run
@@ -302,8 +292,11 @@ def run_cost(experiment: dict[str, Any], device: str) -> RunCost:
     kind = task_obj.model_kind
     labels = int(task.get("num_labels") or 2)
     arch = arch_of(model, kind, labels)
-    counted = {k: v for k, v in experiment.items() if k not in ("lr", "seed", "inputs")}
-    adapter, head, backbone = _trainable(json.dumps(counted, sort_keys=True, default=str))
+    counted = {"method": method, "model": model, "rank": experiment["rank"], "trainer": trainer, "data": "hub",
+               "task": {"name": task["name"], "family": task["family"], "num_labels": 2}}  # fmt: skip
+    adapter = _adapter_params(json.dumps(counted, sort_keys=True, default=str))
+    head = arch.head_params
+    backbone = arch.total_params - head
     full_like = adapter >= backbone  # full fine-tuning (or an upcycled MoE of it): every base weight trains
     extra = max(adapter - backbone, 0) if full_like else adapter
     trains_layers = adapter > 0 and get_method(method["name"], method.get("module")).trains
@@ -394,24 +387,13 @@ def run_cost(experiment: dict[str, Any], device: str) -> RunCost:
         eval_tokens *= evaluations
         eval_flops *= evaluations
 
-    # memory
-    frozen = total - trainable
-    weights = frozen * base_bytes + trainable * 4
-    memory = {"weights": weights, "gradients": trainable * 4.0, "optimizer": trainable * float(ADAMW_STATE_BYTES)}
-    act_per_token = (8 * arch.hidden + (4 if arch.gated else 2) * arch.ffn) * act_bytes
-    if act_bytes == 2 and not full_like:  # float32 adapters under autocast keep a float32 copy of each input
-        targets = method.get("target_modules") or model.get("target_modules") or []
-        act_per_token += 4 * arch.adapted_inputs(list(targets))
-    activations = (arch.layers * batch * seq_train * act_per_token if trains_layers
-                   else batch * seq_train * arch.hidden * act_bytes)  # fmt: skip
-    scores = batch * arch.heads * seq_train**2 * act_bytes  # one layer's attention probabilities, transient
-    logits = batch * seq_train * arch.vocab * (act_bytes + 8) if generative else 0.0
-    # autocast keeps a bf16 copy of each float32 weight it multiplies by until the forward ends
-    cast_cache = 2 * n if act_bytes == 2 and base_bytes == 4 else 0
-    memory["activations"] = activations + scores + logits + cast_cache
+    memory = training_memory(
+        arch, trainable=trainable, total=total, batch=batch, seq=seq_train, base_bytes=base_bytes,
+        act_bytes=act_bytes, trains_layers=trains_layers, full_like=full_like,
+    )  # fmt: skip
     memory["generation"] = gen_peak
-    train_peak = weights + memory["gradients"] + memory["optimizer"] + memory["activations"]
-    memory["peak"] = max(train_peak, weights + memory["optimizer"] + gen_peak)
+    memory["peak"] = max(memory["peak"], memory["weights"] + memory["optimizer"] + gen_peak)
+    weights = memory["weights"]
 
     key = {"method": method["name"], "model": model["name"], "task": task["name"], "rank": experiment["rank"],
            "lr": experiment["lr"], "seed": experiment["seed"]}  # fmt: skip
@@ -421,6 +403,31 @@ def run_cost(experiment: dict[str, Any], device: str) -> RunCost:
         total_params=total, memory=memory, lengths_source=source, weight_bytes_read=weights,
         decode_steps=decode_steps, prefill_flops=prefill_flops,
     )  # fmt: skip
+
+
+def training_memory(
+    arch: Arch, *, trainable: int, total: int, batch: int, seq: float, base_bytes: int, act_bytes: int,
+    trains_layers: bool, full_like: bool,
+) -> dict[str, float]:
+    """Bytes of a training step at its peak (after the forward, before the backward frees the activations).
+
+    weights: frozen ones in their dtype, trainables in float32; gradients (4 bytes) and AdamW's two states (8 bytes)
+    of the trainables; activations kept for the backward, per block and token 8h + 2f elements (8h + 4f for a gated
+    MLP) in the autocast dtype; one block's attention probabilities (transient); a causal LM's logits (bf16, and
+    the float32 loss's copy and gradient); and autocast's bf16 copy of every float32 weight it multiplies by (a
+    float32 base, or full fine-tuning's float32 trainables), kept until the forward ends. A model whose layers
+    train nothing keeps only its head's input. Checked against torch.cuda.max_memory_allocated on an H200
+    (tests/fixtures/plan_gpu/, docs/plan.md): within 15% for LoRA and full fine-tuning of RoBERTa and LLaMA blocks."""
+    weights = (total - trainable) * base_bytes + trainable * 4
+    per_token = (8 * arch.hidden + (4 if arch.gated else 2) * arch.ffn) * act_bytes
+    kept = arch.layers * batch * seq * per_token if trains_layers else batch * seq * arch.hidden * act_bytes
+    scores = batch * arch.heads * seq**2 * act_bytes
+    logits = batch * seq * arch.vocab * (act_bytes + 8) if arch.causal else 0.0
+    cast_cache = 2 * arch.matmul_params if act_bytes == 2 and (base_bytes == 4 or full_like) else 0
+    memory = {"weights": float(weights), "gradients": trainable * 4.0, "optimizer": trainable * float(ADAMW_STATE_BYTES),
+              "activations": kept + scores + logits + cast_cache}  # fmt: skip
+    memory["peak"] = memory["weights"] + memory["gradients"] + memory["optimizer"] + memory["activations"]
+    return memory
 
 
 def _weight_bytes(model: dict[str, Any], device: str) -> int:
