@@ -292,12 +292,16 @@ class _Combination:
             values = {key: self.parsed[key][i] for key, i in zip(keys, index, strict=True)}
             ckey = tuple(index[keys.index(k)] for k in composed)
             if ckey not in cache:
-                cache[ckey] = first if not any(ckey) else self.resolve({**self.first, **{k: values[k] for k in composed}})
+                cache[ckey] = (
+                    first if not any(ckey) else self.resolve({**self.first, **{k: values[k] for k in composed}})
+                )
             experiment = cache[ckey]
             for key, found in paths.items():
                 for path in found or []:
                     value = values[key]
-                    experiment = _with(experiment, path, float(value) if isinstance(_get(first, path), float) else value)
+                    experiment = _with(
+                        experiment, path, float(value) if isinstance(_get(first, path), float) else value
+                    )
             if any(paths[k] for k in keys if k not in composed):
                 _check_axes(experiment)
             yield strings, experiment
@@ -449,8 +453,9 @@ def describe(grid: ResolvedGrid, extra: dict[str, Any], points: bool = False) ->
         for run_id, point in grid.first_points().items():
             experiment = grid.experiments[run_id]
             resolved = " ".join(f"{k}={_short(_value_at(experiment, k), 24)}" for k in keys)
-            lines.append(f"  {run_id} {' '.join(f'{k}={v}' for k, v in point.items())} -> "
-                         f"lr={experiment['lr']:g} rank={experiment['rank']}{' ' + resolved if resolved else ''}")  # fmt: skip
+            values = " ".join(f"{k}={v}" for k, v in point.items())
+            tail = f" {resolved}" if resolved else ""
+            lines.append(f"  {run_id} {values} -> lr={experiment['lr']:g} rank={experiment['rank']}{tail}")
     return "\n".join(lines)
 
 

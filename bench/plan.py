@@ -141,7 +141,9 @@ def _arch(model_json: str, kind: str, labels: int) -> Arch:
     from methods.targets import in_head
 
     model_cfg = OmegaConf.create(json.loads(model_json))
-    head = {} if kind == "causal-lm" else {"num_labels": labels, **({"problem_type": "regression"} if labels == 1 else {})}
+    head = (
+        {} if kind == "causal-lm" else {"num_labels": labels, **({"problem_type": "regression"} if labels == 1 else {})}
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = meta_model(model_cfg, kind, **head)
@@ -155,9 +157,7 @@ def _arch(model_json: str, kind: str, labels: int) -> Arch:
         once = any(part in name.split(".") for part in [*heads_names, "pooler", "text_model"])
         if once:
             continue
-        if isinstance(module, torch.nn.Linear | Conv1D):
-            matmul += module.weight.numel()
-        elif isinstance(module, torch.nn.Conv2d):  # a patch embedding: one matmul per patch
+        if isinstance(module, torch.nn.Linear | Conv1D | torch.nn.Conv2d):  # Conv2d: a patch embedding, per patch
             matmul += module.weight.numel()
     total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     head_params = sum(p.numel() for n, p in model.named_parameters() if in_head(n, heads_names))
@@ -190,7 +190,7 @@ def _adapter_params(counted_json: str) -> int:
 
     cfg = OmegaConf.create(json.loads(counted_json))
     cfg.rank = cfg.rank if cfg.rank is not None else 8
-    cfg.lr, cfg.seed = 1e-4, 0  # neither changes a count
+    cfg.lr, cfg.seed, cfg.data = 1e-4, 0, "hub"  # none changes a count
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return count_on_meta(cfg).adapter
@@ -292,8 +292,9 @@ def run_cost(experiment: dict[str, Any], device: str) -> RunCost:
     kind = task_obj.model_kind
     labels = int(task.get("num_labels") or 2)
     arch = arch_of(model, kind, labels)
-    counted = {"method": method, "model": model, "rank": experiment["rank"], "trainer": trainer, "data": "hub",
-               "task": {"name": task["name"], "family": task["family"], "num_labels": 2}}  # fmt: skip
+    # what a count depends on: the method, the model, the rank and the kind of task (the head is counted apart)
+    counted = {"method": method, "model": model, "rank": experiment["rank"],
+               "task": {"name": task["family"], "family": task["family"], "num_labels": 2}}  # fmt: skip
     adapter = _adapter_params(json.dumps(counted, sort_keys=True, default=str))
     head = arch.head_params
     backbone = arch.total_params - head
@@ -363,7 +364,9 @@ def run_cost(experiment: dict[str, Any], device: str) -> RunCost:
         for rows in eval_rows.values():
             for b, count in _batches(rows, size):
                 prompt = lengths["eval"].mean(cap)  # prompts sorted by length: little padding
-                new = min(lengths["answer"].expected_max(b) + 1, new_cap) if settings.get("stop_early", True) else new_cap
+                new = (
+                    min(lengths["answer"].expected_max(b) + 1, new_cap) if settings.get("stop_early", True) else new_cap
+                )
                 eval_tokens += count * b * beams * prompt
                 generated += count * b * beams * new
                 prefill_flops += count * b * beams * prompt * (2 * n + attention(prompt))
@@ -406,8 +409,16 @@ def run_cost(experiment: dict[str, Any], device: str) -> RunCost:
 
 
 def training_memory(
-    arch: Arch, *, trainable: int, total: int, batch: int, seq: float, base_bytes: int, act_bytes: int,
-    trains_layers: bool, full_like: bool,
+    arch: Arch,
+    *,
+    trainable: int,
+    total: int,
+    batch: int,
+    seq: float,
+    base_bytes: int,
+    act_bytes: int,
+    trains_layers: bool,
+    full_like: bool,
 ) -> dict[str, float]:
     """Bytes of a training step at its peak (after the forward, before the backward frees the activations).
 
@@ -424,8 +435,10 @@ def training_memory(
     scores = batch * arch.heads * seq**2 * act_bytes
     logits = batch * seq * arch.vocab * (act_bytes + 8) if arch.causal else 0.0
     cast_cache = 2 * arch.matmul_params if act_bytes == 2 and (base_bytes == 4 or full_like) else 0
-    memory = {"weights": float(weights), "gradients": trainable * 4.0, "optimizer": trainable * float(ADAMW_STATE_BYTES),
-              "activations": kept + scores + logits + cast_cache}  # fmt: skip
+    memory = {
+        "weights": float(weights), "gradients": trainable * 4.0, "optimizer": trainable * float(ADAMW_STATE_BYTES),
+        "activations": kept + scores + logits + cast_cache,
+    }  # fmt: skip
     memory["peak"] = memory["weights"] + memory["gradients"] + memory["optimizer"] + memory["activations"]
     return memory
 
@@ -722,12 +735,13 @@ def describe_plan(plan: SweepPlan, detail: bool = False) -> str:
             seen[label] += 1
             first.setdefault(label, cost)
         for label, cost in first.items():
-            m = cost.memory
+            gib = {k: v / GIB for k, v in cost.memory.items()}
             lines.append(
                 f"  {label} x{seen[label]}: {cost.steps} steps, {_si(cost.train_tokens)} train tok, "
-                f"{_si(cost.train_flops + cost.eval_flops)}FLOP, {cost.trainable:,} trainable, peak {cost.peak_gib:.1f} "
-                f"GiB (weights {m['weights'] / GIB:.1f}, grads+AdamW {(m['gradients'] + m['optimizer']) / GIB:.1f}, "
-                f"act. {m['activations'] / GIB:.1f}, gen. {m['generation'] / GIB:.1f}), {cost.seconds:.0f} s"
+                f"{_si(cost.train_flops + cost.eval_flops)}FLOP, {cost.trainable:,} trainable, "
+                f"peak {cost.peak_gib:.1f} GiB (weights {gib['weights']:.1f}, "
+                f"grads+AdamW {gib['gradients'] + gib['optimizer']:.1f}, act. {gib['activations']:.1f}, "
+                f"gen. {gib['generation']:.1f}), {cost.seconds:.0f} s"
             )
     return "\n".join(lines)
 

@@ -38,7 +38,9 @@ def measure(task_name: str, tokenizer) -> dict:  # noqa: ANN001
     cfg.max_seq_length = 100000
     task = build_task(cfg)
     data = task.prepare("offline", tokenizer)
-    out: dict = {"offline_rows": {"train": len(data.train), "eval": {k or "eval": len(v) for k, v in data.evals.items()}}}
+    out: dict = {
+        "offline_rows": {"train": len(data.train), "eval": {k or "eval": len(v) for k, v in data.evals.items()}}
+    }
     out["train"] = quantiles([len(ids) for ids in data.train["input_ids"]])
     if task.model_kind == "causal-lm":
         out["eval"] = quantiles([len(ids) for rows in data.evals.values() for ids in rows["prompt_ids"]])

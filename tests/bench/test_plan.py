@@ -164,9 +164,7 @@ PAPER_SWEEPS = [s for s in group_choices("sweep") if s not in ("none",)]
 SLOW = {"subspace_t2", "subspace_t3", "subspace_t4"}  # 12,160 points each: a minute each on 2 busy cores
 
 
-@pytest.mark.parametrize(
-    "sweep", [pytest.param(s, marks=pytest.mark.slow) if s in SLOW else s for s in PAPER_SWEEPS]
-)
+@pytest.mark.parametrize("sweep", [pytest.param(s, marks=pytest.mark.slow) if s in SLOW else s for s in PAPER_SWEEPS])
 def test_plan_of_every_sweep_has_one_line_per_distinct_run(sweep: str) -> None:
     grid = resolve_grid(sweep)
     plan = plan_sweep(sweep)
