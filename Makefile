@@ -69,10 +69,11 @@ demo-llm: setup
 # Any sweep in conf/sweep/, dashes for underscores: reproduce-glue, reproduce-goat-t4,
 # reproduce-subspace-t2 (t3, t4), reproduce-singlora-t1 (t2), reproduce-gsm8k, reproduce-commonsense,
 # reproduce-vit, reproduce-goat-t1 (t2, t3, t6). Hub data: internet (or a prefetched HF cache)
-# and a GPU. DRY=1 prints the grid, its size and a GPU-hours estimate, and runs nothing.
+# and a GPU. DRY=1 prints the grid (its points and the distinct runs they are once the protocol rules apply) and
+# its plan (tokens, FLOPs, peak memory and GPU-hours of every run; docs/plan.md), and runs nothing.
 reproduce-%: setup
 ifdef DRY
-	$(BIN)/peftbench grid $(subst -,_,$*)
+	$(BIN)/peftbench grid $(subst -,_,$*) && $(BIN)/peftbench plan $(subst -,_,$*)
 else
 	$(BIN)/python -m bench.run sweep=$(subst -,_,$*) && $(BIN)/peftbench report $(subst -,_,$*)
 endif

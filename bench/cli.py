@@ -60,18 +60,33 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _grid(args: argparse.Namespace) -> int:
-    from bench.grid import describe, estimate_gpu_hours, grid_axes, grid_points, sweep_config
+    from bench.grid import describe, estimate_gpu_hours, resolve_grid, sweep_config
 
     cfg = sweep_config(args.sweep)
     store = args.store or cfg.store.root
-    axes = grid_axes(cfg)
+    grid = resolve_grid(args.sweep)
     extra = {
         "model": cfg.model.name,
         "data": cfg.data,
         "store": f"{store}/{cfg.sweep}",
-        "estimate": estimate_gpu_hours(store, cfg.sweep, len(grid_points(axes))),
+        "estimate": estimate_gpu_hours(store, cfg.sweep, len(grid.runs)),
     }
-    print(describe(args.sweep, axes, extra))
+    print(describe(grid, extra, points=args.points))
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from bench.plan import check_store, describe_check, describe_plan, plan_data, plan_sweep, write_csv
+
+    if args.gpu is not None and args.gpu != "cpu" and args.gpu not in plan_data()["gpus"]:
+        raise ConfigError(f"--gpu {args.gpu!r} is not known; valid choices: cpu, {', '.join(plan_data()['gpus'])}")
+    if args.check:
+        print(describe_check(args.sweep, check_store(args.sweep, args.store)))
+        return 0
+    plan = plan_sweep(args.sweep, args.overrides, args.gpu, args.gpus, args.store)
+    print(describe_plan(plan, detail=args.runs))
+    if args.csv:
+        print(f"written: {write_csv(plan, args.csv)}")
     return 0
 
 
@@ -100,36 +115,27 @@ def _status(args: argparse.Namespace) -> int:
             print(f"  failed {record['run_id']} {record['method']} {record['task']} rank={record['rank']} "
                   f"lr={record['lr']:g} seed={record['seed']}: {record['error']}")  # fmt: skip
     if args.grid:
+        from bench.grid import resolve_grid
         from bench.strategy import sweep_status
 
         lines = sweep_status(args.sweep, args.store, args.overrides)  # None under the default strategy, grid
         if lines is not None:  # two stages: the second as far as the store decides it
             print("\n".join(lines))
             return 0
-        missing = _missing_points(args.sweep, by_id, args.overrides)
-        print(f"missing: {len(missing)} grid points without a complete record")
+        grid = resolve_grid(args.sweep, args.overrides)
+        missing = _missing_points(grid.first_points(), by_id)
+        print(f"missing: {len(missing)} of {len(grid.runs)} runs without a complete record "
+              f"({len(grid.points)} grid points)")  # fmt: skip
         for point in missing:
             print("  python -m bench.run sweep=" + args.sweep + " " + " ".join(f"{k}={v}" for k, v in point.items()))
     return 0
 
 
-def _missing_points(sweep: str, by_id: dict[str, dict], overrides: list[str]) -> list[dict[str, str]]:
-    """Grid points whose run_id has no ok/diverged record (duplicates of one run_id listed once)."""
-    from bench.grid import sweep_config
-    from bench.run import identify
-    from bench.strategy import launch_points
+def _missing_points(first_points: dict[str, dict[str, str]], by_id: dict[str, dict]) -> list[dict[str, str]]:
+    """The first grid point of each run whose run_id has no ok/diverged record (a run's other points not listed)."""
     from core.store import COMPLETED
 
-    missing, seen = [], set()
-    for point in launch_points(sweep, overrides):
-        cfg = sweep_config(sweep, [f"{k}={v}" for k, v in point.items()])
-        run_id = identify(cfg)[-1]
-        if run_id in seen:
-            continue
-        seen.add(run_id)
-        if by_id.get(run_id, {}).get("status") not in COMPLETED:
-            missing.append(point)
-    return missing
+    return [point for run_id, point in first_points.items() if by_id.get(run_id, {}).get("status") not in COMPLETED]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,16 +159,33 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="count done / diverged / failed runs of a sweep")
     status.add_argument("sweep")
     status.add_argument("--store", default=DEFAULT_STORE, help="results store root (default: %(default)s)")
-    status.add_argument("--grid", action="store_true", help="also list grid points with no record yet")
+    status.add_argument("--grid", action="store_true", help="also list the runs of the grid with no record yet")
     status.add_argument(
         "overrides", nargs="*", help="with --grid: the launch's overrides, e.g. strategy=lr_then_seeds task=glue_rte"
     )
     status.set_defaults(handler=_status)
 
-    grid = commands.add_parser("grid", help="print a sweep's grid, its size and a GPU-hours estimate; run nothing")
+    grid = commands.add_parser(
+        "grid", help="print a sweep's grid, what its protocol rules change, its distinct runs; run nothing"
+    )
     grid.add_argument("sweep")
     grid.add_argument("--store", default=None, help="results store root (default: the sweep's store.root)")
+    grid.add_argument("--points", action="store_true", help="also list every run with the values it trains with")
     grid.set_defaults(handler=_grid)
+
+    plan = commands.add_parser(
+        "plan", help="what each distinct run of a sweep costs: tokens, FLOPs, peak memory, GPU-hours; runs nothing"
+    )
+    plan.add_argument("sweep")
+    plan.add_argument("overrides", nargs="*", help="Hydra overrides narrowing or changing the grid, e.g. task=glue_rte")
+    plan.add_argument("--gpu", help="the device to plan for: cpu (this machine) or a GPU of bench/plan_data.yaml "
+                      "(default: cpu for a sweep of local models, else h100)")  # fmt: skip
+    plan.add_argument("--gpus", type=int, default=1, help="GPUs the runs are spread over, one run each (wall time)")
+    plan.add_argument("--store", default=DEFAULT_STORE, help="records that calibrate the rate (default: %(default)s)")
+    plan.add_argument("--check", action="store_true", help="predicted vs recorded seconds of the sweep's records")
+    plan.add_argument("--runs", action="store_true", help="also one line per run's cost")
+    plan.add_argument("--csv", help="write every run's plan to this CSV file")
+    plan.set_defaults(handler=_plan)
 
     fetch = commands.add_parser(
         "prefetch", help="download every hub model and dataset a sweep needs at its locked commit (login node)"

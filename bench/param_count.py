@@ -36,14 +36,29 @@ class MetaCount:
     backbone: int
 
 
+def model_config_values(model_cfg: DictConfig) -> dict[str, Any]:
+    """The entry's config values (`model_type` included): its `hub_config`, its `config` (the tests' tiny models), or
+    the config of weights on this machine: a package's config.json (MiniLM), a GGUF file's header (SmolLM2)."""
+    if model_cfg.get("hub_config") is not None:
+        return OmegaConf.to_container(model_cfg.hub_config, resolve=True)
+    if model_cfg.source == "config":
+        return {"model_type": model_cfg.architecture, **OmegaConf.to_container(model_cfg.config, resolve=True)}
+    if model_cfg.source in ("package", "gguf"):
+        from core.assets import package_path
+
+        if model_cfg.source == "package":
+            config = AutoConfig.from_pretrained(str(package_path(model_cfg.package, model_cfg.subdir)))
+        else:
+            gguf = package_path(model_cfg.package, model_cfg.gguf_file)
+            config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        values = config.to_dict()
+        return {k: v for k, v in values.items() if k not in ("architectures", "transformers_version", "_name_or_path")}
+    raise ConfigError(f"model {model_cfg.name!r} has no hub_config: its dimensions are unknown offline")
+
+
 def meta_model(model_cfg: DictConfig, kind: str, **head: Any) -> torch.nn.Module:
     """The entry's architecture with its real dimensions on the meta device (no weights, no memory)."""
-    if model_cfg.get("hub_config") is not None:
-        values = OmegaConf.to_container(model_cfg.hub_config, resolve=True)
-    elif model_cfg.source == "config":
-        values = {"model_type": model_cfg.architecture, **OmegaConf.to_container(model_cfg.config, resolve=True)}
-    else:
-        raise ConfigError(f"model {model_cfg.name!r} has no hub_config: its dimensions are unknown offline")
+    values = model_config_values(model_cfg)
     model_type = values.pop("model_type")
     config = AutoConfig.for_model(model_type, **values, **head)
     with torch.device("meta"):

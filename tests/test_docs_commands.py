@@ -138,12 +138,13 @@ def test_every_make_command_names_real_targets(command: str) -> None:
     assert dry.returncode == 0, dry.stderr
 
 
-def test_make_reproduce_dry_runs_and_prints_the_grid() -> None:
+def test_make_reproduce_dry_runs_and_prints_the_grid_and_its_plan() -> None:
     command = next(c for c in MAKES if "DRY=1" in c)
     done = subprocess.run(["make", "-s", "-o", "setup", *shlex.split(strip_comment(command))[1:]],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)  # fmt: skip
+                          cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert re.search(r"sweep 'glue': 144 grid points", done.stdout), done.stdout
+    assert re.search(r"sweep 'glue': 144 grid points, 96 runs", done.stdout), done.stdout
+    assert re.search(r"plan of sweep 'glue': 144 grid points, 96 runs, on ", done.stdout), done.stdout
 
 
 def _capped(overrides: list[str], store: Path, hydra_dir: Path) -> list[str]:

@@ -80,15 +80,14 @@ def test_gpu_hours_estimate_from_recorded_runs(tmp_path: Path, capsys: pytest.Ca
         json.dumps({"run_id": "c", "sweep": "goat_t4", "status": "ok", "device": "cpu", "run_seconds": 9e9})
     )
     text = estimate_gpu_hours(str(tmp_path), "goat_t4", 126)
-    assert text.startswith("~1.3 GPU-hours for 126 points (median 36 s per run over 3 recorded runs on NVIDIA H100)")
-    text = estimate_gpu_hours(str(tmp_path), "goat_t4", 77)
+    assert text.startswith("~1.3 GPU-hours for 126 runs (median 36 s per run over 3 recorded runs on NVIDIA H100)")
     assert cli_main(["grid", "goat_t4", "--store", str(tmp_path)]) == 0
-    assert "~0.8 GPU-hours for 77 points" in capsys.readouterr().out
+    assert "~0.8 GPU-hours for 77 runs" in capsys.readouterr().out
 
 
 def test_status_lists_the_missing_points_once_per_run_id(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert cli_main(["status", "demo", "--store", str(tmp_path), "--grid"]) == 0
     out = capsys.readouterr().out
-    assert "missing: 8 grid points" in out  # 12 points; full FT runs at its one lr (a protocol rule): 2 runs
+    assert "missing: 8 of 8 runs without a complete record (12 grid points)" in out  # full FT: one lr (a rule)
     assert "python -m bench.run sweep=demo method=full task=glue_sst2 rank=8 lr=0.0005 seed=1" in out
     assert "method=full task=glue_sst2 rank=8 lr=0.002" not in out
