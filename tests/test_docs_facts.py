@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 
 from bench.config import CONF_DIR, group_choices
-from bench.grid import grid_axes, grid_points, sweep_config
-from bench.run import check_config, identify
+from bench.grid import resolve_grid
 from methods.base import method_names
 from tests.conftest import REPO
 
@@ -119,15 +118,14 @@ def test_every_repository_path_named_in_the_docs_exists() -> None:
 
 @functools.cache
 def runs_and_points(*sweeps: str, method: str | None = None) -> tuple[int, int]:
-    """Distinct runs (run_ids after protocol rules) and grid points of one or more sweeps (the demo is two), of one
-    method's points when `method` is given."""
+    """Distinct runs (run_ids after protocol rules, as `peftbench grid` counts them) and grid points of one or more
+    sweeps (the demo is two), of one method's points when `method` is given."""
     run_ids, points = set(), 0
     for sweep in sweeps:
-        for point in grid_points(grid_axes(sweep_config(sweep))):
-            composed = sweep_config(sweep, [f"{key}={value}" for key, value in point.items()])
-            if method is None or composed.method.name == method:
-                check_config(composed)
-                run_ids.add(identify(composed)[-1])
+        grid = resolve_grid(sweep)
+        for point, run_id in zip(grid.points, grid.run_ids, strict=True):
+            if method is None or point.get("method", grid.experiments[run_id]["method"]["name"]) == method:
+                run_ids.add(run_id)
                 points += 1
     return len(run_ids), points
 
@@ -156,6 +154,13 @@ FACTS: list[tuple[str, Callable[[], int]]] = [
     (r"full FT by a protocol rule: (\d+) runs", lambda: _demo_full()[0]),
     (r"the other (\d+) points are the same run_ids", lambda: _demo_full()[1] - _demo_full()[0]),
     (r"reproduce-glue .*\((\d+) runs", lambda: runs_and_points("glue")[0]),
+    (r"reproduce-glue .*\((\d+) points", lambda: runs_and_points("glue")[1]),
+    (r"reproduce-glue .*points, (\d+) runs", lambda: runs_and_points("glue")[0]),
+    (r"`glue` is (\d+) points", lambda: runs_and_points("glue")[1]),
+    (r"`glue` is \d+ points but (\d+) runs", lambda: runs_and_points("glue")[0]),
+    (r"`demo` (\d+) points", lambda: runs_and_points("demo")[1]),
+    (r"`demo` \d+ points but (\d+) runs", lambda: runs_and_points("demo")[0]),
+
     (r"reproduce-glue .*runs, (\d+) grid points", lambda: runs_and_points("glue")[1]),
     (r"strategy=lr_then_seeds .*?(\d+) runs", lambda: sum(two_stage_demo())),
     (r"stage 1 \(seed 0 over the lr grid\): (\d+) runs", lambda: two_stage_demo()[0]),
