@@ -4,7 +4,7 @@ Stages, in order, each a child process with its share of the time left (what a s
 
 1. `peftbench perf` on `llama7b-layers` at 8 × 1024 and at 4 × 512 tokens: every method that applies, the floor
    row and PEFT's LoRA, interleaved rounds (`perf_b8x1024`, `perf_b4x512`);
-2. a short bf16 CUDA run through `bench.run` of one method of every family (`FAMILIES`) on the offline models:
+2. a short bf16 CUDA run through `peftbench.bench.run` of one method of every family (`FAMILIES`) on the offline models:
    MiniLM × SST-2 classification (`runs_minilm`) and SmolLM2-135M × GSM8K generation with the adapters merged
    (`runs_smollm2`), each recording CUDA peak memory, training samples/s, generated tokens/s and `eval_seconds`;
 3. a one-GPU `torchrun` run of one `trainer=fsdp` step (`torchrun_fsdp`): the launcher, the distributed
@@ -93,7 +93,7 @@ def free_port() -> int:
 
 def records(store: Path) -> list[dict[str, Any]]:
     """The runs' records of a stage's store (every sweep of it), in the order they were written."""
-    from core.store import RunStore
+    from peftbench.core.store import RunStore
 
     runs = RunStore(store)
     found = [r for sweep in runs.sweeps() for r in runs.iter_records(sweep)]
@@ -165,8 +165,9 @@ def stages(folder: Path, dry: bool) -> list[Stage]:
 
     def perf(batch: int, seq: int) -> Callable[[float], list[str]]:
         # perf starts no row past 80% of the stage's share less a row's worth, so its table is written in time
-        return lambda limit: [*python, "-m", "bench.cli", "perf", *perf_args, *perf_common, "--batch", str(batch),
-                              "--seq", str(seq), "--budget", str(max(0.8 * limit - 30, 0))]  # fmt: skip
+        return lambda limit: [*python, "-m", "peftbench.bench.cli", "perf", *perf_args, *perf_common,
+                              "--batch", str(batch), "--seq", str(seq),
+                              "--budget", str(max(0.8 * limit - 30, 0))]  # fmt: skip
 
     def worker(name: str, kind: str, overrides: list[str]) -> Callable[[float], list[str]]:
         spec = {"store": str(store / name), "methods": methods[kind], "overrides": [*offline, *overrides]}
@@ -175,7 +176,7 @@ def stages(folder: Path, dry: bool) -> list[Stage]:
 
     def torchrun(name: str, overrides: list[str]) -> Callable[[float], list[str]]:
         return lambda limit: [*python, "-m", "torch.distributed.run", "--nproc_per_node=1",
-                              f"--master_port={free_port()}", "-m", "bench.run", f"store.root={store / name}",
+                              f"--master_port={free_port()}", "-m", "peftbench.bench.run", f"store.root={store / name}",
                               "method=lora", *offline, *overrides]  # fmt: skip
 
     def rows_of(name: str) -> Callable[[], list[dict[str, Any]]]:
@@ -200,9 +201,9 @@ def stages(folder: Path, dry: bool) -> list[Stage]:
     ]
     classify_name, generate_name = ("runs_tiny_roberta", "runs_tiny_llama") if dry else ("runs_minilm", "runs_smollm2")
     result += [
-        Stage(classify_name, "bench.run per family, classification", 0.15,
+        Stage(classify_name, "peftbench.bench.run per family, classification", 0.15,
               worker(classify_name, "classify", classify), rows_of(classify_name)),
-        Stage(generate_name, "bench.run per family, GSM8K, merged adapters", 0.15,
+        Stage(generate_name, "peftbench.bench.run per family, GSM8K, merged adapters", 0.15,
               worker(generate_name, "generate", generate), rows_of(generate_name)),
         Stage("torchrun_fsdp", "torchrun --nproc_per_node=1, trainer=fsdp, one step", 0.2,
               torchrun("torchrun_fsdp", ["trainer=fsdp", "trainer.checkpoint_steps=0", *distributed]),
@@ -215,11 +216,10 @@ def run_worker(spec: dict[str, Any], budget: float) -> int:
     """One process, one run per method (`bench.run.run`), no new run past `budget` seconds; a run that raises is
     written to `<store>/errors.jsonl` and the next one runs."""
     sys.path.insert(0, str(REPO))  # the checkout under test, not an installed copy
+    import peftbench.bench.run
     from hydra import compose, initialize_config_dir
-
-    import bench.run
-    from bench.method_defaults import install as install_method_defaults
-    from core.paths import CONF_DIR
+    from peftbench.bench.method_defaults import install as install_method_defaults
+    from peftbench.core.paths import CONF_DIR
 
     install_method_defaults()  # what `python -m bench.run` does before it composes: the methods' defaults
     deadline = time.monotonic() + budget
@@ -233,7 +233,7 @@ def run_worker(spec: dict[str, Any], budget: float) -> int:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose("config", overrides=[f"store.root={store}", f"method={method}", *spec["overrides"]])
         try:
-            record = bench.run.run(cfg)
+            record = peftbench.bench.run.run(cfg)
             print(f"{method}: {record['status'] if record else 'already done'}", flush=True)
         except Exception as exc:  # noqa: BLE001 (one method's failure must not stop the others: it is reported)
             failures += 1

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import torch
 from omegaconf import OmegaConf
+from peftbench.bench.param_count import meta_model
+from peftbench.core.paths import CONF_DIR
+from peftbench.methods.mpc import mpc_penalty
+from peftbench.methods.targets import target_layers
+from peftbench.methods.trilora import TriLoraLayer
 from torch import nn
-
-from bench.param_count import meta_model
-from core.paths import CONF_DIR
-from methods.mpc import mpc_penalty
-from methods.targets import target_layers
-from methods.trilora import TriLoraLayer
 
 
 def init_penalty(model_name: str, rank: int, seed: int = 0) -> float:

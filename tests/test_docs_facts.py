@@ -16,10 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from peftbench.bench.config import CONF_DIR, group_choices
+from peftbench.bench.grid import resolve_grid
+from peftbench.methods.base import method_names
 
-from bench.config import CONF_DIR, group_choices
-from bench.grid import resolve_grid
-from methods.base import method_names
 from tests.conftest import REPO
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -137,7 +137,7 @@ def _demo_full() -> tuple[int, int]:
 @functools.cache
 def two_stage_demo() -> tuple[int, int]:
     """The demo's runs under strategy=lr_then_seeds (docs/sweeps.md): stage 1's, and stage 2's once stage 1 is done."""
-    from bench.strategy import launch_points, strategy_runs, sweep_identify
+    from peftbench.bench.strategy import launch_points, strategy_runs, sweep_identify
 
     points = launch_points("demo", ["strategy=lr_then_seeds"])
     runs = strategy_runs("lr_then_seeds", points, sweep_identify("demo"), REPO / "no-store", "demo")
@@ -160,7 +160,6 @@ FACTS: list[tuple[str, Callable[[], int]]] = [
     (r"`glue` is \d+ points but (\d+) runs", lambda: runs_and_points("glue")[0]),
     (r"`demo` (\d+) points", lambda: runs_and_points("demo")[1]),
     (r"`demo` \d+ points but (\d+) runs", lambda: runs_and_points("demo")[0]),
-
     (r"reproduce-glue .*runs, (\d+) grid points", lambda: runs_and_points("glue")[1]),
     (r"strategy=lr_then_seeds .*?(\d+) runs", lambda: sum(two_stage_demo())),
     (r"stage 1 \(seed 0 over the lr grid\): (\d+) runs", lambda: two_stage_demo()[0]),
@@ -221,7 +220,7 @@ def test_each_timing_is_stated_once_or_the_same_everywhere() -> None:
 
 
 def test_every_record_field_is_described_in_docs_results() -> None:
-    from bench.record import FIELDS
+    from peftbench.bench.record import FIELDS
 
     described = set(re.findall(r"`([a-z_]+)`", TEXTS[REPO / "docs" / "results.md"]))
     assert not [field for field in FIELDS if field not in described]

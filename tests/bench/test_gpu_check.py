@@ -14,9 +14,9 @@ from datetime import date
 from pathlib import Path
 
 import pytest
+from peftbench.bench.models import load_model
+from peftbench.methods.base import RunContext, get_method
 
-from bench.models import load_model
-from methods.base import RunContext, get_method
 from tests.conftest import REPO
 from tests.helpers import TINY, TINY_LLAMA, tiny_classifier
 

@@ -9,11 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import peftbench.bench.run
 import pytest
+from peftbench.core.errors import ConfigError
+from peftbench.core.paths import CONF_DIR
 
-import bench.run
-from core.errors import ConfigError
-from core.paths import CONF_DIR
 from tests.conftest import REPO, SMOKE, compose_run, records, run_cli
 
 # docs/methods.md's example ("Adding a task"): the GLUE family, scoring one more number per eval split.
@@ -21,8 +21,8 @@ MY_FAMILY = '''"""GLUE classification that also reports how many rows each eval 
 
 from typing import Any
 
-from tasks.base import register_family
-from tasks.glue import Glue
+from peftbench.tasks.base import register_family
+from peftbench.tasks.glue import Glue
 
 
 @register_family
@@ -75,7 +75,7 @@ def test_an_entry_point_task_family_runs_with_its_yaml_on_the_search_path(tmp_pa
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     _check_record(store, "counted_rte")
-    code = "from tasks.base import TASKS; print(TASKS.names())"
+    code = "from peftbench.tasks.base import TASKS; print(TASKS.names())"
     listed = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
         env={**os.environ, "PYTHONPATH": f"{site}:{REPO}"},
@@ -103,10 +103,10 @@ def test_task_module_imports_a_family_without_entry_points(tmp_path: Path) -> No
 
 def test_a_bad_task_module_or_family_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"^task.module='no_such.module' cannot be imported: ModuleNotFoundError"):
-        bench.run.identify(compose_run(tmp_path, "+task.module=no_such.module"))
+        peftbench.bench.run.identify(compose_run(tmp_path, "+task.module=no_such.module"))
     with pytest.raises(
-        ConfigError, match=r"^task.module='tasks.glue' registers no task family 'mine'; valid choices: "
+        ConfigError, match=r"^task.module='peftbench.tasks.glue' registers no task family 'mine'; valid choices: "
     ):
-        bench.run.identify(compose_run(tmp_path, "+task.module=tasks.glue", "task.family=mine"))
+        peftbench.bench.run.identify(compose_run(tmp_path, "+task.module=peftbench.tasks.glue", "task.family=mine"))
     with pytest.raises(ConfigError, match=r"^unknown task family 'mine'; valid choices: commonsense, glue, "):
-        bench.run.identify(compose_run(tmp_path, "task.family=mine"))
+        peftbench.bench.run.identify(compose_run(tmp_path, "task.family=mine"))
