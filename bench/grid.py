@@ -139,7 +139,8 @@ class ResolvedGrid:
 
 
 def _short(value: Any, width: int = 40) -> str:
-    text = repr(value) if isinstance(value, str) else str(value)
+    """A value as `describe` prints it: a string with spaces or line breaks quoted, anything cut at `width`."""
+    text = repr(value) if isinstance(value, str) and re.search(r"\s", value) else str(value)
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
