@@ -306,7 +306,7 @@ def run_cost(experiment: dict[str, Any], device: str) -> RunCost:
 
     train_rows, eval_rows = _rows(task, experiment["data"])
     trainer_cfg = OmegaConf.create(trainer)
-    steps = optimizer_steps(train_rows, trainer_cfg) if get_method(method["name"]).trains else 0
+    steps = optimizer_steps(train_rows, trainer_cfg) if get_method(method["name"], method.get("module")).trains else 0
     batch = int(trainer["per_device_train_batch_size"])
     accumulation = int(trainer.get("gradient_accumulation_steps") or 1)
     epochs = float(trainer["num_train_epochs"])
@@ -578,7 +578,10 @@ def calibrate(device: str, records: list[dict[str, Any]] | None = None, exclude:
     mine = [r for r in records or [] if _record_device(r) == device and r.get("run_id") != exclude]
     ratios = []
     for record in mine:
-        cost = record_cost(record, device)
+        try:
+            cost = record_cost(record, device)
+        except (ConfigError, KeyError, TypeError):  # a record the plan cannot model (another harness version)
+            continue
         if cost is None or not record.get("train_seconds"):
             continue
         predict_times(cost, calibration)
