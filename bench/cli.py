@@ -6,33 +6,56 @@ import argparse
 import sys
 from collections import Counter
 
-from bench.errors import ConfigError
+from core.errors import ConfigError
 
 DEFAULT_STORE = "results/runs"
 
 
 def _report(args: argparse.Namespace) -> int:
-    from bench.html_report import write_html
-    from bench.report import write_report
+    """Read the sweep's records once, build every table once, and write them all: Markdown, LaTeX, CSV, the page."""
+    from bench.html_report import cross_page, page, write_page
+    from bench.paper import paper_table, write_paper_table
+    from bench.paper_tables import tables_for_sweep
+    from bench.report import build_tables, write_tables
+    from bench.results import Results
 
-    if args.paper:
-        from bench.paper import write_paper_report
-        from bench.store import RunStore
+    if args.sweep is None and not args.cross_paper:
+        raise ConfigError("give a sweep (peftbench report <sweep>), or --cross-paper for the view across papers")
+    cross = None
+    if args.cross_paper:
+        from bench.cross_paper import cross_paper_table, write_cross_paper
 
-        paths = write_paper_report(args.store, args.sweep, args.paper, args.out, args.baseline)
+        cross = cross_paper_table(args.store)
+        paths = write_cross_paper(cross, args.out)
         print(paths["md"].read_text())
         print(f"written: {', '.join(str(p) for p in paths.values())}")
-        if next(RunStore(args.store).iter_records(args.sweep), None) is None:
+        if args.sweep is None:
+            print(f"report page: {write_page(cross_page(cross), args.out, 'cross_paper').resolve().as_uri()}")
+            return 0
+    results = Results.load(args.store, args.sweep)
+    asked = []
+    if args.paper:
+        asked = [paper_table(results, args.paper, args.baseline)]
+        paths = write_paper_table(asked[0], args.sweep, args.out)
+        print(paths["md"].read_text())
+        print(f"written: {', '.join(str(p) for p in paths.values())}")
+        if results.empty:
             return 0  # the paper's numbers alone: no report of ours to write
-    written = write_report(args.store, args.sweep, args.out, args.baseline)
+    if results.empty:
+        raise FileNotFoundError(f"no records for sweep {args.sweep!r} under {args.store}")
+    tables = build_tables(results, args.baseline)
+    written = write_tables(results, tables, args.out)
     if not args.paper:
         print(written["main.md"].read_text())
         if "vs_baseline.md" in written:
             print(written["vs_baseline.md"].read_text())
         print(f"tables and plots for sweep {args.sweep!r} under {written['main.md'].parents[1]}")
-    papers = [args.paper] if args.paper else []
-    page = write_html(args.store, args.sweep, args.out, written.values(), papers, args.baseline)
-    print(f"report page: {page.resolve().as_uri()}")
+    for flag in results.provenance.flags:
+        print(f"provenance: {flag}")
+    others = [name for name in tables_for_sweep(args.sweep) if name != args.paper]
+    papers = [*asked, *(paper_table(results, name, args.baseline) for name in others)]
+    text = page(results, tables, papers, written.values(), cross=cross)
+    print(f"report page: {write_page(text, args.out, args.sweep).resolve().as_uri()}")
     return 0
 
 
@@ -70,12 +93,11 @@ def _plan(args: argparse.Namespace) -> int:
 def _prefetch(args: argparse.Namespace) -> int:
     from bench.prefetch import prefetch
 
-    prefetch(args.sweep, args.overrides)
-    return 0
+    return prefetch(args.sweep, args.overrides, update=args.update, check=args.check)
 
 
 def _status(args: argparse.Namespace) -> int:
-    from bench.store import RunStore
+    from core.store import RunStore
 
     store = RunStore(args.store)
     scan = store.scan(args.sweep)
@@ -94,8 +116,13 @@ def _status(args: argparse.Namespace) -> int:
                   f"lr={record['lr']:g} seed={record['seed']}: {record['error']}")  # fmt: skip
     if args.grid:
         from bench.grid import resolve_grid
+        from bench.strategy import sweep_status
 
-        grid = resolve_grid(args.sweep)
+        lines = sweep_status(args.sweep, args.store, args.overrides)  # None under the default strategy, grid
+        if lines is not None:  # two stages: the second as far as the store decides it
+            print("\n".join(lines))
+            return 0
+        grid = resolve_grid(args.sweep, args.overrides)
         missing = _missing_points(grid.first_points(), by_id)
         print(f"missing: {len(missing)} of {len(grid.runs)} runs without a complete record "
               f"({len(grid.points)} grid points)")  # fmt: skip
@@ -106,7 +133,7 @@ def _status(args: argparse.Namespace) -> int:
 
 def _missing_points(first_points: dict[str, dict[str, str]], by_id: dict[str, dict]) -> list[dict[str, str]]:
     """The first grid point of each run whose run_id has no ok/diverged record (a run's other points not listed)."""
-    from bench.store import COMPLETED
+    from core.store import COMPLETED
 
     return [point for run_id, point in first_points.items() if by_id.get(run_id, {}).get("status") not in COMPLETED]
 
@@ -116,19 +143,26 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     report = commands.add_parser("report", help="write a sweep's tables (md/tex/csv), plots and index.html")
-    report.add_argument("sweep")
+    report.add_argument("sweep", nargs="?", help="the sweep (optional with --cross-paper)")
     report.add_argument("--store", default=DEFAULT_STORE, help="results store root (default: %(default)s)")
     report.add_argument("--out", default="results", help="output root: <out>/<sweep>/tables, plots, index.html")
     report.add_argument("--paper", help="a conf/paper table: its layout, our cells beside the published ones")
     report.add_argument(
         "--baseline", help="the method every other one is tested against (paired bootstrap; default: lora, if run)"
     )
+    report.add_argument(
+        "--cross-paper", action="store_true",
+        help="also list every cell several conf/paper tables print, side by side, with ours where the store has it",
+    )  # fmt: skip
     report.set_defaults(handler=_report)
 
     status = commands.add_parser("status", help="count done / diverged / failed runs of a sweep")
     status.add_argument("sweep")
     status.add_argument("--store", default=DEFAULT_STORE, help="results store root (default: %(default)s)")
     status.add_argument("--grid", action="store_true", help="also list the runs of the grid with no record yet")
+    status.add_argument(
+        "overrides", nargs="*", help="with --grid: the launch's overrides, e.g. strategy=lr_then_seeds task=glue_rte"
+    )
     status.set_defaults(handler=_status)
 
     grid = commands.add_parser(
@@ -153,11 +187,18 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--csv", help="write every run's plan to this CSV file")
     plan.set_defaults(handler=_plan)
 
-    fetch = commands.add_parser("prefetch", help="download every hub model and dataset a sweep needs (login node)")
+    fetch = commands.add_parser(
+        "prefetch", help="download every hub model and dataset a sweep needs at its locked commit (login node)"
+    )
     fetch.add_argument("sweep")
     fetch.add_argument(
         "overrides", nargs="*", help="Hydra overrides narrowing or changing the grid, e.g. task=glue_rte"
     )
+    fetch.add_argument("--update", action="store_true", help="move locked assets to what the hub serves now")
+    fetch.add_argument(
+        "--check", action="store_true",
+        help="download nothing: check access, loading scripts and each dataset's schema against docs/hub_assets.md",
+    )  # fmt: skip
     fetch.set_defaults(handler=_prefetch)
 
     # listed for --help only: main() hands `perf` and its options to bench.perf's own parser
@@ -171,7 +212,11 @@ def main(argv: list[str] | None = None) -> int:
         from bench.perf import main as perf_main
 
         return perf_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and (getattr(args, "overrides", None) is None or any(e.startswith("-") for e in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.overrides = [*(getattr(args, "overrides", None) or []), *extra]  # `status demo --grid k=v`: after its options
     try:
         return args.handler(args)
     except (ConfigError, FileNotFoundError) as exc:

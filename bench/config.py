@@ -18,15 +18,31 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from bench.errors import ConfigError, one_line
+from core.errors import ConfigError, one_line
+from core.paths import CONF_DIR
+from core.validation import check_choice
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = ("method", "model", "task", "trainer", "logger", "sweep")
 DATA_SOURCES = ("hub", "offline")
 # Trainer keys that change how a run is watched or kept, not what it computes.
-BOOKKEEPING_TRAINER_KEYS = frozenset({"progress_bar", "checkpoint_steps"})
+# how a run is carried out, not what it computes: not in the run_id (compile: the same results up to float rounding)
+BOOKKEEPING_TRAINER_KEYS = frozenset({"progress_bar", "checkpoint_steps", "compile"})
 # Keys that moved: the old spelling stops with a one-line error instead of being ignored.
 MOVED_KEYS = {"trainer.save_adapter": "store.save_adapter"}
+
+
+def _times(*factors: Any) -> float | int:
+    """`${times:2,${rank}}`: the product of numbers, for a value a paper ties to another (Subspace Tuning's LoRA
+    alpha = 2r at every swept rank). Registered on import: every entry point that composes a config imports this."""
+    product: float | int = 1
+    for factor in factors:
+        if isinstance(factor, bool) or not isinstance(factor, int | float):
+            raise ConfigError(f"times: {factor!r} is not a number; give numbers, e.g. ${{times:2,${{rank}}}}")
+        product *= factor
+    return product
+
+
+OmegaConf.register_new_resolver("times", _times, replace=True)
 
 
 def group_choices(group: str, search_dirs: Iterable[Path] = ()) -> list[str]:
@@ -75,13 +91,6 @@ def _search_path_folder(entry: str) -> Path:
     return folder
 
 
-def check_choice(kind: str, value: Any, choices: Iterable[str]) -> None:
-    """Raise a one-line ConfigError when `value` is not one of `choices`."""
-    choices = list(choices)
-    if value not in choices:
-        raise ConfigError(f"unknown {kind} {value!r}; valid choices: {', '.join(choices)}")
-
-
 def check_overrides(argv: list[str]) -> None:
     """Check command-line group overrides (`method=foo`, `task=a,b`) before Hydra sees them.
 
@@ -104,7 +113,7 @@ def check_overrides(argv: list[str]) -> None:
 
 def _check_entry_point_method(name: str) -> None:
     """A method installed through an entry point still needs its YAML on Hydra's search path: say so."""
-    from bench.plugins import entry_points
+    from core.registry import entry_points
 
     for point in entry_points("peftbench.methods"):
         if point.name == name:
@@ -149,15 +158,35 @@ def normalized_axes(cfg: DictConfig, uses_rank: bool) -> dict[str, Any]:
     return {"rank": rank, "lr": lr, "seed": seed, "data": cfg.data}
 
 
-POINT_KEYS = ("method", "model", "task")
+# How a sweep spends its runs (the top-level `strategy`; bench/strategy.py runs them, docs/sweeps.md): every point, or
+# the first seed over the lr grid and then the other seeds at each cell's best lr. The sweeper tells each job its stage
+# with `++strategy_stage=N`; neither key enters the run_id.
+STRATEGIES = ("grid", "lr_then_seeds")
+STAGE_KEY = "strategy_stage"
+
+
+def sweep_strategy(cfg: DictConfig) -> dict[str, Any]:
+    """The record's `strategy`: the sweep strategy's name (a one-line ConfigError naming the valid ones when it is
+    unknown) and the stage that ran the point (1 or 2 under lr_then_seeds; None under grid or outside a sweep)."""
+    name = cfg.get("strategy", "grid")
+    check_choice("sweep strategy", name, STRATEGIES)
+    return {"name": name, "stage": cfg.get(STAGE_KEY)}
+
+
+POINT_KEYS = ("method", "model", "task", "rank")
 
 
 def _point_matches(when: DictConfig, cfg: DictConfig) -> bool:
     for key, wanted in when.items():
         if key not in POINT_KEYS:
             raise ConfigError(f"protocol_rules: `when` key {key!r} is not valid; valid keys: {', '.join(POINT_KEYS)}")
-        names = [wanted] if isinstance(wanted, str) else list(wanted)
-        if cfg[key].name not in names:
+        values = [wanted] if isinstance(wanted, str | int) else list(wanted)
+        if key == "rank":  # the grid's rank (a value, not a config group): a printed row's rank, e.g. DoRA's r 32
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+                raise ConfigError(f"protocol_rules: `when` rank {wanted!r} is not valid; give an integer or a list")
+            if cfg.rank not in values:
+                return False
+        elif cfg[key].name not in values:
             return False
     return True
 
@@ -165,9 +194,11 @@ def _point_matches(when: DictConfig, cfg: DictConfig) -> bool:
 def apply_protocol_rules(cfg: DictConfig) -> None:
     """Merge a sweep's per-point settings into the point's config (recorded, and hashed into the run_id).
 
-    A paper's protocol varies settings by task, model or method (RTE trains 50 epochs, full FT uses lr 1e-5,
-    one LoRA+ cell uses ratio 80); a sweep lists them in order, and each entry whose `when` matches the point
-    is merged: `protocol_rules: [{when: {task: glue_rte}, set: {trainer: {num_train_epochs: 50}}}]`.
+    A paper's protocol varies settings by task, model, method or rank (RTE trains 50 epochs, full FT uses lr 1e-5,
+    one LoRA+ cell uses ratio 80, DoRA's r 32 row ran at lr 1e-4); a sweep lists them in order, and each entry
+    whose `when` matches the point is merged: `protocol_rules: [{when: {task: glue_rte}, set: {trainer:
+    {num_train_epochs: 50}}}]`. Entries see the point as the entries before them left it (one that sets `rank`
+    changes what a later `when: {rank: ...}` matches).
     """
     for rule in cfg.get("protocol_rules") or []:
         if set(rule) != {"when", "set"}:

@@ -33,7 +33,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from bench import config as bench_config
 from bench.config import CONF_DIR, GROUPS, check_choice, compute_run_id, group_choices, normalized_axes
-from bench.errors import ConfigError
+from bench.method_defaults import install as install_method_defaults
+from core.errors import ConfigError
 
 # Values no grid uses: a probe sets an axis to one of these and looks where it lands in the experiment.
 _PROBE_INT = 7919
@@ -44,6 +45,7 @@ EXPERIMENT_TREES = ("method", "model", "task", "trainer")
 def sweep_config(sweep: str, overrides: list[str] | None = None) -> DictConfig:
     """The composed config of a sweep, Hydra's own node included."""
     check_choice("sweep", sweep, group_choices("sweep"))
+    install_method_defaults()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("config", overrides=[f"sweep={sweep}", *(overrides or [])], return_hydra_config=True)
 
@@ -465,7 +467,7 @@ def estimate_gpu_hours(store_root: str, sweep: str, runs: int) -> str:
     (`peftbench plan` estimates before any run, from each run's FLOPs)."""
     import statistics
 
-    from bench.store import RunStore
+    from core.store import RunStore
 
     timed = [
         r for r in RunStore(store_root).iter_records(sweep)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from bench.assets import package_path
+from core.assets import package_path
 
 COMPLETE = "CONVERTED"
 

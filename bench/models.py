@@ -4,6 +4,7 @@ Sources: `hub` (from_pretrained on a hub id: what users run), `package` (real we
 package, offline), `gguf` (a GGUF file in a PyPI package, converted once to a cached folder:
 `bench.model_cache`) and `config` (a tiny random model built from a config, for tests).
 Kinds (chosen by the task): a sequence classifier, a causal LM, an image classifier.
+A hub model is read at the hub lock's commit (core.hub_lock) or the entry's `revision:` pin.
 """
 
 from __future__ import annotations
@@ -23,9 +24,12 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from bench.assets import package_path
-from bench.config import check_choice
-from bench.errors import ConfigError
+from core.assets import package_path
+from core.errors import ConfigError
+from core.hub_lock import model_asset, model_commit_read, revision_to_read
+from core.provenance import note_read
+from core.validation import check_choice
+from tasks.base import classifier_head
 
 SOURCES = ("hub", "package", "gguf", "config")
 KINDS = {
@@ -47,19 +51,59 @@ def _location(spec: DictConfig) -> str:
     return str(package_path(spec.package, spec.subdir))
 
 
+def _revision(spec: DictConfig) -> str | None:
+    """The `revision=` of a hub model's loads: the hub lock's commit, else the entry's `revision:` pin, else None
+    (the main branch); None for the other sources. The commit read is noted for the record."""
+    asset = model_asset(spec)
+    return revision_to_read(asset) if asset is not None else None
+
+
+def _note_read(spec: DictConfig, revision: str | None) -> None:
+    asset = model_asset(spec)
+    if asset is not None:
+        note_read(asset.key, model_commit_read(asset.repo_id, revision))
+
+
 def load_tokenizer(model_cfg: DictConfig) -> PreTrainedTokenizerBase:
-    """The model's tokenizer; a pad token is added from EOS where the model has none (GPT-2, Llama)."""
+    """The model's tokenizer. Its pad token: the entry's `pad_with` when it names one (added to the vocabulary if
+    new, as LoRA+'s LLaMA runs add `[PAD]`; `load_model` gives it an embedding row), else the tokenizer's own, else
+    EOS (GPT-2, Llama). (Not named `pad_token`: a record drops keys ending in "token" as credentials.)"""
     spec = model_cfg.tokenizer if model_cfg.source == "config" else model_cfg
-    tokenizer = AutoTokenizer.from_pretrained(_location(spec))
-    if tokenizer.pad_token is None:
+    revision = _revision(spec)
+    tokenizer = AutoTokenizer.from_pretrained(_location(spec), revision=revision)
+    _note_read(spec, revision)
+    pad_with = model_cfg.get("pad_with")
+    if pad_with is not None:
+        if not isinstance(pad_with, str) or not pad_with:
+            raise ConfigError(f"model.pad_with={pad_with!r} is not valid; give a token such as '[PAD]', or null")
+        tokenizer.add_special_tokens({"pad_token": pad_with})
+    elif tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def add_token_rows(model: torch.nn.Module, vocab_size: int) -> None:
+    """Grow the embeddings to `vocab_size` rows, each new row (input and, if untied, output) the mean of the old
+    rows: LoRA+'s `smart_tokenizer_and_embedding_resize` (glue/src/model_utils.py:6-30). transformers' own
+    `mean_resizing` samples around that mean instead, so it is off and the mean is written."""
+    old = model.get_input_embeddings().weight.shape[0]
+    if vocab_size <= old:
+        return
+    model.resize_token_embeddings(vocab_size, mean_resizing=False)
+    with torch.no_grad():
+        for embeddings in (model.get_input_embeddings(), model.get_output_embeddings()):
+            if embeddings is not None:  # a classifier has no output embeddings; tied ones get the same mean twice
+                weight = embeddings.weight  # the mean in float32 (LoRA+ loads fp32), whatever the weights' dtype
+                weight[old:] = weight[:old].float().mean(dim=0, keepdim=True).to(weight.dtype)
 
 
 def load_image_processor(model_cfg: DictConfig) -> Any:
     """The model's image preprocessing: the hub's for a hub model, the entry's `processor` for a config one."""
     if model_cfg.source != "config":
-        return AutoImageProcessor.from_pretrained(_location(model_cfg))
+        revision = _revision(model_cfg)
+        processor = AutoImageProcessor.from_pretrained(_location(model_cfg), revision=revision)
+        _note_read(model_cfg, revision)
+        return processor
     values = OmegaConf.to_container(model_cfg.processor, resolve=True)
     name = values.pop("class")
     processor_cls = getattr(transformers, name, None)
@@ -91,27 +135,33 @@ def load_model(model_cfg: DictConfig, kind: str, **head: Any) -> torch.nn.Module
     auto = KINDS[kind]
     overrides = model_cfg.get("config_overrides")
     values = {**(OmegaConf.to_container(overrides, resolve=True) if overrides else {}), **head}
+    # an added pad token has no embedding row until the model is built and grown: its id is set after that
+    pad_id = values.pop("pad_token_id", None) if model_cfg.get("pad_with") is not None else None
     if model_cfg.source == "config":
         architecture = OmegaConf.to_container(model_cfg.config, resolve=True)
         try:
             config = AutoConfig.for_model(model_cfg.architecture, **{**architecture, **values})
         except ValueError as exc:
             raise ConfigError(f"model.architecture={model_cfg.architecture!r} is not valid: {exc}") from None
-        return auto.from_config(config, dtype=_dtype(model_cfg))
-    location = _location(model_cfg)
+        return _with_pad_token(auto.from_config(config, dtype=_dtype(model_cfg)), model_cfg, pad_id)
+    location, revision = _location(model_cfg), _revision(model_cfg)
     # into the config, not from_pretrained's kwargs: transformers hands those it does not know to the model class
-    config = AutoConfig.from_pretrained(location)
+    config = AutoConfig.from_pretrained(location, revision=revision)
     for key, value in values.items():
         setattr(config, key, value)
-    return auto.from_pretrained(location, config=config, dtype=_dtype(model_cfg))
+    model = auto.from_pretrained(location, config=config, revision=revision, dtype=_dtype(model_cfg))
+    _note_read(model_cfg, revision)
+    return _with_pad_token(model, model_cfg, pad_id)
 
 
-def classifier_head(num_labels: int, pad_token_id: int | None = None) -> dict[str, Any]:
-    """Config values of a fresh classification head of `num_labels` outputs (1 = regression)."""
-    head: dict[str, Any] = {"num_labels": num_labels, "pad_token_id": pad_token_id}
-    if num_labels == 1:
-        head["problem_type"] = "regression"
-    return head
+def _with_pad_token(model: torch.nn.Module, model_cfg: DictConfig, pad_id: int | None) -> torch.nn.Module:
+    """The model with a row for the entry's `pad_with` token when the tokenizer had to add it (`load_tokenizer`), and
+    that token as the pad id a classifier head looks for (`pad_id`, the task head's)."""
+    if model_cfg.get("pad_with") is not None:
+        add_token_rows(model, len(load_tokenizer(model_cfg)))
+        if pad_id is not None:
+            model.config.pad_token_id = pad_id
+    return model
 
 
 def load_classifier(model_cfg: DictConfig, num_labels: int, pad_token_id: int | None) -> torch.nn.Module:

@@ -9,6 +9,8 @@ A table says how its column reads under `params:` in `conf/paper/<table>.yaml`:
   ("0.83%" of base + adapter, "+ 877k" parameters on top of LoRA at the same rank and model).
 - `base`: a number (the paper's own denominator, e.g. Subspace Tuning's flat 125M for RoBERTa-base) or
   `backbone` (the model as loaded for the task, without its task head).
+- `task`: the column whose point is counted (default: the first); a table whose protocol changes the count on some
+  columns (Subspace Tuning's AdaLoRA starts at 1.5 r on MNLI and CoLA) names one the printed column describes.
 - `decimals`: the printed precision (default: the printed value's own; a row's `params_decimals` overrides
   it). Ours agrees when, printed to that precision, it is at most one in the last digit from the paper's: the
   papers round their intermediate counts (Subspace Tuning prints r 16 as twice its rounded r 8), so demanding
@@ -29,7 +31,7 @@ import warnings
 from dataclasses import dataclass
 
 from bench.grid import sweep_config
-from bench.paper import load_paper_table
+from bench.paper_tables import load_paper_table, trains_base
 from bench.param_count import MetaCount, count_on_meta
 from methods.base import get_method
 
@@ -63,7 +65,8 @@ def _count(sweep: str, overrides: tuple[str, ...]) -> MetaCount:
 
 def _row_overrides(table: dict, row: dict, method: str | None = None) -> tuple[str, ...]:
     method = method or row["method"]
-    values = [f"method={method}", f"task={next(c for c in table['columns'] if c)}"]
+    task = table["params"].get("task") or next(c for c in table["columns"] if c)
+    values = [f"method={method}", f"task={task}"]
     if row.get("model"):
         values.append(f"model={row['model']}")
     if get_method(method).uses_rank and row.get("rank") is not None:
@@ -75,7 +78,7 @@ def _needs_count(spec: dict, row: dict) -> bool:
     """Whether the row's value needs more than its adapter count: a backbone denominator, or LoRA's count."""
     if spec["unit"] == "llm_adapters":
         return True
-    return spec["unit"] in ("percent", "permille") and (spec["base"] == "backbone" or row["method"] == "full")
+    return spec["unit"] in ("percent", "permille") and (spec["base"] == "backbone" or trains_base(row["method"]))
 
 
 def _ours(table: dict, spec: dict, row: dict, adapter: int | None = None) -> tuple[float, str | None]:
@@ -87,11 +90,12 @@ def _ours(table: dict, spec: dict, row: dict, adapter: int | None = None) -> tup
     unit = spec["unit"]
     if unit == "millions":
         return adapter / 1e6, None
-    if unit in ("percent", "permille"):  # full FT trains the whole backbone: 100% by the tables' definition
-        base = count.backbone if spec["base"] == "backbone" or row["method"] == "full" else float(spec["base"])
+    whole = trains_base(row["method"])  # full FT trains the whole backbone: 100% by the tables' definition
+    if unit in ("percent", "permille"):
+        base = count.backbone if spec["base"] == "backbone" or whole else float(spec["base"])
         return adapter / base * (100 if unit == "percent" else 1000), None
-    if _LA_PERCENT.match(printed) or row["method"] == "full":
-        return 100 * adapter / (count.backbone + (0 if row["method"] == "full" else adapter)), "%"
+    if _LA_PERCENT.match(printed) or whole:
+        return 100 * adapter / (count.backbone + (0 if whole else adapter)), "%"
     lora = _count(table["sweep"], _row_overrides(table, row, "lora"))
     return float(adapter - lora.adapter), "+"
 

@@ -15,11 +15,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoConfig
 
-from bench.errors import ConfigError
 from bench.measure import count_params
 from bench.models import KINDS
+from core.errors import ConfigError
 from methods.base import RunContext, get_method
 from tasks.base import build_task
+
+# The run length a count assumes: no count depends on it, but a schedule given in steps (AdaLoRA's tinit and tfinal
+# from Subspace Tuning's scripts, up to 58,000 steps on MNLI) must fit inside it, as it fits inside the real run.
+PLACEHOLDER_TOTAL_STEPS = 10**9
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,7 @@ def model_config_values(model_cfg: DictConfig) -> dict[str, Any]:
     if model_cfg.source == "config":
         return {"model_type": model_cfg.architecture, **OmegaConf.to_container(model_cfg.config, resolve=True)}
     if model_cfg.source in ("package", "gguf"):
-        from bench.assets import package_path
+        from core.assets import package_path
 
         if model_cfg.source == "package":
             config = AutoConfig.from_pretrained(str(package_path(model_cfg.package, model_cfg.subdir)))
@@ -79,9 +83,9 @@ def count_on_meta(cfg: DictConfig) -> MetaCount:
     params = method.parse(OmegaConf.to_container(cfg.method, resolve=True))
     head_modules = task.head_modules(cfg.model)
     before = count_params(model, head_modules)
-    ctx = RunContext(
-        rank=cfg.rank if method.uses_rank else None, lr=float(cfg.lr), seed=0, head_modules=head_modules,
-        target_modules=list(getattr(params, "target_modules", None) or cfg.model.target_modules), total_steps=1000,
+    ctx = RunContext.build(
+        params, cfg.model.target_modules, rank=cfg.rank if method.uses_rank else None, lr=float(cfg.lr), seed=0,
+        head_modules=head_modules, total_steps=PLACEHOLDER_TOTAL_STEPS,
     )  # fmt: skip
     method.validate(params, model, ctx)
     adapted = method.adapt(model, params, ctx)

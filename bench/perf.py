@@ -32,10 +32,10 @@ import torch
 from omegaconf import OmegaConf
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from bench.config import CONF_DIR
-from bench.errors import ConfigError
 from bench.measure import PeakMemory, count_params
 from bench.models import load_classifier, load_tokenizer
+from core.errors import ConfigError
+from core.paths import CONF_DIR
 from methods.base import RunContext, get_method, method_names
 from methods.targets import in_head
 
@@ -54,13 +54,23 @@ def synthetic_batch(vocab: int, batch: int, seq: int, device: torch.device, seed
     }
 
 
-class StepClock:
-    """Wall time of one step: CUDA events on a GPU (no host sync inside the step), perf_counter on CPU."""
+CLOCKS = ("wall", "cpu")
 
-    def __init__(self, device: torch.device) -> None:
+
+class StepClock:
+    """Time of one step: CUDA events on a GPU (no host sync inside the step); on a CPU the wall time, or with
+    `clock="cpu"` the process's CPU time (what the step costs, whatever else runs on a shared machine; with one
+    thread, as `--clock cpu` sets, it is the wall time the step would take on an idle core)."""
+
+    def __init__(self, device: torch.device, clock: str = "wall") -> None:
         self.cuda = device.type == "cuda"
+        self.cpu_time = clock == "cpu"
 
     def time(self, step: Callable[[], None]) -> float:
+        if self.cpu_time:
+            begin = time.process_time()
+            step()
+            return 1000 * (time.process_time() - begin)
         if self.cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
@@ -97,14 +107,22 @@ def prepare(name: str, base: torch.nn.Module, spec: Any, ctx: RunContext) -> tup
 
 
 def perf_context(spec: Any, rank: int, steps: int, batch: dict) -> RunContext:
-    return RunContext(
-        rank=rank, lr=1e-4, seed=0, target_modules=list(spec.target_modules), head_modules=list(spec.head_modules),
+    return RunContext.build(
+        None, spec.target_modules, rank=rank, lr=1e-4, seed=0, head_modules=list(spec.head_modules),
         total_steps=steps, sample_batches=lambda n: [batch] * n,
     )  # fmt: skip
 
 
 def measure_row(
-    name: str, base: torch.nn.Module, spec: Any, rank: int, batch: dict, steps: int, warmup: int, bf16: bool
+    name: str,
+    base: torch.nn.Module,
+    spec: Any,
+    rank: int,
+    batch: dict,
+    steps: int,
+    warmup: int,
+    bf16: bool,
+    clock: str = "wall",
 ) -> dict[str, Any]:
     device = batch["input_ids"].device
     ctx = perf_context(spec, rank, steps + warmup, batch)
@@ -133,12 +151,12 @@ def measure_row(
         for callback in callbacks:
             callback.on_step_end(None, state, control, optimizer=optimizer)
 
-    clock = StepClock(device)
+    timer = StepClock(device, clock)
     for _ in range(warmup):
         step()
     memory = PeakMemory()  # GPU: allocated bytes; CPU: the process's peak RSS since this point
     memory.start()
-    times = [clock.time(step) for _ in range(steps)]
+    times = [timer.time(step) for _ in range(steps)]
     counts = count_params(model, spec.head_modules)
     peak = memory.stop()
     return {
@@ -162,8 +180,15 @@ def run_perf(
     warmup: int,
     device: str,
     rounds: int = 3,
+    budget_s: float | None = None,
+    clock: str = "wall",
 ) -> pd.DataFrame:
+    """The table of every row; with `budget_s`, no new row starts once that many seconds have passed (after the
+    floor, head-only and LoRA rows): the rows measured so far make the table, and its attrs say where it stopped."""
+    deadline = None if budget_s is None else time.monotonic() + budget_s
+    stopped: str | None = None
     target = torch.device(device)
+    check_clock(clock, target)
     spec, base = load_base(model_name)
     base.to(target)  # SVD inits then run on the device too
     bf16 = target.type == "cuda"
@@ -175,8 +200,11 @@ def run_perf(
     skipped: dict[str, str] = {}
     for index in range(rounds):  # interleaved: A B C ... A B C ..., so drift hits every method alike
         for name in [n for n in names if n not in skipped]:
+            if deadline is not None and time.monotonic() > deadline and all(rounds_of[n] for n in names[:3]):
+                stopped = f"the {budget_s:.0f} s budget ran out in round {index + 1} of {rounds}, before {name}"
+                break
             try:
-                rounds_of[name].append(measure_row(name, base, spec, rank, batch, steps, warmup, bf16))
+                rounds_of[name].append(measure_row(name, base, spec, rank, batch, steps, warmup, bf16, clock))
             except ConfigError as exc:  # a method that does not apply to this model (Series on an encoder)
                 skipped[name] = str(exc)
                 print(f"  skip {name}: {exc}", flush=True)
@@ -184,8 +212,11 @@ def run_perf(
             if target.type == "cuda":
                 torch.cuda.empty_cache()  # the row's model and optimizer are gone; give their memory back
             print(f"  round {index + 1}/{rounds} {name:16s} {rounds_of[name][-1]['step_ms']:9.2f} ms/step", flush=True)
+        if stopped:
+            print(f"  stopped: {stopped}", flush=True)
+            break
     rows = []
-    for measured in (m for name, m in rounds_of.items() if name not in skipped):
+    for measured in (m for name, m in rounds_of.items() if name not in skipped and m):
         medians = [row["step_ms"] for row in measured]
         median = statistics.median(medians)
         rows.append({**measured[0], "step_ms": median, "spread_pct": 100 * (max(medians) - min(medians)) / median})
@@ -198,9 +229,15 @@ def run_perf(
     deviation = float((identical - 1).abs().max()) if len(identical) else None
     table.attrs.update(
         model=model_name, rank=rank, batch=batch_size, seq=seq, steps=steps, warmup=warmup, rounds=rounds,
-        device=device_label(target), lora_identical_max_dev=deviation, skipped=skipped,
+        device=device_label(target), lora_identical_max_dev=deviation, skipped=skipped, stopped=stopped,
+        rounds_done={name: len(m) for name, m in rounds_of.items() if m}, clock=clock,
     )  # fmt: skip
     return table
+
+
+def check_clock(clock: str, device: torch.device) -> None:
+    if clock not in CLOCKS or (clock == "cpu" and device.type != "cpu"):
+        raise ConfigError(f"--clock={clock!r} is not valid on {device.type}; valid: wall, or cpu on a CPU")
 
 
 def resolution_line(table: pd.DataFrame) -> str:
@@ -300,12 +337,17 @@ def write_table(table: pd.DataFrame, out_dir: Path, stem: str) -> Path:
         f"# Step time per method — {meta['model']}, rank {meta['rank']}, batch {meta['batch']} × {meta['seq']} "
         f"tokens\n\nMeasured {date.today().isoformat()}. Device: {meta['device']}. torch {torch.__version__}. "
         f"Each row: the median over {meta['rounds']} interleaved rounds of the median of {meta['steps']} steps "
-        f"after {meta['warmup']} warm-up; `spread_pct` is the range of the round medians. Ratios are to `floor` "
+        f"after {meta['warmup']} warm-up"
+        + (" (the process's CPU time per step, `--clock cpu`)" if meta.get("clock") == "cpu" else "")
+        + "; `spread_pct` is the range of the round medians. Ratios are to `floor` "
         "(the frozen base with activation gradients through every layer, no weight gradient: the least an adapter "
         "in every layer can cost) and to PEFT's LoRA, measured in the same process; `head_only` trains the head "
         "alone (the backward never enters the encoder).\n\n" + resolution_line(table) + "\n"
     )
     skipped = "".join(f"- not timed, `{n}`: {why}\n" for n, why in (meta.get("skipped") or {}).items())
+    if meta.get("stopped"):
+        short = {n: k for n, k in meta["rounds_done"].items() if k < meta["rounds"]}
+        skipped += f"- stopped early: {meta['stopped']}; rounds measured where fewer than {meta['rounds']}: {short}\n"
     path = out_dir / f"{stem}.md"
     path.write_text(
         header + table.to_markdown(index=False, floatfmt=".3f") + "\n" + ("\n" + skipped if skipped else "")
@@ -327,12 +369,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="results/perf", help="written as <out>/<date>_<device>_<model>_b<B>x<S>.md")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved passes over the methods; median kept")
     parser.add_argument("--overhead", action="store_true", help="also measure the harness's overhead per step")
+    parser.add_argument("--budget", type=float, default=None, help="seconds: start no row after this (a partial table)")
+    parser.add_argument(
+        "--clock", default="wall", choices=CLOCKS,
+        help="wall time, or cpu: the process's CPU time per step on one thread (a shared CPU's other load does not "
+        "count)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.clock == "cpu":
+        torch.set_num_threads(1)  # CPU time of one thread is its step's time; more threads add their spin-waits
     methods = [m for m in method_names() if get_method(m).trains] if args.methods == "all" else args.methods.split(",")
     methods = ["full", *[m for m in methods if m != "full"]]
     table = run_perf(
-        args.model, methods, args.rank, args.batch, args.seq, args.steps, args.warmup, args.device, args.rounds
-    )
+        args.model, methods, args.rank, args.batch, args.seq, args.steps, args.warmup, args.device, args.rounds,
+        args.budget, args.clock,
+    )  # fmt: skip
     device = "cuda" if args.device.startswith("cuda") else "cpu"
     stem = f"{date.today().isoformat()}_{device}_{args.model}_b{args.batch}x{args.seq}"
     path = write_table(table, Path(args.out), stem)

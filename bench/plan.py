@@ -48,7 +48,7 @@ import numpy as np
 import yaml
 from omegaconf import OmegaConf
 
-from bench.errors import ConfigError
+from core.errors import ConfigError
 
 DATA_FILE = Path(__file__).with_name("plan_data.yaml")
 PERF_DIR = Path(__file__).resolve().parents[1] / "docs" / "perf"
@@ -514,7 +514,7 @@ def perf_row_flops(table: PerfTable, method: str, trainable: int) -> float:
     """FLOPs of one step of a perf-table row: `peftbench perf`'s synthetic batch (full length, 2 labels)."""
     from omegaconf import OmegaConf as OC
 
-    from bench.config import CONF_DIR
+    from core.paths import CONF_DIR
 
     model_cfg = OC.to_container(OC.load(CONF_DIR / "model" / f"{table.model}.yaml"), resolve=True)
     arch = arch_of(model_cfg, "sequence-classification", 2)
@@ -663,7 +663,7 @@ def plan_sweep(sweep: str, overrides: list[str] | None = None, device: str | Non
                store: str | None = None) -> SweepPlan:  # fmt: skip
     """Every distinct run of a sweep with its predicted cost on `device` (default: plan_data's default GPU)."""
     from bench.grid import resolve_grid
-    from bench.store import RunStore
+    from core.store import RunStore
 
     if gpus < 1:
         raise ConfigError(f"--gpus {gpus} is not valid; give a positive integer")
@@ -769,7 +769,7 @@ class CheckRow:
 
 def check_store(sweep: str, store_root: str) -> list[CheckRow]:
     """Every ok record of a sweep predicted on the device it ran on (its own record left out of the calibration)."""
-    from bench.store import RunStore
+    from core.store import RunStore
 
     store = RunStore(store_root)
     records = [r for r in store.iter_records(sweep) if r.get("status") == "ok" and r.get("run_seconds")]

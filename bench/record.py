@@ -1,13 +1,12 @@
 """The run record: its schema, the environment facts it carries, and secret scrubbing.
 
 A record is self-describing (the report never needs Hydra's output folders): every field below is
-present in every record, `None` where a failed run never got that far.
+present in every record, `None` where a failed run never got that far. What produced it besides the config
+(library and CUDA versions, the hub revisions read) is described in core.provenance.
 """
 
 from __future__ import annotations
 
-import functools
-import platform
 import re
 import socket
 import subprocess
@@ -16,7 +15,8 @@ from typing import Any
 
 import torch
 
-from bench.config import CONF_DIR
+from core.paths import CONF_DIR
+from core.provenance import versions
 
 FIELDS = (
     "run_id", "sweep", "status", "error", "method", "model", "task", "rank", "lr", "seed", "data",
@@ -24,7 +24,7 @@ FIELDS = (
     "trainable_params", "head_params", "total_params",
     "trainable_pct", "peak_memory_bytes", "peak_memory_reserved_bytes", "peak_memory_kind",
     "train_seconds", "run_seconds", "eval_seconds", "generated_tokens_per_second", "steps", "final_loss",
-    "resumed_from_step", "inputs", "adapter_dir", "versions", "git_commit", "git_dirty",
+    "resumed_from_step", "inputs", "strategy", "adapter_dir", "versions", "revisions", "git_commit", "git_dirty",
     "device", "dtypes", "world_size", "started_at", "finished_at", "hostname",
 )  # fmt: skip
 # `hf_token`, `wandb_api_key`, `secret` match; `pad_token_id` or `max_new_tokens` do not.
@@ -33,21 +33,6 @@ _SECRET_KEY = re.compile(r"^(.*[_-])?(api[_-]?key|token|secret|password|credenti
 
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-@functools.cache
-def versions() -> dict[str, str]:
-    import datasets
-    import peft
-    import transformers
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-        "datasets": datasets.__version__,
-    }
 
 
 def _git(*args: str) -> str | None:

@@ -22,7 +22,6 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
 
-from bench.assets import from_hub_cache
 from bench.checkpoints import latest_complete
 from bench.config import (
     check_moved_keys,
@@ -32,22 +31,29 @@ from bench.config import (
     experiment_config,
     normalized_axes,
     resolve_point,
+    sweep_strategy,
 )
 from bench.console import VERBOSE_ENV, run_log
-from bench.errors import ConfigError, one_line
 from bench.measure import PeakMemory, Stopwatch, count_params
+from bench.method_defaults import install as install_method_defaults
 from bench.models import load_model, load_processor
 from bench.record import new_record, now
-from bench.store import RunStore
 from bench.tracking import track
 from bench.train import (
     batch_sampler,
     best_evaluation,
+    check_compile,
     check_eval_every,
+    check_val_loss_every,
     optimizer_steps,
     train_and_evaluate,
     training_arguments,
 )
+from core.assets import from_hub_cache
+from core.errors import ConfigError, one_line
+from core.hub_lock import check_run, finish_revisions
+from core.provenance import take_reads
+from core.store import RunStore
 from methods.base import Method, RunContext, get_method, trainable_dtypes
 from tasks.base import Task, build_task
 
@@ -58,13 +64,18 @@ def check_config(cfg: DictConfig) -> tuple[Method, Any, dict[str, Any], Task]:
     """Validate a config on its own, without loading anything heavy or reading the store; returns its method,
     params, axes and task."""
     check_moved_keys(cfg)
+    sweep_strategy(cfg)  # an unknown sweep strategy stops here too (a sweep's sweeper checks it before any run)
     method = get_method(cfg.method.get("name"), cfg.method.get("module"))
     resolve_point(cfg)
     params = method.parse(OmegaConf.to_container(cfg.method, resolve=True))
     axes = normalized_axes(cfg, method.uses_rank)
     check_eval_every(cfg.trainer.get("eval_every"))
+    check_compile(cfg.trainer.get("compile", False))
     task = build_task(cfg.task)
+    if cfg.task.get("held_out") is not None and not task.holds_out:
+        raise ConfigError(f"task.held_out is not available for task family {task.family!r}; set task.held_out=null")
     task.validate(cfg.data)
+    check_val_loss_every(cfg.trainer.get("val_loss_every"), cfg.task.get("held_out"))
     return method, params, axes, task
 
 
@@ -85,11 +96,14 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
         log.info("skip %s: already done (%s)", run_id, store.record_path(cfg.sweep, run_id))
         return None
 
+    # before anything loads: a lock the cache does not match stops here, in one line, with no record
+    planned_revisions = check_run(cfg, task)
+    take_reads()  # forget what an earlier point of this process read
     rank, world_size = process_rank()
     fields: dict[str, Any] = {
         "run_id": run_id, "sweep": cfg.sweep, "method": method.name, "model": cfg.model.name,
         "task": task.name, **axes, "primary_metric": task.primary, "started_at": now(),
-        "resumed_from_step": None, "world_size": world_size, "inputs": inputs or None,
+        "resumed_from_step": None, "world_size": world_size, "inputs": inputs or None, "strategy": sweep_strategy(cfg),
         "config": {**OmegaConf.to_container(cfg, resolve=True), "rank": axes["rank"]},
     }  # fmt: skip
     work_dir = store.sweep_dir(cfg.sweep) / ".work" / run_id
@@ -106,6 +120,7 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
             raise
         log.debug("run %s failed", run_id, exc_info=True)
         fields.update(status="failed", error=one_line(exc))
+    fields["revisions"] = finish_revisions(planned_revisions, take_reads())
     if rank != 0:  # several processes, one run: the first process alone writes (the others hold the same)
         return None
     if predictions:  # first the predictions, then the record: a record never points at a missing file
@@ -131,11 +146,12 @@ def _train_point(cfg, method, params, axes, task, inputs, store, run_id, work_di
     with from_hub_cache(model_name, cfg.sweep):
         model = load_model(cfg.model, task.model_kind, **task.model_head(processor))
     collate = task.collator(processor)
-    ctx = RunContext(
+    ctx = RunContext.build(
+        params,
+        cfg.model.target_modules,
         rank=axes["rank"],
         lr=axes["lr"],
         seed=axes["seed"],
-        target_modules=list(getattr(params, "target_modules", None) or cfg.model.target_modules),
         head_modules=task.head_modules(cfg.model),
         total_steps=optimizer_steps(len(data.train), cfg.trainer),
         weight_decay=float(cfg.trainer.weight_decay),
@@ -150,7 +166,7 @@ def _train_point(cfg, method, params, axes, task, inputs, store, run_id, work_di
     counts = count_params(model, ctx.head_modules)
     # a bf16 base always computes under bf16 autocast (its float32 adapters and head need it)
     use_bf16 = base_dtype == torch.bfloat16 or (bool(cfg.trainer.bf16) and torch.cuda.is_available())
-    args = training_arguments(cfg, str(work_dir), use_bf16)
+    args = training_arguments(cfg.trainer, axes, str(work_dir), use_bf16)
     resume = latest_complete(work_dir)
     memory = PeakMemory()
     memory.start()
@@ -167,6 +183,8 @@ def _train_point(cfg, method, params, axes, task, inputs, store, run_id, work_di
             str(resume[0]) if resume else None,
             check_eval_every(cfg.trainer.get("eval_every")),
         )
+    if outcome.held_out_losses:  # which checkpoint was evaluated, and why: beside the held-out rows' ids
+        data.protocol["held_out"].update(losses=outcome.held_out_losses, restored_step=outcome.restored_step)
     fields: dict[str, Any] = {
         "protocol": data.protocol,
         "trainable_params": counts.trainable_params,
@@ -235,8 +253,9 @@ def main() -> None:
     except ConfigError as exc:
         print(f"peftbench: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    # `method.module=` works whether or not the method's YAML has a `module` key (Hydra wants `++` to add one)
-    sys.argv[1:] = [f"++{arg}" if arg.startswith("method.module=") else arg for arg in sys.argv[1:]]
+    # `method.module=` and `task.module=` work whether or not the YAML has a `module` key (Hydra wants `++` to add one)
+    sys.argv[1:] = [f"++{arg}" if arg.startswith(("method.module=", "task.module=")) else arg for arg in sys.argv[1:]]
+    install_method_defaults()
     _hydra_main()
 
 

@@ -5,7 +5,9 @@ to `target_r` per layer on average between `tinit` and `total_step − tfinal`. 
 differs between papers: `rank_means: target` (the AdaLoRA paper: rank = target_r, init_r = 1.5 × rank)
 or `rank_means: initial` (Subspace Tuning's and LLM-Adapters' tables, whose params column counts r
 triplets per layer, LoRA's count + r: rank = init_r, target_r = `target_share` × rank, as Subspace Tuning's
-DeBERTaV3 scripts start at 2 and prune to 1).
+DeBERTaV3 scripts start at 2 and prune to 1; `init_share` starts a task above the rank, as their MNLI and CoLA
+scripts start at 3 for the same target 1).
+`tinit` / `tfinal` are optimizer steps (>= 1, as the papers' scripts give them) or shares of the total (< 1).
 `total_step` comes from the trainer; a callback calls `update_and_allocate` after every optimizer
 step, before the gradients are zeroed, as PEFT requires. The orthogonality regulariser
 `orth_reg_weight`·R_orth (PEFT's form) enters the loss through `aux_loss`: PEFT adds it in
@@ -22,7 +24,7 @@ import torch
 from peft import AdaLoraConfig, get_peft_model
 from transformers import TrainerCallback
 
-from bench.errors import ConfigError
+from core.errors import ConfigError
 from methods.base import Method, RunContext, register
 from methods.lora import LoraParams
 from methods.lowrank import orth_reg
@@ -36,6 +38,9 @@ class AdaLoraParams(LoraParams):
     )
     target_share: float = field(
         default=0.5, metadata={"help": "rank_means=initial: target_r = target_share × rank (at least 1)"}
+    )
+    init_share: float = field(
+        default=1.0, metadata={"help": "rank_means=initial: init_r = init_share × rank (1.5: start at 3 for r 2)"}
     )
     init_r: int | None = field(
         default=None, metadata={"help": "rank_means=target: starting rank per layer; null = 1.5 × rank (12 for 8)"}
@@ -57,6 +62,8 @@ class AdaLoraParams(LoraParams):
             raise ConfigError(f"method.deltaT={self.deltaT} is not valid; give a positive integer")
         if not 0.0 < self.target_share <= 1.0:
             raise ConfigError(f"method.target_share={self.target_share} is not valid; give a value in (0, 1]")
+        if self.init_share < 1.0:
+            raise ConfigError(f"method.init_share={self.init_share} is not valid; give a value >= 1 (init_r >= rank)")
 
 
 def _steps(value: float, total: int) -> int:
@@ -90,7 +97,7 @@ class AdaLora(Method):
                 f"{total} steps; need tinit < total_steps - tfinal"
             )
         if params.rank_means == "initial":
-            init_r, target_r = ctx.rank, max(1, round(params.target_share * ctx.rank))
+            init_r, target_r = round(params.init_share * ctx.rank), max(1, round(params.target_share * ctx.rank))
         else:
             init_r, target_r = params.init_r or ctx.rank + ctx.rank // 2, ctx.rank
         return AdaLoraConfig(

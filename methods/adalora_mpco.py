@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from peft import AdaLoraConfig
 
-from bench.errors import ConfigError
+from core.errors import ConfigError
 from methods.adalora import AdaLora, AdaLoraParams
 from methods.base import RunContext, register
 

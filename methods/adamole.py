@@ -9,8 +9,10 @@ Per adapted linear, E LoRA experts (A_i Kaiming, B_i = 0, s = α/r_e), a gate p 
 With τ_max ≤ 1/E at least one expert is always selected (max p_i ≥ 1/E > τ); τ_max = 0 selects every
 expert and the layer is a dense softmax MoE. Auxiliary loss (Switch form, on the shifted gate as the
 reference): E·Σ_i f_i·P_i per layer, f_i = share of tokens selecting i, P_i = mean over tokens of p_i − τ;
-summed over layers, weight `aux_loss_coef` (1e-3). `expert_rank=split` (GOAT's budget): r_e = r/E;
-`full` (the original AdaMoLE): r_e = r. Trainable: E·r_e·(in + out) + E·in + in + 1 per layer.
+summed over layers, weight `aux_loss_coef` (1e-3). Defaults are AdaMoLE's `train.py:97-99`: `expert_rank=split`,
+r_e = r/E (`lora_rank // num_experts`: 32 / 8 = 4, also GOAT's budget), α 16, dropout 0.05 (one mask per expert);
+`full`, r_e = r, is an extension (E times the parameters), not the original. Trainable: E·r_e·(in + out) + E·in +
+in + 1 per layer.
 Routed by the input: cannot merge. Built on `methods.moe` (its `route` hook).
 Reference: zefang-liu/AdaMoLE `src/adamole/layer.py` (AdaMoeLayer, AdaMoleLayer), `src/peft_model.py` (get_aux_loss).
 """
@@ -23,7 +25,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from bench.errors import ConfigError
+from core.errors import ConfigError
 from methods.base import RunContext, register
 from methods.moe import MoeLoraLayer, MoeMethod
 from methods.targets import check_rank, require_targets
@@ -32,15 +34,17 @@ from methods.targets import check_rank, require_targets
 @dataclass
 class AdamoleParams:
     num_experts: int = field(default=8, metadata={"help": "E, the number of LoRA experts"})
-    lora_alpha: float = field(default=16.0, metadata={"help": "scale numerator: s = lora_alpha / r_e"})
+    lora_alpha: float = field(default=16, metadata={"help": "scale numerator: s = lora_alpha / r_e"})
     expert_rank: Literal["split", "full"] = field(
-        default="split", metadata={"help": "split: r_e = r/E (GOAT's budget); full: r_e = r (the AdaMoLE paper)"}
+        default="split", metadata={"help": "split: r_e = r/E (AdaMoLE's train.py, GOAT's budget); full: r_e = r"}
     )
     tau_max: float | None = field(
         default=None, metadata={"help": "τ_max, the threshold's ceiling; null = 1/E (the reference's default)"}
     )
     aux_loss_coef: float = field(default=1e-3, metadata={"help": "weight of the load-balancing loss"})
-    lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the experts' input (not the gate's)"})
+    lora_dropout: float = field(
+        default=0.05, metadata={"help": "dropout on the experts' input, one mask per expert (AdaMoLE's: 0.05)"}
+    )
     target_modules: list[str] | None = field(
         default=None, metadata={"help": "layer names to adapt; null = the model config's target_modules"}
     )

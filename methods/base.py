@@ -30,35 +30,16 @@ import dataclasses
 import types
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Union
 
 import torch
 from transformers import TrainerCallback
 
-from bench.errors import ConfigError
+from core.context import RunContext
+from core.errors import ConfigError
+from core.registry import Registry
 from methods.targets import check_rank, require_targets
-
-
-@dataclass(frozen=True)
-class RunContext:
-    """What a method may know about the run it is part of.
-
-    `sample_batches(n)` gives n collated training batches (for data-driven inits such as LoRA-GA);
-    `sample_batches(n, batch_size=b)` batches of b rows. `store_root` is the results store, `inputs` what
-    the method's `inputs` hook resolved before the run.
-    """
-
-    rank: int | None
-    lr: float
-    seed: int
-    target_modules: list[str]
-    head_modules: list[str]
-    total_steps: int
-    weight_decay: float = 0.0
-    sample_batches: Callable[..., list[dict[str, torch.Tensor]]] | None = None
-    store_root: str | None = None
-    inputs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -73,6 +54,8 @@ class Method:
     Params: ClassVar[type] = NoParams
     uses_rank: ClassVar[bool] = True
     trains: ClassVar[bool] = True  # False: `apply` fits the model itself; the Trainer takes no step
+    # True: every weight of the base model trains (full fine-tuning); the papers' params columns count it as 100%
+    trains_base: ClassVar[bool] = False
 
     def parse(self, method_cfg: dict[str, Any]) -> Any:
         """Build the Params dataclass from the method's config; unknown keys and bad types are errors."""
@@ -131,6 +114,15 @@ class Method:
 
     def save(self, model: torch.nn.Module, out_dir: str) -> None:
         model.save_pretrained(out_dir)
+
+    def own_checkpoints(self, model: torch.nn.Module) -> bool:
+        """True when training checkpoints of `model` are written by `save` and read by `load_weights` rather than
+        as the Trainer's whole state dict (which fails on tied embeddings and writes a 7B frozen base each time)."""
+        return False
+
+    def load_weights(self, model: torch.nn.Module, out_dir: str) -> None:
+        """Read what `save` wrote into the adapted `model` (resuming from a training checkpoint)."""
+        raise NotImplementedError(f"{type(self).__name__} does not read its own checkpoints")
 
     def load(self, base_model: torch.nn.Module, out_dir: str, params: Any, ctx: RunContext) -> torch.nn.Module:
         from peft import PeftModel
@@ -200,46 +192,23 @@ def _describe(hint: Any) -> str:
     return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
 
 
-_REGISTRY: dict[str, Method] = {}
-
-
-def register(cls: type[Method]) -> type[Method]:
-    """Class decorator: make a method available under `cls.name` (its conf/method/<name>.yaml)."""
-    if cls.name in _REGISTRY:
-        raise ValueError(f"method {cls.name!r} is registered twice")
-    _REGISTRY[cls.name] = cls()
-    return cls
-
-
-def register_class(cls: Any, origin: str) -> None:
-    """Register a Method subclass found outside this package (an entry point); no-op if it already is."""
-    if not (isinstance(cls, type) and issubclass(cls, Method)) or not isinstance(getattr(cls, "name", None), str):
-        raise ConfigError(f"{origin} is neither a module nor a Method subclass with a `name`")
-    registered = _REGISTRY.get(cls.name)
-    if registered is None:
-        register(cls)
-    elif type(registered) is not cls:
-        raise ConfigError(f"{origin} registers method {cls.name!r}, which {type(registered).__module__} already has")
+METHODS: Registry[Method] = Registry(
+    kind="method",
+    base=Method,
+    key="name",
+    package="methods",
+    skip={"base", "targets"},
+    group="peftbench.methods",
+    make=lambda cls: cls(),
+)
+register = METHODS.register  # class decorator: a method available under `cls.name` (its conf/method/<name>.yaml)
+register_class = METHODS.register_class
 
 
 def get_method(name: str, module: str | None = None) -> Method:
     """The registered method `name`; `module` (an import path) is imported first (`method.module=...`)."""
-    from methods import load_all, load_module
-
-    load_all()
-    if module is not None:
-        load_module(module)
-        if name not in _REGISTRY:
-            raise ConfigError(
-                f"method.module={module!r} registers no method {name!r}; valid choices: {', '.join(sorted(_REGISTRY))}"
-            )
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown method {name!r}; valid choices: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name]
+    return METHODS.get(name, module)
 
 
 def method_names() -> list[str]:
-    from methods import load_all
-
-    load_all()
-    return sorted(_REGISTRY)
+    return METHODS.names()

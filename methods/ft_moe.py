@@ -13,7 +13,11 @@ P_i = mean router probability), summed over layers, weight `aux_loss_coef` (1e-3
 (embeddings, norms, head). `experts_on=all_linear` (q, k, v, o, fc1, fc2; LLaMA: q, k, v, o, gate, up, down)
 matches GOAT's params column; `ffn` upcycles only the feed-forward linears (Komatsuzaki's layout).
 Parameters: P + (E−1)·P_lin + E·Σ in, P_lin the replaced linears' weights and biases. Experts are stacked
-(E, out, in) tensors; each expert computes only the tokens routed to it. Routed by the input: no merge.
+(E, out, in) tensors. Two paths, equal up to float rounding: `routed`, each expert computes only the tokens
+routed to it (gather, matmul, scatter per expert, a host sync each: launch-bound on small shapes), and `dense`,
+every expert on every token in one matmul with the top-k gates as a dense mask (E/k times the FLOPs, no
+sync, no data-dependent shape, so it compiles as one graph). The rule, measured on CPU: dense up to 16 tokens or
+while E·N·in·out ≤ 2^24 (`dense_is_faster`, docs/perf/2026-12-04_cpu_moe_paths.md). Routed by the input: no merge.
 """
 
 from __future__ import annotations
@@ -28,12 +32,25 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from bench.errors import ConfigError
+from core.errors import ConfigError
 from methods.base import Method, RunContext, register
 from methods.injection import linear_features
 from methods.targets import in_head
 
 WEIGHTS = "model.safetensors"
+# The rule, read off CPU measurements (scripts/moe_paths.py, docs/perf/2026-12-04_cpu_moe_paths.md; GPUs: not
+# measured): the dense path up to 16 tokens whatever the shape (both paths then cost the experts' weight gradient,
+# E·in·out, and the routed path adds E gathers and scatters) or while E·N·in·out ≤ 2^24 (tiny layers, where the
+# routed path's per-expert launches cost more than the dense path's extra FLOPs).
+DENSE_MAX_TOKENS = 16
+DENSE_MAX_MACS = 2**24
+
+
+def dense_is_faster(experts: int, tokens: int, in_features: int, out_features: int) -> bool:
+    """The measured rule of `UpcycledLinear`'s path; either path gives the same output."""
+    return tokens <= DENSE_MAX_TOKENS or experts * tokens * in_features * out_features <= DENSE_MAX_MACS
+
+
 ATTENTION_PARTS = ("attention", "attn")  # a block's attention sub-module: RoBERTa/BERT, LLaMA, CLIP, GPT-2
 
 
@@ -56,7 +73,13 @@ class FtMoeParams:
 
 
 class UpcycledLinear(nn.Module):
-    """E stacked copies of a linear layer (weight (E, out, in), bias (E, out)) behind a top-k router."""
+    """E stacked copies of a linear layer (weight (E, out, in), bias (E, out)) behind a top-k router.
+
+    Two paths with the same result (up to float rounding): `dense` and `routed`, chosen per forward by the rule of
+    `uses_dense`; `path` = "dense" or "routed" forces one (the equality tests and the measurement).
+    """
+
+    path: Literal["auto", "dense", "routed"] = "auto"
 
     def __init__(self, base: nn.Linear | Conv1D, experts: int, top_k: int) -> None:
         super().__init__()
@@ -72,6 +95,12 @@ class UpcycledLinear(nn.Module):
         self.register_buffer("expert_load", torch.zeros(experts, device=weight.device), persistent=False)
         self.balance_loss: torch.Tensor | None = None
 
+    def uses_dense(self, tokens: int) -> bool:
+        """The measured rule (`dense_is_faster`) unless `path` forces one."""
+        if self.path != "auto":
+            return self.path == "dense"
+        return dense_is_faster(self.experts, tokens, self.in_features, self.out_features)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
         logits = nn.functional.linear(flat, self.router.weight.to(flat.dtype))
@@ -85,20 +114,43 @@ class UpcycledLinear(nn.Module):
             self.balance_loss = self.experts * ((counts / max(flat.shape[0], 1)) * mean_prob).sum()
         else:
             self.expert_load += counts
+        if self.uses_dense(flat.shape[0]):
+            out = self.dense(flat, gates, top_index)
+        else:
+            out = self.routed(flat, gates, top_index)
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+    def dense(self, flat: torch.Tensor, gates: torch.Tensor, top_index: torch.Tensor) -> torch.Tensor:
+        """Every expert on every token in one matmul, the top-k gates as a dense (N, E) mask (zero elsewhere): no
+        gather or scatter of tokens, no host sync, no data-dependent shape (compiles as one graph); E/k times the
+        routed path's FLOPs."""
+        mask = torch.zeros(flat.shape[0], self.experts, device=flat.device, dtype=gates.dtype)
+        mask = mask.scatter(-1, top_index, gates).to(flat.dtype)
+        weight = self.weight.to(flat.dtype).reshape(self.experts * self.out_features, self.in_features)
+        bias = None if self.bias is None else self.bias.to(flat.dtype).reshape(-1)
+        y = nn.functional.linear(flat, weight, bias).unflatten(-1, (self.experts, self.out_features))
+        return (mask.unsqueeze(1) @ y).squeeze(1)  # Σ_i g_i·y_i per token
+
+    def routed(self, flat: torch.Tensor, gates: torch.Tensor, top_index: torch.Tensor) -> torch.Tensor:
+        """Each expert computes only the tokens routed to it (k/E of the dense FLOPs; a host sync per expert)."""
         out: torch.Tensor | None = None
+        # unbound once: indexing the stacked weight per expert would make each expert's backward write a zero
+        # gradient of all E experts (E times the weights' size, E times over)
+        weights = self.weight.unbind(0)
+        biases = [None] * self.experts if self.bias is None else self.bias.unbind(0)
         for expert in range(self.experts):
             token, slot = (top_index == expert).nonzero(as_tuple=True)
             if token.numel() == 0:
                 continue
-            bias = None if self.bias is None else self.bias[expert].to(flat.dtype)
-            y = nn.functional.linear(flat[token], self.weight[expert].to(flat.dtype), bias)
+            bias = None if biases[expert] is None else biases[expert].to(flat.dtype)
+            y = nn.functional.linear(flat[token], weights[expert].to(flat.dtype), bias)
             y = y * gates[token, slot].unsqueeze(-1).to(y.dtype)
             if out is None:
                 out = y.new_zeros(flat.shape[0], self.out_features)
             out.index_add_(0, token, y.to(out.dtype))
         if out is None:  # no tokens
             out = flat.new_zeros(flat.shape[0], self.out_features)
-        return out.reshape(*x.shape[:-1], self.out_features)
+        return out
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, experts={self.experts}, top_k={self.top_k}"

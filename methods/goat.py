@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from bench.errors import ConfigError
+from core.errors import ConfigError
 from methods.base import RunContext, register
 from methods.moe import MoeLoraLayer, MoeMethod, MoeParams
 

@@ -24,15 +24,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from bench.errors import ConfigError
+from core.context import RunContext
+from core.errors import ConfigError, NotMergeable
 from methods.targets import in_head, matches
 
 WEIGHTS = "adapter_model.safetensors"
 CONFIG = "adapter_config.json"
-
-
-class NotMergeable(RuntimeError):
-    """Raised by `merge_and_unload` for adapters whose update depends on the input (routers, nonlinearities)."""
 
 
 def linear_features(layer: nn.Linear | Conv1D) -> tuple[int, int]:
@@ -233,6 +230,12 @@ class NativeMethod:
     def save(self, model: InjectedModel, out_dir: str) -> None:
         model.save_pretrained(out_dir)
 
+    def own_checkpoints(self, model: nn.Module) -> bool:
+        return isinstance(model, InjectedModel)
+
+    def load_weights(self, model: InjectedModel, out_dir: str) -> None:
+        model.load_adapter(out_dir)
+
     def load(self, base_model: nn.Module, out_dir: str, params: Any, ctx: Any) -> InjectedModel:
         model = self.adapt(base_model, params, ctx)
         model.load_adapter(out_dir)
@@ -242,11 +245,9 @@ class NativeMethod:
         self, model: nn.Module, rank: int | None, target_modules: list[str], head_modules: list[str] = (), **values: Any
     ) -> InjectedModel:
         """Use the method outside the harness: wrap `model` in place and return the injected model."""
-        from methods.base import RunContext
-
         params = self.parse(values)
-        ctx = RunContext(rank=rank, lr=0.0, seed=0, target_modules=list(target_modules),
-                         head_modules=list(head_modules), total_steps=1)  # fmt: skip
+        ctx = RunContext.build(params, target_modules, rank=rank, lr=0.0, seed=0, head_modules=list(head_modules),
+                               total_steps=1)  # fmt: skip
         self.validate(params, model, ctx)
         return self.adapt(model, params, ctx)
 

@@ -18,13 +18,13 @@ from peft import LoraConfig, get_peft_model
 from peft.utils import SAFETENSORS_WEIGHTS_NAME, get_peft_model_state_dict
 from safetensors.torch import save_file
 
-from bench.errors import ConfigError
+from core.errors import ConfigError
 from methods.base import Method, RunContext, register
 
 
 @dataclass
 class LoraParams:
-    lora_alpha: float = field(default=16.0, metadata={"help": "scaling numerator: s = lora_alpha / r"})
+    lora_alpha: float = field(default=16, metadata={"help": "scaling numerator: s = lora_alpha / r"})
     lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the adapter's input, in [0, 1)"})
     target_modules: list[str] | None = field(
         default=None, metadata={"help": "layer names to adapt; null = the model config's target_modules"}

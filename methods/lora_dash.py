@@ -1,20 +1,25 @@
 """LoRA-Dash (Si et al. 2024, arXiv 2409.01035): LoRA, then a boost of the task-specific directions of W0.
 
-Phase 1, the first `t` optimizer steps: plain LoRA, h = W0·x + s·B·A·x with s = α/r (A Kaiming, B = 0).
-At step t, per adapted matrix: ΔW = s·B·A, the thin SVD W0 = U·diag(σ)·Vᵀ (float32), the projections
+Phase 1, the first `t` forward calls of each layer (the reference's counter; `count_forwards: false` counts
+optimizer steps instead): plain LoRA, h = W0·x + s·B·A·x with s = α/r (A Kaiming, B = 0). At the switch, per
+adapted matrix: ΔW = s·B·A, the thin SVD W0 = U·diag(σ)·Vᵀ (float32), the projections
 δσ_i = u_iᵀ·ΔW·v_i and the change rates ρ_i = |δσ_i|/σ_i; the top `s_dash` (s_d) indices by ρ become the
 frozen U_s ∈ R^{out×s_d}, V_s ∈ R^{in×s_d}. Phase 2: a trainable δ ∈ R^{s_d} (initialised 0) joins,
 
     h = W0·x + s·B·A·drop(x) + U_s·diag(δ)·V_sᵀ·drop(x)        (no scale on the δ term, as the reference)
 
 and LoRA keeps training. δ is created at injection (zero, trainable, in the optimizer from the start) but
-left out of the forward until step t, so it has no effect and no gradient before then (an optimizer skips
-a parameter without a gradient, so AdamW neither moves nor decays it, and its moments start at t). A
-parameter created at step t would never reach the Trainer's optimizer, which is built before training.
+left out of the forward until the switch, so it has no effect and no gradient before then (an optimizer skips
+a parameter without a gradient, so AdamW neither moves nor decays it, and its moments start then). A
+parameter created at the switch would never reach the Trainer's optimizer, which is built before training.
 U_s, V_s and the phase are buffers, saved with the adapter. Trainable: r·(in + out) + s_d per matrix.
 
-`count_forwards=True` switches inside the forward at the layer's t-th call instead, as the reference counts
-(every forward call: evaluation, gradient accumulation and checkpoint recomputation included).
+When: `count_forwards: true` (default) switches inside the forward, at the layer's call numbered t (0-based:
+calls 0..t−1 are plain LoRA, call t selects and already adds δ = 0), as both reference files count (`self.FLAG`,
+`layers_LoRA-Dash.py:73-93`, `CR_MR/peft/src/peft/tuners/lora-dash.py:371-395`): every forward call counts —
+evaluation, gradient-accumulation micro-batches, checkpoint recomputation — so with gradient accumulation k
+the switch comes near optimizer step t/k (≈ step 86 in the reference's commonsense run, not 100).
+`count_forwards: false` switches at the end of optimizer step t instead (a callback), whatever the accumulation.
 The update is linear: it merges exactly (W0 + s·B·A + U_s·diag(δ)·V_sᵀ).
 Reference: Subspace-Tuning `loralib/loralib/layers_LoRA-Dash.py`, `CR_MR/peft/src/peft/tuners/lora-dash.py`.
 """
@@ -31,7 +36,7 @@ from torch import nn
 from transformers import TrainerCallback
 from transformers.pytorch_utils import Conv1D
 
-from bench.errors import ConfigError
+from core.errors import ConfigError
 from methods.base import Method, RunContext, register
 from methods.injection import AdapterLayer, NativeMethod, adapter_layers_of
 from methods.targets import check_rank, require_targets
@@ -41,16 +46,18 @@ log = logging.getLogger("peftbench")
 
 @dataclass
 class LoraDashParams:
-    lora_alpha: float = field(default=16.0, metadata={"help": "scaling numerator: s = lora_alpha / r"})
+    lora_alpha: float = field(default=16, metadata={"help": "scaling numerator: s = lora_alpha / r"})
     lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the adapter's input, in [0, 1)"})
     target_modules: list[str] | None = field(
         default=None, metadata={"help": "layer names to adapt; null = the model config's target_modules"}
     )
-    t: int = field(default=100, metadata={"help": "LoRA-only warm-up: δ joins after t optimizer steps (>= 1)"})
+    t: int = field(
+        default=100, metadata={"help": "LoRA-only warm-up: δ joins after t forward calls (or optimizer steps) (>= 1)"}
+    )
     s_dash: int = field(default=8, metadata={"help": "s_d, the number of singular directions of W0 boosted"})
     count_forwards: bool = field(
-        default=False,
-        metadata={"help": "switch at each layer's t-th forward call (the reference) instead of optimizer step t"},
+        default=True,
+        metadata={"help": "true: switch at each layer's forward call t (the reference); false: at optimizer step t"},
     )
 
     def check(self) -> None:
@@ -59,7 +66,7 @@ class LoraDashParams:
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ConfigError(f"method.lora_dropout={self.lora_dropout} is not valid; give a value in [0, 1)")
         if self.t < 1:
-            raise ConfigError(f"method.t={self.t} is not valid; give a number of steps >= 1")
+            raise ConfigError(f"method.t={self.t} is not valid; give a number of calls (or steps) >= 1")
         if self.s_dash < 1:
             raise ConfigError(f"method.s_dash={self.s_dash} is not valid; give a positive integer")
 

@@ -24,7 +24,7 @@ import torch
 from peft import LoraGAConfig, get_peft_model
 from peft.tuners.lora import LoraLayer, preprocess_loraga
 
-from bench.errors import ConfigError
+from core.errors import ConfigError
 from methods.base import RunContext, register
 from methods.lora import LoraParams, ResidualInitLora, lora_config
 

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from bench.errors import ConfigError
-from bench.store import RunStore
+from core.errors import ConfigError
+from core.store import RunStore
 from methods.base import Method, RunContext, register
 
 L1_WEIGHT = 0.05  # algorithm.py:142

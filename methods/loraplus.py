@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from peft.optimizers import create_loraplus_optimizer
 
-from bench.errors import ConfigError
+from core.errors import ConfigError
 from methods.base import RunContext, register
 from methods.lora import Lora, LoraParams
 

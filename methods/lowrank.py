@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from bench.errors import ConfigError
+from core.errors import ConfigError
 
 
 @dataclass
 class LowRankParams:
-    lora_alpha: float = field(default=16.0, metadata={"help": "scaling numerator: s = lora_alpha / r"})
+    lora_alpha: float = field(default=16, metadata={"help": "scaling numerator: s = lora_alpha / r"})
     lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the adapter's input, in [0, 1)"})
     target_modules: list[str] | None = field(
         default=None, metadata={"help": "layer names to adapt; null = the model config's target_modules"}

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from bench.errors import ConfigError
+from core.errors import ConfigError
 from methods.base import Method, RunContext, register
 from methods.injection import AdapterLayer, InjectedModel, NativeMethod, NotMergeable, inject, install
 from methods.targets import matches, require_targets

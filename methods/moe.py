@@ -5,12 +5,18 @@ top-k renormalised to sum to 1 (HydraLoRA: dense, no top-k):
 
     h = W_res·x + Σ_{i∈topk} g_i · s · B_i·A_i·x
 
-All experts are one batched contraction (einsum over the expert axis, no Python loop): with the
-non-selected gates at zero this is exactly the top-k sum, at the cost of a single rank-r LoRA.
+All experts are one batched contraction (einsum over the expert axis, no Python loop, no gather or scatter of
+tokens per expert, no host sync): with the non-selected gates at zero this is exactly the top-k sum, at the cost
+of a single rank-r LoRA. The experts are LoRA-sized (E·r_e = r), so computing every expert for every token costs
+less than a per-expert gather/scatter would save (issue 25; the full-size upcycled experts of `methods.ft_moe`
+choose between the two by a measured rule).
 The Switch load-balancing loss E·Σ_i f_i·P_i is summed over layers and added to the training loss with
 `aux_loss_coef` (1e-3). As in GOAT's released layer, f_i = (tokens routing to expert i) / N tokens, so the
 f_i sum to k (with k = 1 this is Switch's classic loss); P_i = the mean router probability of expert i.
-`lora_dropout` (GOAT's scripts: 0.05) drops the experts' input, not the router's.
+`lora_dropout` (GOAT's scripts: 0.05) drops the experts' input, not the router's, with one mask per expert as the
+references' one `nn.Dropout` per expert (GOAT `goat/peta/src/goat/layer.py:113-116`, AdaMoLE
+`src/adamole/layer.py:94-97`; HydraLoRA calls its dropout once per head, `peft/tuners/lora.py:341-342`): a top-k
+token's k experts see k masks (k copies of x, as the references' per-expert inputs), a dense router's E experts E.
 MoE adapters cannot merge into one weight: the update depends on the input through the router.
 """
 
@@ -22,7 +28,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from bench.errors import ConfigError
+from core.errors import ConfigError
 from methods.base import Method, RunContext
 from methods.injection import AdapterLayer, NativeMethod, NotMergeable, adapter_layers_of, linear_features
 from methods.targets import check_rank, require_targets
@@ -32,7 +38,7 @@ from methods.targets import check_rank, require_targets
 class MoeParams:
     num_experts: int = field(default=8, metadata={"help": "E, the number of experts; rank must be a multiple"})
     top_k: int = field(default=2, metadata={"help": "experts used per token"})
-    lora_alpha: float = field(default=16.0, metadata={"help": "scale numerator α"})
+    lora_alpha: float = field(default=16, metadata={"help": "scale numerator α"})
     aux_loss_coef: float = field(default=1e-3, metadata={"help": "weight of the load-balancing loss"})
     lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the experts' input (not the router's)"})
     target_modules: list[str] | None = field(
@@ -119,13 +125,35 @@ class MoeLoraLayer(AdapterLayer):
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         gates = self.route(x)
-        x = self.dropout(x)  # the experts' input only: the router saw x undropped
+        if self.training and self.dropout.p > 0:
+            return self.delta_with_expert_masks(x, gates)
         a = self.lora_A.to(x.dtype)
         # all experts in two flat matmuls: (N, in) @ (in, E·r_e), then (N, E·r_e) @ (E·r_e, out)
         projected = (x @ a.reshape(-1, self.in_features).T).unflatten(-1, (a.shape[0], self.expert_rank))
         # the scale rides on the (N, E) gates rather than on the (N, out) output: one big kernel less
         weighted = (projected * (gates * self.scale).unsqueeze(-1)).flatten(-2)
         return weighted @ self.lora_B.to(x.dtype).reshape(self.experts * self.expert_rank, self.out_features)
+
+    def delta_with_expert_masks(self, x: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+        """`delta` in training with dropout: each expert a token uses drops its own copy of x (the router saw x
+        undropped). Still batched over the experts, without a gather or scatter of tokens."""
+        a = self.lora_A.to(x.dtype)  # (E or 1, r_e, in)
+        b = self.lora_B.to(x.dtype).reshape(self.experts * self.expert_rank, self.out_features)
+        gates = gates * self.scale
+        if self.top_k is not None:
+            # slot j of a token holds its j-th expert (found again from the gates: the others' are 0) and its own
+            # mask; each slot goes through every expert's A (E·r_e = r: one LoRA's cost per slot) and keeps its own
+            weights, index = gates.topk(self.top_k, dim=-1)
+            slots = nn.functional.one_hot(index, self.experts).to(gates.dtype) * weights.unsqueeze(-1)  # (..., k, E)
+            dropped = self.dropout(x.unsqueeze(-2).expand(*x.shape[:-1], self.top_k, self.in_features))
+            projected = (dropped @ a.reshape(-1, self.in_features).T).unflatten(-1, (a.shape[0], self.expert_rank))
+            weighted = (projected * slots.unsqueeze(-1)).sum(-3)  # (..., E, r_e)
+        else:  # a dense router: every expert may be used, each on its own dropped copy of x
+            dropped = self.dropout(x.unsqueeze(-2).expand(*x.shape[:-1], self.experts, self.in_features))
+            # one shared A (HydraLoRA): A·drop_i(x) per head, as the reference; else A_i·drop_i(x) per expert
+            projected = dropped @ a[0].T if a.shape[0] == 1 else torch.einsum("...ei,eri->...er", dropped, a)
+            weighted = projected * gates.unsqueeze(-1)
+        return weighted.flatten(-2) @ b
 
     def expert_update(self, i: int) -> torch.Tensor:
         """s·B_i·A_i of expert i (out × in)."""

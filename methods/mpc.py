@@ -22,7 +22,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from bench.errors import ConfigError
+from core.errors import ConfigError
 from methods.base import Method, RunContext, register
 from methods.injection import AdapterLayer, NativeMethod
 from methods.lora import Lora, LoraParams

@@ -17,7 +17,7 @@ from peft import PeanutConfig, get_peft_model
 from transformers.activations import ACT2FN
 from transformers.pytorch_utils import Conv1D
 
-from bench.errors import ConfigError
+from core.errors import ConfigError
 from methods.base import Method, RunContext, register
 from methods.targets import check_rank, matches, require_targets
 

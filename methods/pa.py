@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from bench.errors import ConfigError
+from core.errors import ConfigError
 from methods.base import RunContext, register
 from methods.mpc import LoraMpcn, MpcnLayer, MpcnParams
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from bench.errors import ConfigError
+from core.errors import ConfigError
 from methods.base import RunContext, register
 from methods.lora import LoraParams, ResidualInitLora
 from methods.milora import GOAT_RHO, svd_init_all

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from peft import PrefixTuningConfig, get_peft_model
 
-from bench.errors import ConfigError
+from core.errors import ConfigError
 from methods.base import Method, RunContext, register
 
 TASK_TYPES = {"ForCausalLM": "CAUSAL_LM", "ForSequenceClassification": "SEQ_CLS"}

@@ -1,12 +1,18 @@
 """SAM-PARSER (Peng et al. 2023, arXiv 2308.14604): fine-tune the singular values of each target weight.
 
 At injection every target W0 (out×in) is decomposed once in float32, W0 = U·diag(σ)·Vᵀ (thin SVD,
-k = min(in, out)); U and V are frozen buffers and σ' ∈ R^k is trainable, initialised to σ:
-W' = U·diag(σ')·Vᵀ (the bias stays frozen; the rank plays no role). Computed as
-W0·x + U·((σ' − σ) ⊙ Vᵀx), which equals U·diag(σ')·Vᵀ·x up to the SVD's float32 round-off, is exactly the
+k = min(in, out)); U, V and σ are frozen buffers and the fine-tuned singular values are σ' = σ + δ with the
+change δ ∈ R^k trainable, initialised to 0: W' = U·diag(σ')·Vᵀ (the bias stays frozen; the rank plays no role).
+Computed as W0·x + U·(δ ⊙ Vᵀx), which equals U·diag(σ')·Vᵀ·x up to the SVD's float32 round-off, is exactly the
 base model at init, and forms no out×in matrix (k(in+out) per token). Trainable: min(in, out) per layer.
-Merging adds U·diag(σ' − σ)·Vᵀ to W0. U, V and σ are not saved: `load` recomputes them from the base
+Merging adds U·diag(δ)·Vᵀ to W0. U, V and σ are not saved: `load` recomputes them from the base
 weight (a sign flip of a pair (u_i, v_i) leaves U·diag(σ')·Vᵀ unchanged).
+
+Why the change trains rather than σ' itself: the Trainer's weight decay (AdamW's decoupled λ·θ) pulls every
+trainable tensor to 0. On σ' that shrinks W0 itself — (1 − lr·λ) per step, ×0.80 over a Subspace Tuning STS-B
+run at weight decay 0.1 — where on every other adapter it pulls the update to 0, i.e. towards W0. On δ it does the
+latter; without decay the two parametrisations take the same Adam steps (the gradient is the same, the init
+differs by the constant σ). The reference sets no rule (its σ' never reaches the optimizer, below).
 Reference: Subspace-Tuning `loralib/loralib/layers_SAMPARSER.py:52, 63-69`, which computes the SVD at the
 first forward and assigns σ' as a *new* Parameter then — after the Trainer built its optimizer, so σ' is
 never updated and only the head trains. `reproduce_frozen_sigma: true` freezes σ' to reproduce that.
@@ -43,15 +49,19 @@ class SamParserLayer(AdapterLayer):
         u, sigma, vh = torch.linalg.svd(weight.T if self.transposed else weight, full_matrices=False)
         self.register_buffer("U", u, persistent=False)  # (out, k)
         self.register_buffer("Vh", vh, persistent=False)  # (k, in)
-        self.register_buffer("sigma0", sigma.clone(), persistent=False)  # (k,)
-        self.sigma = nn.Parameter(sigma)
+        self.register_buffer("sigma0", sigma, persistent=False)  # (k,)
+        self.sigma_shift = nn.Parameter(torch.zeros_like(sigma))  # δ = σ' − σ: weight decay pulls it to 0, not W0
+
+    @property
+    def sigma(self) -> torch.Tensor:
+        """σ' = σ + δ, the fine-tuned singular values."""
+        return self.sigma0 + self.sigma_shift
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
-        shift = (self.sigma - self.sigma0).to(x.dtype)
-        return ((x @ self.Vh.to(x.dtype).T) * shift) @ self.U.to(x.dtype).T
+        return ((x @ self.Vh.to(x.dtype).T) * self.sigma_shift.to(x.dtype)) @ self.U.to(x.dtype).T
 
     def delta_weight(self) -> torch.Tensor:
-        return (self.U * (self.sigma - self.sigma0)) @ self.Vh
+        return (self.U * self.sigma_shift) @ self.Vh
 
     def reference_weight(self) -> torch.Tensor:
         """U·diag(σ')·Vᵀ, the reference's weight (equal to the merged weight up to the SVD's round-off)."""
@@ -74,5 +84,5 @@ class SamParser(NativeMethod, Method):
         injected = super().apply(model, params, ctx)
         if params.reproduce_frozen_sigma:
             for layer in adapter_layers_of(injected, SamParserLayer):
-                layer.sigma.requires_grad_(False)
+                layer.sigma_shift.requires_grad_(False)
         return injected

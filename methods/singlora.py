@@ -25,7 +25,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 from transformers import TrainerCallback
 
-from bench.errors import ConfigError
+from core.errors import ConfigError
 from methods.base import Method, RunContext, register
 from methods.injection import AdapterLayer, InjectedModel, NativeMethod, adapter_layers_of
 

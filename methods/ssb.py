@@ -1,18 +1,19 @@
 """SSB from Subspace Tuning (Si et al. 2024, arXiv 2407.05417): scale both sides' subspaces.
 
-W' = diag(l_out)·W0·diag(l_in), both ones at init, computed as l_out ⊙ (W0·(l_in ⊙ x)) + b.
+W' = diag(l_out)·W0·diag(l_in), both ones at init, computed as l_out ⊙ (W0·(l_in ⊙ x)) + b by
+`methods.ssl.scaled_linear` (one autograd function: the output scale and the bias in one op, the gradients'
+products formed once and reused, the output in the matmul's dtype under autocast; see `methods.ssl`).
 Trainable: in + out per target layer. Merging rescales W0's rows and columns.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from methods.base import register
 from methods.injection import AdapterLayer
-from methods.ssl import Ssl, SubspaceParams
+from methods.ssl import Ssl, SubspaceParams, scaled_linear
 
 
 class SsbLayer(AdapterLayer):
@@ -24,8 +25,7 @@ class SsbLayer(AdapterLayer):
         self.l_out = nn.Parameter(torch.ones(self.out_features, **self.factory))
 
     def adapted(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.linear(x * self.l_in.to(x.dtype), self.base_layer.weight) * self.l_out.to(x.dtype)
-        return out if self.base_layer.bias is None else out + self.base_layer.bias
+        return scaled_linear(x, self.base_layer.weight, self.base_layer.bias, self.l_in, self.l_out)
 
     def merged_weight(self) -> torch.Tensor:
         return self.l_out[:, None] * self.base_layer.weight * self.l_in[None, :]

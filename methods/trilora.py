@@ -11,6 +11,14 @@ Trainable: r(in+out) + r per target layer. Merging adds s·B·diag(e)·A to W0.
 `trilora_mpco` adds the MPCo term λ·Σ_layers(‖AAᵀ − I‖_F² + ‖BᵀB − I‖_F²) to the loss (`methods.mpc`);
 `penalty: adalora_orth` uses AdaLoRA's orthogonality regulariser instead (PEFT's form, mean of unsquared
 norms; AdaLoRA weighs it 0.1), the reading of TriLoRA+MPCo as AdaLoRA's parametrisation without pruning.
+
+λ defaults to 1e-7, not LoRA-MPCo's 1e-3, because TriLoRA's B is Kaiming-uniform with fan-in r (entries
+U(±1/√r), variance 1/(3r)), so BᵀB ≈ out/(3r)·I at init and the term starts at ≈ Σ_layers out²/(9r), where
+LoRA's zero B starts it at ≈ 1.4·r per layer. No reference code or value exists (the paper gives none); the
+weight is chosen so that the term starts of the task loss's order (cross-entropy ≈ 0.7 on a 2-class task):
+measured on the six linears of every block (`scripts/trilora_mpco_init.py`), λ·penalty at init is 0.81, 0.41,
+0.20, 0.10 on RoBERTa-base/DeBERTa-v3-base at r 2, 4, 8, 16 and 2.9–0.36 on RoBERTa-large — at 1e-3 it was
+8,138 at r 2 on RoBERTa-base, four orders above the loss it regularises, and the step would be the penalty's.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from bench.errors import ConfigError
+from core.errors import ConfigError
 from methods.base import Method, RunContext, register
 from methods.injection import AdapterLayer, NativeMethod, adapter_layers_of
 from methods.lowrank import LowRankParams, kaiming_, orth_reg
@@ -39,7 +47,10 @@ class TriLoraParams(LowRankParams):
 @dataclass
 class TriLoraMpcoParams(TriLoraParams):
     mpc_lambda: float = field(
-        default=1e-3, metadata={"help": "weight λ of the constraint (ours: the paper gives none)"}
+        default=1e-7,
+        metadata={
+            "help": "weight λ of the constraint (ours: the paper gives none; 1e-7 starts it of the loss's order)"
+        },
     )
     penalty: Literal["mpco", "adalora_orth"] = field(
         default="mpco",

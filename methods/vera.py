@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from peft import VeraConfig, get_peft_model
 
-from bench.errors import ConfigError
+from core.errors import ConfigError
 from methods.base import Method, RunContext, register
 from methods.targets import require_targets
 

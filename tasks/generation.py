@@ -5,8 +5,11 @@ codes do (GOAT's `x + " " + y`, LLM-Adapters' full prompt), then EOS. With `trai
 MetaMath) the labels are -100 on the first len(tokenize(prompt)) tokens, so the loss is the answer's; with
 `true` (LLM-Adapters' default) the loss covers the whole text. The prompt may have its own training template
 (`train_prompt`: LLM-Adapters trains and evaluates with different whitespace). Evaluation generates from the
-prompt alone, never cut (left-padded, greedy unless `generation.num_beams` says otherwise) and hands the
-decoded text to the task.
+prompt alone, never cut (left-padded, greedy unless `generation.num_beams` says otherwise; without the
+tokenizer's BOS when `generation.add_special_tokens` is false, as GOAT's commonsense evaluation) and hands the
+decoded text to the task. `held_out: {rows, seed}` keeps training rows out of training as the references'
+`train_test_split(test_size=rows, shuffle=True, seed=seed)` does (LLM-Adapters' and DoRA's `val_set_size`,
+GOAT's commonsense loader); their ids go into the record, and `trainer.val_loss_every` scores them (bench.train).
 """
 
 from __future__ import annotations
@@ -27,9 +30,9 @@ from transformers import (
     StoppingCriteriaList,
 )
 
-from bench.config import check_choice
-from bench.errors import ConfigError
-from methods.merging import merged_adapters
+from core.errors import ConfigError
+from core.merging import merged_adapters
+from core.validation import check_choice
 from tasks.base import Evaluation, Task, TaskData
 
 if TYPE_CHECKING:
@@ -72,9 +75,10 @@ class PromptEncoder:
     def _ids(self, text: str) -> list[int]:
         return self.prefix + self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def prompt(self, text: str) -> list[int]:
-        """A generation prompt's ids, whole: cutting it would drop the BOS or the question."""
-        return self._ids(text)
+    def prompt(self, text: str, special: bool = True) -> list[int]:
+        """A generation prompt's ids, whole: cutting it would drop the BOS or the question. `special=False`: without
+        the tokenizer's own leading tokens (GOAT generates from `tokenizer(..., add_special_tokens=False)`)."""
+        return self._ids(text) if special else self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def example(self, prompt: str, target: str) -> dict[str, list[int]]:
         """input_ids, attention_mask and labels (-100 on the prompt unless train_on_inputs), cut at max_length."""
@@ -124,7 +128,7 @@ def generate(
     Deterministic. Prompts are batched by length (less padding) and put back in order. With `stop` (a pattern
     and the tokenizer's decode), greedy decoding ends a batch once every sequence has finished its answer
     rather than at max_new_tokens; beam search ends at EOS (its beams would need the pattern per beam). With
-    `merge`, the adapters are folded into their fp32 base weights while generating (`methods.merging`).
+    `merge`, the adapters are folded into their fp32 base weights while generating (`core.merging`).
     """
     net = generation_model(model)
     was_training = net.training
@@ -178,13 +182,38 @@ def cut_at_stop(text: str, pattern: re.Pattern[str] | None) -> str:
     return text[: match.end()] if match else text
 
 
+def hold_out(rows: Dataset, count: int, seed: int) -> tuple[Dataset, Dataset, list[int]]:
+    """(the rows left to train on, the held-out rows, their indices in `rows`): datasets'
+    `train_test_split(test_size=count, shuffle=True, seed=seed)`, the call LLM-Adapters (finetune.py:254-257),
+    DoRA (commonsense_reasoning/finetune.py:288-291) and GOAT (goat/peta/tasks/data.py:482) make, so the same file
+    in the same order gives the same held-out rows."""
+    if count >= len(rows):
+        raise ConfigError(f"task.held_out.rows={count} leaves no training row of {len(rows)}; give fewer rows")
+    indexed = rows.add_column("_held_out_row", list(range(len(rows))))
+    split = indexed.train_test_split(test_size=count, shuffle=True, seed=seed)
+    ids = [int(i) for i in split["test"]["_held_out_row"]]
+    return split["train"].remove_columns("_held_out_row"), split["test"].remove_columns("_held_out_row"), ids
+
+
+def check_held_out(value: Any) -> None:
+    """`task.held_out`: null, or {rows: a positive integer, seed: an integer >= 0}."""
+    if value is None:
+        return
+    keys = set(value) if hasattr(value, "keys") else set()
+    rows, seed = (value.get("rows"), value.get("seed")) if keys == {"rows", "seed"} else (None, None)
+    if not (isinstance(rows, int) and not isinstance(rows, bool) and rows > 0) or not (
+        isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0
+    ):
+        raise ConfigError(f"task.held_out={value!r} is not valid; give null or {{rows: 120, seed: 42}}")
+
+
 def check_generation_settings(cfg: Any) -> None:
     settings = cfg.get("generation")
     for key in ("max_new_tokens", "num_beams", "batch_size"):
         value = None if settings is None else settings.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ConfigError(f"task.generation.{key}={value!r} is not valid; give a positive integer")
-    for key in ("stop_early", "sort_by_length", "merge_adapters"):
+    for key in ("stop_early", "sort_by_length", "merge_adapters", "add_special_tokens"):
         if not isinstance(settings.get(key, True), bool):
             raise ConfigError(f"task.generation.{key}={settings.get(key)!r} is not valid; give true or false")
     check_choice("task.generation.cache_implementation", settings.get("cache_implementation"), [None, "static"])
@@ -201,15 +230,13 @@ class GenerativeTask(Task):
 
     model_kind = "causal-lm"
     fresh_head = False
+    required_sizes = ("max_seq_length",)  # prompts and answers are cut to it: no default length
+    holds_out = True
 
     def validate(self, data: str) -> None:
+        super().validate(data)
         check_generation_settings(self.cfg)
-        for key in ("max_train_samples", "max_eval_samples"):
-            value = self.cfg.get(key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-                raise ConfigError(f"task.{key}={value!r} is not valid; give a positive integer or null")
-        if not isinstance(self.cfg.max_seq_length, int) or self.cfg.max_seq_length <= 0:
-            raise ConfigError(f"task.max_seq_length={self.cfg.max_seq_length!r} is not valid; give a positive integer")
+        check_held_out(self.cfg.get("held_out"))
         if not isinstance(self.cfg.get("train_on_inputs"), bool):
             raise ConfigError(
                 f"task.train_on_inputs={self.cfg.get('train_on_inputs')!r} is not valid; give true or false"
@@ -240,6 +267,11 @@ class GenerativeTask(Task):
             processor, self.cfg.max_seq_length, bool(self.cfg.train_on_inputs), self.cfg.get("target_separator") or ""
         )
         train, evals, protocol = self.splits(data, encoder)
+        held_out = None
+        if self.cfg.get("held_out") is not None:  # before any cap: the references split the whole file
+            rows, seed = int(self.cfg.held_out.rows), int(self.cfg.held_out.seed)
+            train, held_out, ids = hold_out(train, rows, seed)
+            protocol["held_out"] = {"rows": rows, "seed": seed, "ids": ids}
         if self.cfg.max_train_samples is not None and len(train) > self.cfg.max_train_samples:
             # a task whose reference takes the first rows in file order (GOAT's GSM8K subset) says so
             rows = train if self.cfg.get("train_selection") == "first" else train.shuffle(seed=0)
@@ -252,10 +284,16 @@ class GenerativeTask(Task):
             lambda row: encoder.example(row["prompt"], row["target"]),
             remove_columns=train.column_names, desc=f"tokenize {self.name}",
         )  # fmt: skip
+        if held_out is not None:  # scored as training rows are (the references' val_set: same template, same labels)
+            held_out = held_out.map(
+                lambda row: encoder.example(row["prompt"], row["target"]), remove_columns=held_out.column_names
+            )
+        special = bool(self.cfg.generation.get("add_special_tokens", True))
         evals = {
-            name: rows.map(lambda row: {"prompt_ids": encoder.prompt(row["prompt"])}) for name, rows in evals.items()
+            name: rows.map(lambda row: {"prompt_ids": encoder.prompt(row["prompt"], special)})
+            for name, rows in evals.items()
         }
-        return TaskData(train=train_ids, evals=evals, protocol=protocol, processor=processor)
+        return TaskData(train=train_ids, evals=evals, protocol=protocol, processor=processor, held_out=held_out)
 
     def answer(self, name: str, output: str) -> str | None:
         """The answer the primary metric reads from one generated output (None: no answer)."""

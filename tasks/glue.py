@@ -3,6 +3,8 @@
 Hub protocol (the papers'): fit on `train`, report on `validation` (MNLI: matched and mismatched).
 The text fields go to the tokenizer as a sentence pair, or through `input_template` as one string (GOAT's
 train_nlu.py feeds "<instruction>: {s1}\n{s2}\nresult: ", goat/peta/tasks/data.py:71-218).
+Inputs are truncated to `max_seq_length` tokens; an entry's optional `eval_max_seq_length` truncates the eval
+splits at another length (GOAT trains at 128 and evaluates at the tokenizer's 512, goat/train_nlu.py:103,243-250).
 Metrics: CoLA Matthews corr.; STS-B Pearson and Spearman with a 1-output regression head; MRPC and
 QQP F1 and accuracy; the others accuracy. Offline protocol: see `tasks/offline.py`.
 """
@@ -14,10 +16,9 @@ from typing import Any
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
-from bench.config import check_choice
-from bench.errors import ConfigError
-from bench.models import classifier_head
-from tasks.base import ClassificationTask, HubLoad, TaskData, register_family
+from core.errors import ConfigError
+from core.validation import check_choice
+from tasks.base import ClassificationTask, HubLoad, TaskData, classifier_head, register_family
 from tasks.metrics import METRICS
 from tasks.offline import load_split, require_offline, tasks_with_offline
 
@@ -31,21 +32,18 @@ class Glue(ClassificationTask):
         return self.cfg.num_labels == 1
 
     def validate(self, data: str) -> None:
+        super().validate(data)
         cfg = self.cfg
         for metric in cfg.metrics:
             check_choice("metric", metric, METRICS)
         check_choice("primary metric", cfg.primary, list(cfg.metrics))
         if not isinstance(cfg.num_labels, int) or cfg.num_labels < 1:
             raise ConfigError(f"task.num_labels={cfg.num_labels!r} is not valid; give 1 (regression) or more")
-        for key in ("max_train_samples", "max_eval_samples", "max_seq_length"):
-            value = cfg.get(key)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
-                raise ConfigError(f"task.{key}={value!r} is not valid; give a positive integer or null")
         if data == "offline":
             require_offline(cfg, tasks_with_offline("glue_"))
 
     def hub_loads(self) -> list[HubLoad]:
-        return [HubLoad(self.cfg.hub.path, self.cfg.hub.name)]  # the config's splits together (test included)
+        return [HubLoad.of(self.cfg.hub)]  # the config's splits together (test included)
 
     def model_head(self, processor: PreTrainedTokenizerBase) -> dict[str, Any]:
         return classifier_head(self.cfg.num_labels, processor.pad_token_id)
@@ -74,13 +72,16 @@ class Glue(ClassificationTask):
             evals = {k: v.select(range(min(cfg.max_eval_samples, len(v)))) for k, v in evals.items()}
         protocol["train_rows"] = len(train)
         protocol["eval_rows"] = {suffix or "eval": len(v) for suffix, v in evals.items()}
+        evaluated_at = self.cfg.get("eval_max_seq_length") or self.cfg.max_seq_length
         return TaskData(
             train=self._tokenize(train, tokenizer),
-            evals={suffix: self._tokenize(v, tokenizer) for suffix, v in evals.items()},
+            evals={suffix: self._tokenize(v, tokenizer, evaluated_at) for suffix, v in evals.items()},
             protocol=protocol,
         )
 
-    def _tokenize(self, rows: Dataset, tokenizer: PreTrainedTokenizerBase) -> Dataset:
+    def _tokenize(self, rows: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int | None = None) -> Dataset:
+        """Encode `rows`, truncated to `max_length` tokens (default: the task's max_seq_length)."""
+        max_length = max_length or self.cfg.max_seq_length
         fields = list(self.cfg.text_fields)
         regression = self.cfg.num_labels == 1
         template = self.cfg.get("input_template")
@@ -95,7 +96,7 @@ class Glue(ClassificationTask):
                         for values in zip(*(batch[f] for f in fields), strict=True)
                     ]
                 ]
-            encoded = tokenizer(*texts, truncation=True, max_length=self.cfg.max_seq_length)
+            encoded = tokenizer(*texts, truncation=True, max_length=max_length)
             encoded["labels"] = [float(x) for x in batch["label"]] if regression else batch["label"]
             return encoded
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from datasets import Dataset
 
-from bench.config import check_choice
+from core.validation import check_choice
 from tasks.base import HubLoad, register_family
 from tasks.generation import GenerativeTask, PromptEncoder
 from tasks.offline import require_offline, shipped_requests, split_rows
@@ -103,7 +103,7 @@ class Gsm8k(GenerativeTask):
             require_offline(self.cfg, [self.name])
 
     def hub_loads(self) -> list[HubLoad]:
-        return [HubLoad(s.path, s.name, s.split) for s in (self.cfg.hub[self.cfg.train_on], self.cfg.hub.test)]
+        return [HubLoad.of(s) for s in (self.cfg.hub[self.cfg.train_on], self.cfg.hub.test)]
 
     def _rows(
         self, rows: Dataset, question: str, answer: str, for_training: bool, keep: tuple[str, ...] = ()

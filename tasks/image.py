@@ -25,8 +25,8 @@ from datasets import ClassLabel, Dataset, Features
 from datasets import Image as ImageFeature
 from PIL import Image
 
-from bench.config import check_choice
-from bench.errors import ConfigError
+from core.errors import ConfigError
+from core.validation import check_choice
 from tasks.base import ClassificationTask, HubLoad, TaskData, register_family
 from tasks.metrics import METRICS
 from tasks.offline import tasks_with_offline
@@ -125,16 +125,13 @@ class ImageClassification(ClassificationTask):
     modality = "image"
 
     def validate(self, data: str) -> None:
+        super().validate(data)
         cfg = self.cfg
         for metric in cfg.metrics:
             check_choice("metric", metric, METRICS)
         check_choice("primary metric", cfg.primary, list(cfg.metrics))
         if isinstance(cfg.num_labels, bool) or not isinstance(cfg.num_labels, int) or cfg.num_labels < 2:
             raise ConfigError(f"task.num_labels={cfg.num_labels!r} is not valid; give the number of classes (>= 2)")
-        for key in ("max_train_samples", "max_eval_samples"):
-            value = cfg.get(key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-                raise ConfigError(f"task.{key}={value!r} is not valid; give a positive integer or null")
         if data == "offline":
             if cfg.get("offline") is None:
                 raise ConfigError(
@@ -153,7 +150,7 @@ class ImageClassification(ClassificationTask):
         hub = self.cfg.get("hub")
         if hub is None:
             return []
-        return [HubLoad(hub.path, hub.name, split) for split in (self.cfg.train_split, self.cfg.eval_split)]
+        return [HubLoad.of(hub, split) for split in (self.cfg.train_split, self.cfg.eval_split)]
 
     def model_head(self, processor: Any) -> dict[str, Any]:
         return {"num_labels": int(self.cfg.num_labels)}

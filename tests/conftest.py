@@ -11,9 +11,14 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from bench.config import CONF_DIR
+from bench.method_defaults import install as install_method_defaults
+from core.paths import CONF_DIR
 
 REPO = CONF_DIR.parent
+install_method_defaults()  # every compose in the tests sees the methods' defaults, as a run does
+# The tests never read the repository's hub lock (a filled one names real commits the fixtures do not have): an
+# absent lock file is an empty lock. Tests of the lock point PEFTBENCH_HUB_LOCK at their own file.
+os.environ["PEFTBENCH_HUB_LOCK"] = str(REPO / "tests" / "hub" / "no.lock.yaml")
 # A tiny randomly initialised RoBERTa, 4 optimizer steps, the offline RTE rows capped small.
 SMOKE = ["model=tiny-roberta", "trainer=smoke", "data=offline", "task=glue_rte", "task.max_eval_samples=16"]
 
@@ -45,7 +50,7 @@ def records(store: Path, sweep: str = "adhoc") -> list[Path]:
 
 def sidecar(store: Path, record: dict, sweep: str = "adhoc") -> dict[str, list[dict]]:
     """A record's predictions sidecar, rows grouped by eval split; checks the record names it."""
-    from bench.store import PREDICTIONS_SUFFIX, RunStore
+    from core.store import PREDICTIONS_SUFFIX, RunStore
 
     assert record["predictions_file"] == f"{record['run_id']}{PREDICTIONS_SUFFIX}"
     by_split: dict[str, list[dict]] = {}

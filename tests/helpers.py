@@ -7,8 +7,8 @@ import copy
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from bench.config import CONF_DIR
 from bench.models import load_classifier, load_tokenizer
+from core.paths import CONF_DIR
 from methods.base import RunContext, get_method
 
 TINY = OmegaConf.load(CONF_DIR / "model" / "tiny-roberta.yaml")

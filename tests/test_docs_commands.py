@@ -37,8 +37,9 @@ NOT_RUN = {
     "make reproduce-goat-t4": "a GPU and the hub; every paper sweep runs through the hub path in tests/hub/",
     "make wandb-sync": "needs internet; the offline wandb run it uploads is tested (tests/reliability)",
     "tmux": "not ours",
-    ".venv/bin/peftbench prefetch": "downloads from the hub; tested against a fake hub (tests/reliability)",
+    ".venv/bin/peftbench prefetch": "downloads from the hub; tested against a fake hub (tests/bench/test_hub_lock.py)",
     f"{BENCH_RUN}method=my_method": "an outside package: tests/bench/test_outside_methods.py runs these with one",
+    f"{BENCH_RUN}task=counted_rte": "an outside package: tests/bench/test_outside_tasks.py runs these with one",
 }
 # bench.run commands that name a GPU model or the hub: checked (composed and validated), not trained here
 NEEDS_GPU_OR_HUB = re.compile(

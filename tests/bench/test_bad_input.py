@@ -8,7 +8,7 @@ import pytest
 
 import bench.run
 from bench.config import check_overrides
-from bench.errors import ConfigError
+from core.errors import ConfigError
 from tests.conftest import compose_run, records, run_cli
 
 

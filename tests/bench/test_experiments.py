@@ -18,7 +18,7 @@ from bench.run import identify
     ("sweep", "points"),
     [("glue", 2 * 8 * 3 * 3), ("goat_t4", 11 * 7), ("subspace_t2", 19 * 8 * 4 * 4 * 5), ("subspace_t3", 12160),
      ("subspace_t4", 12160), ("singlora_t1", 2 * 4 * 3), ("gsm8k", 8), ("commonsense", 10), ("vit", 10 * 7),
-     ("goat_t1", 10 * 7), ("goat_t2", 8), ("goat_t3", 10), ("goat_t6", 3 * 3), ("singlora_t2", 4 * 3),
+     ("goat_t1", 10 * 7), ("goat_t2", 8), ("goat_t3", 10), ("goat_t6", 3 * 3), ("singlora_t2", 4 * 3 * 2),
      ("subspace_fair", 10 * 2), ("subspace_fair_llama3", 8 * 2),
      ("demo", 2 * 3 * 2), ("demo_methods", 9 * 2), ("demo_llm", 2), ("demo_llm_gsm8k", 2)],
 )  # fmt: skip

@@ -13,7 +13,7 @@ import pytest
 
 import bench.run
 from bench.config import check_overrides
-from bench.errors import ConfigError
+from core.errors import ConfigError
 from tests.conftest import REPO, SMOKE, compose_run, records, run_cli
 
 # docs/methods.md's example package, as a researcher writes it.

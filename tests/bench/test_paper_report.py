@@ -64,7 +64,7 @@ def _commonsense_record(lr: float, seed: int, per_set: dict[str, float] | None, 
 
 
 def test_one_record_per_commonsense_run_fills_eight_columns_at_one_lr(tmp_path: Path) -> None:
-    from bench.store import RunStore
+    from core.store import RunStore
 
     store = RunStore(tmp_path)
     # lr 1e-4 has the better mean over the 8 sets; lr 3e-4 the better BoolQ: the paper picks one lr per run
@@ -86,7 +86,7 @@ def test_one_record_per_commonsense_run_fills_eight_columns_at_one_lr(tmp_path: 
 def singlora(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """SingLoRA Table 1's two models on QQP, two seeds, 200 examples: on RoBERTa-base LoRA 90% right and SingLoRA
     89% (the same answers but two); on GPT-2 LoRA 60% and SingLoRA 90%. The RoBERTa LoRA runs record their counts."""
-    from bench.store import RunStore
+    from core.store import RunStore
     from tests.bench.records import write_run
 
     root = tmp_path_factory.mktemp("singlora")

@@ -32,6 +32,19 @@ def test_perf_table_shape_and_ratios(tmp_path: Path) -> None:
     assert (tmp_path / "cpu_tiny.csv").read_text().splitlines()[0].startswith("method,step_ms,vs_floor")
 
 
+def test_cpu_clock_times_the_process_and_is_refused_on_a_gpu(tmp_path: Path) -> None:
+    import torch
+
+    from bench.perf import check_clock
+    from core.errors import ConfigError
+
+    table = run_perf("tiny-roberta", ["pissa"], 8, 2, 8, steps=2, warmup=1, device="cpu", rounds=1, clock="cpu")
+    assert table.attrs["clock"] == "cpu" and (table["step_ms"] > 0).all()
+    assert "CPU time per step, `--clock cpu`" in write_table(table, tmp_path, "cpu_clock").read_text()
+    with pytest.raises(ConfigError, match="--clock='cpu' is not valid on cuda; valid: wall, or cpu on a CPU"):
+        check_clock("cpu", torch.device("cuda"))
+
+
 def test_the_floor_backpropagates_through_every_layer_without_weight_gradients() -> None:
     import torch
 
@@ -50,3 +63,17 @@ def test_harness_overhead_reports_both_loops() -> None:
     result = harness_overhead("tiny-roberta", batch_size=2, seq=8, steps=3, rounds=1)
     assert set(result) == {"bare_trainer_ms", "peftbench_ms", "overhead_pct"}
     assert result["overhead_pct"] == pytest.approx(100 * (result["peftbench_ms"] / result["bare_trainer_ms"] - 1))
+
+
+def test_a_spent_budget_stops_after_the_reference_rows(tmp_path: Path) -> None:
+    """--budget 0: floor, head-only and LoRA are measured (the ratios need them), no other row starts, and the
+    table says where it stopped."""
+    table = run_perf(
+        "tiny-roberta", ["ssl", "goat"], rank=8, batch_size=2, seq=8, steps=1, warmup=0, device="cpu", rounds=2,
+        budget_s=0.0,
+    )  # fmt: skip
+    assert list(table["method"]) == ["floor", "head_only", "lora"]
+    assert table.attrs["stopped"] == "the 0 s budget ran out in round 1 of 2, before ssl"
+    assert table.attrs["rounds_done"] == {"floor": 1, "head_only": 1, "lora": 1}
+    text = write_table(table, tmp_path, "cpu_budget").read_text()
+    assert "- stopped early: the 0 s budget ran out in round 1 of 2, before ssl" in text

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.store import TEMP_PREFIX, RunStore
+from core.store import TEMP_PREFIX, RunStore
 from tests.conftest import REPO
 
 
@@ -56,7 +56,7 @@ def test_writer_killed_during_write_leaves_no_record_and_is_redone(tmp_path: Pat
     script = textwrap.dedent(
         f"""
         import os, sys, time
-        from bench.store import RunStore
+        from core.store import RunStore
         def hang(fd):
             print("writing", flush=True)
             time.sleep(60)

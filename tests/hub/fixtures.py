@@ -13,7 +13,13 @@ when the hub is off, and `transformers` reads models from the hub cache (`<HF_HO
   processor of the real class, trained here on a few sentences: RoBERTa's and GPT-2's byte-level BPE
   (vocab.json, merges.txt), DeBERTaV3's SentencePiece `spm.model` alone (as the hub ships it, so loading it
   needs `sentencepiece`), Llama's SentencePiece `tokenizer.model`, Llama-3's `tokenizer.json`, CLIP's real
-  `preprocessor_config.json` with `pytorch_model.bin` only (the hub's main branch has no safetensors).
+  `preprocessor_config.json` (old-style: `size: 224`, `crop_size: 224`, `CLIPFeatureExtractor`, as the hub's
+  file is) with `pytorch_model.bin` only (the hub's main branch has no safetensors).
+- Rows as irregular as the hub's: ARC rows with 3, 4 and 5 choices and digit keys ("1".."4"), as ARC-Easy and
+  ARC-Challenge have; images in RGB, grayscale (L) and RGBA, as the tanganke sets and SVHN/Fashion-MNIST mix.
+
+Each dataset and model is written at a commit (`write_dataset(..., commit=)`, `write_model(..., commit=)`), so a
+test can hold two revisions of one dataset in the cache, as a hub re-upload leaves it.
 """
 
 from __future__ import annotations
@@ -29,10 +35,13 @@ from datasets import ClassLabel, Dataset, Features, Image, List, Value
 from omegaconf import OmegaConf
 from PIL import Image as PilImage
 
-from bench.config import CONF_DIR
-from tests.hub.schema import HubDataset, hub_datasets
+from core.paths import CONF_DIR
+from tasks.hub_schema import HubDataset, hub_datasets
 
 ROWS_PER_SPLIT = 8
+IMAGE_MODES = ("RGB", "L", "RGBA")
+# ARC's choice keys by row: 4 letters (most rows), 3 and 5 letters, 4 digits (both sets have each kind)
+ARC_KEYS = (("A", "B", "C", "D"), ("A", "B", "C"), ("A", "B", "C", "D", "E"), ("1", "2", "3", "4"))
 WORDS = [
     "the",
     "cat",
@@ -73,8 +82,11 @@ def _sha(text: str) -> str:
 def _value(feature: Any, column: str, i: int, rng: np.random.Generator) -> Any:
     if isinstance(feature, ClassLabel):
         return i % feature.num_classes
-    if isinstance(feature, Image):
-        return PilImage.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8))
+    if isinstance(feature, Image):  # RGB, grayscale and RGBA rows, as the hub's image sets mix them
+        mode = IMAGE_MODES[i % len(IMAGE_MODES)]
+        channels = {"RGB": 3, "L": 1, "RGBA": 4}[mode]
+        pixels = rng.integers(0, 255, (40, 40, channels), dtype=np.uint8)
+        return PilImage.fromarray(pixels[..., 0] if channels == 1 else pixels)  # the array's shape names the mode
     if isinstance(feature, List):
         return [_value(feature.feature, column, j, rng) for j in range(4)]
     if isinstance(feature, dict):
@@ -92,7 +104,11 @@ def _value(feature: Any, column: str, i: int, rng: np.random.Generator) -> Any:
 
 def _meaningful(path: str, row: dict[str, Any], i: int) -> dict[str, Any]:
     """The values the code parses, made valid: labels in range, answers in their format."""
-    if path in ("allenai/ai2_arc", "allenai/openbookqa"):
+    if path == "allenai/ai2_arc":
+        keys = ARC_KEYS[i % len(ARC_KEYS)]
+        row["choices"] = {"text": [f"choice {key} {WORDS[i % len(WORDS)]}" for key in keys], "label": list(keys)}
+        row["answerKey"] = keys[i % len(keys)]
+    elif path == "allenai/openbookqa":
         row["choices"]["label"] = ["A", "B", "C", "D"]
         row["answerKey"] = "ABCD"[i % 4]
     elif path == "Rowan/hellaswag":
@@ -118,17 +134,24 @@ def _meaningful(path: str, row: dict[str, Any], i: int) -> dict[str, Any]:
     return row
 
 
-def _rows(spec: HubDataset, split: str) -> Dataset:
+def _rows(spec: HubDataset, split: str, count: int = ROWS_PER_SPLIT) -> Dataset:
     rng = np.random.default_rng(len(split))
     rows = [
-        _meaningful(spec.path, {c: _value(f, c, i, rng) for c, f in spec.features.items()}, i)
-        for i in range(ROWS_PER_SPLIT)
+        _meaningful(spec.path, {c: _value(f, c, i, rng) for c, f in spec.features.items()}, i) for i in range(count)
     ]
     return Dataset.from_list(rows, features=spec.features)
 
 
-def write_dataset(spec: HubDataset, datasets_cache: Path, work: Path) -> None:
-    """The dataset config into `datasets`' own cache, where an offline `load_dataset(path, name)` finds it."""
+def dataset_commit(spec: HubDataset) -> str:
+    """The made-up commit a fixture dataset is written at unless a test names another."""
+    return _sha(f"{spec.path}/{spec.config}")
+
+
+def write_dataset(
+    spec: HubDataset, datasets_cache: Path, work: Path, commit: str | None = None, rows: int = ROWS_PER_SPLIT
+) -> None:
+    """The dataset config into `datasets`' own cache, where an offline `load_dataset(path, name)` finds it, at
+    `commit` (the folder name `datasets` gives a hub dataset's prepared copy is its repository's commit)."""
     from datasets.naming import camelcase_to_snakecase
     from datasets.packaged_modules.parquet.parquet import Parquet
 
@@ -137,8 +160,8 @@ def write_dataset(spec: HubDataset, datasets_cache: Path, work: Path) -> None:
     files = {}
     for split in spec.splits:
         files[split] = str(work / f"{snake}-{spec.config}-{split}.parquet")
-        _rows(spec, split).to_parquet(files[split])
-    digest = _sha(f"{spec.path}/{spec.config}")
+        _rows(spec, split, rows).to_parquet(files[split])
+    digest = commit or dataset_commit(spec)
     builder = Parquet(
         cache_dir=str(work / "build"), dataset_name=snake, hash=digest, config_name=spec.config,
         data_files=files, features=spec.features,
@@ -245,25 +268,36 @@ def _tiny_config(model_cfg: Any, vocab: int) -> Any:
     return AutoConfig.for_model(model_type, **keep, **TINY, **extra, vocab_size=vocab)
 
 
-def write_model(model_cfg: Any, hub_cache: Path, work: Path) -> None:
-    """A tiny model of the entry's real class, with its tokenizer or image processor, as a hub snapshot."""
+# openai/clip-vit-base-patch32's preprocessor_config.json on the hub, written before image processors had
+# `{"shortest_edge": ...}` sizes; transformers converts it when it loads it
+CLIP_PREPROCESSOR = {
+    "crop_size": 224, "do_center_crop": True, "do_normalize": True, "do_resize": True,
+    "feature_extractor_type": "CLIPFeatureExtractor", "image_mean": [0.48145466, 0.4578275, 0.40821073],
+    "image_std": [0.26862954, 0.26130258, 0.27577711], "resample": 3, "size": 224,
+}  # fmt: skip
+
+
+def model_commit(hub_id: str) -> str:
+    """The made-up commit a fixture model is written at unless a test names another."""
+    return _sha(hub_id)
+
+
+def write_model(model_cfg: Any, hub_cache: Path, work: Path, commit: str | None = None) -> None:
+    """A tiny model of the entry's real class, with its tokenizer or image processor, as a hub snapshot at
+    `commit`; `refs/main` points at it."""
     import torch
-    from transformers import AutoModel, CLIPImageProcessor
+    from transformers import AutoModel
 
     hub_id = model_cfg.hub_id
-    sha = _sha(hub_id)
+    sha = commit or model_commit(hub_id)
     repo = hub_cache / f"models--{hub_id.replace('/', '--')}"
     snapshot = repo / "snapshots" / sha
     snapshot.mkdir(parents=True, exist_ok=True)
     (repo / "refs").mkdir(exist_ok=True)
     (repo / "refs" / "main").write_text(sha)  # no newline, as huggingface_hub writes it
     model_type = model_cfg.hub_config.model_type
-    if model_type == "clip":
-        processor = CLIPImageProcessor(
-            size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}, resample=3,
-            image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711],
-        )  # fmt: skip
-        processor.save_pretrained(str(snapshot))
+    if model_type == "clip":  # the hub's file as it is: old-style sizes (plain ints), a feature extractor's type
+        (snapshot / "preprocessor_config.json").write_text(json.dumps(CLIP_PREPROCESSOR, indent=2))
         vocab = 64
     else:
         model_cfg_path = snapshot / "config.json"  # the model's config first: AutoTokenizer reads its type

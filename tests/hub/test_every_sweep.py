@@ -17,9 +17,9 @@ import pytest
 from bench.cli import main as cli_main
 from bench.config import group_choices
 from bench.grid import grid_axes, sweep_config
-from bench.paper import load_paper_table, paper_tables
+from bench.paper_tables import load_paper_table, paper_tables
 from tests.conftest import REPO, sidecar
-from tests.hub.fixtures import build_hub_cache
+from tests.hub.fixtures import build_hub_cache, model_commit
 
 pytestmark = pytest.mark.hub
 SMOKE = [
@@ -49,12 +49,15 @@ def test_sweep_runs_through_the_hub_path(sweep: str, hf_home: Path, tmp_path: Pa
     cfg = sweep_config(sweep)
     tasks = grid_axes(cfg).get("task") or [cfg.task.name]
     generative = any(sweep_config(sweep, [f"task={t}"]).task.family in ("gsm8k", "commonsense") for t in tasks)
+    # the fixtures have 8 rows a split: 2 held out, their loss after each of the 2 steps (where the sweep scores them)
+    held_out = ["task.held_out.rows=2"] if cfg.task.get("held_out") else []
+    held_out += ["trainer.val_loss_every=1"] if cfg.trainer.get("val_loss_every") else []
     env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "TRANSFORMERS_VERBOSITY": "error"}  # fmt: skip
     store = tmp_path / "runs"
     command = [
         sys.executable, "-m", "bench.run", f"sweep={sweep}", *_one_of_each(sweep), *SMOKE,
-        *(GENERATION if generative else []), f"store.root={store}", f"hydra.sweep.dir={tmp_path}/hydra",
+        *(GENERATION if generative else []), *held_out, f"store.root={store}", f"hydra.sweep.dir={tmp_path}/hydra",
     ]  # fmt: skip
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -62,6 +65,12 @@ def test_sweep_runs_through_the_hub_path(sweep: str, hf_home: Path, tmp_path: Pa
     failed = [f"{r['method']} {r['task']} {r['model']}: {r['error']}" for r in records if r["status"] != "ok"]
     assert records and not failed, failed
     assert {r["data"] for r in records} == {cfg.data}
+    for record in records:  # the hub assets read, at the fixtures' commits (no lock here: `locked` false)
+        reads = record["revisions"]
+        assert all(read["revision"] and read["locked"] is False for read in reads.values()), reads
+        assert any(key.startswith("datasets/") for key in reads) == (record["data"] == "hub"), reads
+        assert all(read["revision"] == model_commit(key) for key, read in reads.items() if "/" in key and
+                   not key.startswith("datasets/")), reads  # fmt: skip
     for record in records:  # every task family's sidecar: one row per evaluated example of each split
         by_split = sidecar(store, record, cfg.sweep)
         eval_rows = record["protocol"]["eval_rows"]

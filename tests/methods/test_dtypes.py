@@ -14,8 +14,8 @@ import torch
 from omegaconf import OmegaConf
 
 import bench.run
-from bench.config import CONF_DIR
 from bench.models import load_model
+from core.paths import CONF_DIR
 from methods.base import RunContext, get_method, method_names
 from tests.conftest import compose_run
 

@@ -8,10 +8,10 @@ import torch
 from omegaconf import OmegaConf
 
 import methods.singlora
-from bench.config import CONF_DIR
-from bench.errors import ConfigError
 from bench.measure import count_params
 from bench.models import load_model
+from core.errors import ConfigError
+from core.paths import CONF_DIR
 from methods.base import RunContext, get_method, method_names
 
 TINY_LLAMA = OmegaConf.load(CONF_DIR / "model" / "tiny-llama.yaml")

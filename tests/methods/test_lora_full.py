@@ -7,8 +7,8 @@ import copy
 import pytest
 import torch
 
-from bench.errors import ConfigError
 from bench.measure import count_params
+from core.errors import ConfigError
 from methods.base import get_method, method_names
 from methods.targets import target_layers
 from tests.helpers import TINY, context, tiny_batch, tiny_classifier

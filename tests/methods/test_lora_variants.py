@@ -1,10 +1,9 @@
-"""The LoRA variants of Subspace Tuning's tables (METHODS_MORE.md): PA, TriLoRA(+MPCo), AdaLoRA-MPCo, FLoRA,
+"""The LoRA variants of Subspace Tuning's tables: PA, TriLoRA(+MPCo), AdaLoRA-MPCo, FLoRA,
 SAM-PARSER, LieRA — each one's exact identities, parameter counts (tiny models and RoBERTa-base on the meta
 device), save/load, merging, and a training step on an encoder and a decoder."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -14,10 +13,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
+import bench.param_count
 import bench.run
-from bench.config import CONF_DIR
-from bench.errors import ConfigError
 from bench.measure import count_params
+from core.errors import ConfigError
+from core.paths import CONF_DIR
 from methods.base import RunContext, get_method
 from methods.flora import FloraLayer
 from methods.injection import NotMergeable, adapter_layers_of
@@ -45,16 +45,6 @@ def rank_of(name: str) -> int | None:
 # ---------- configuration ----------
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_yaml_keys_are_exactly_the_params_fields_each_with_help(name: str) -> None:
-    yaml = OmegaConf.load(CONF_DIR / "method" / f"{name}.yaml")
-    method = get_method(name)
-    fields = dataclasses.fields(method.Params)
-    assert set(yaml) - {"name"} == {f.name for f in fields}
-    assert yaml.name == name
-    assert all(f.metadata.get("help") for f in fields)
-
-
 @pytest.mark.parametrize(
     ("name", "values", "message"),
     [
@@ -73,6 +63,7 @@ def test_yaml_keys_are_exactly_the_params_fields_each_with_help(name: str) -> No
             {"orth_reg_weight": 0.1},
             r"^method.orth_reg_weight=0.1 is not valid for adalora_mpco .*; valid choices: 0$",
         ),
+        ("adalora_mpco", {"init_share": 0.5}, r"^method.init_share=0.5 is not valid; give a value >= 1 \(init_r >= "),
     ],
 )
 def test_bad_values_are_one_line_config_errors(name: str, values: dict, message: str) -> None:
@@ -151,8 +142,8 @@ def test_sam_parser_decomposes_meta_weights_into_right_shaped_buffers() -> None:
     with torch.device("meta"):
         linear = torch.nn.Linear(768, 3072)
     layer = SamParserLayer(linear)
-    assert layer.U.shape == (3072, 768) and layer.Vh.shape == (768, 768) and layer.sigma.shape == (768,)
-    assert layer.sigma.is_meta
+    assert layer.U.shape == (3072, 768) and layer.Vh.shape == (768, 768) and layer.sigma_shift.shape == (768,)
+    assert layer.sigma.is_meta and layer.sigma0.is_meta
 
 
 # ---------- PA ----------
@@ -230,11 +221,43 @@ def test_trilora_mpco_aux_loss_is_lambda_times_the_penalty(penalty: str) -> None
 def test_trilora_mpco_is_trilora_plus_the_penalty() -> None:
     _, plain, _, _ = build("trilora", RANK)
     _, regularised, method, params = build("trilora_mpco", RANK)
-    assert params.mpc_lambda == 1e-3 and params.penalty == "mpco"
+    assert params.mpc_lambda == 1e-7 and params.penalty == "mpco"
     perturb(plain)
     perturb(regularised)
     assert torch.equal(logits(plain), logits(regularised))
     assert method.aux_loss(regularised, params).item() > 0
+
+
+@pytest.mark.parametrize("rank", [2, 16])
+def test_trilora_mpco_default_starts_of_the_task_losss_order(rank: int) -> None:
+    """At init on RoBERTa-base's six linears per block, λ·penalty with the YAML's λ is of the cross-entropy's order
+    (≈ 0.7): within [0.05, 5], and equal to the closed form of Kaiming-uniform A (fan-in `in`), B (fan-in r)."""
+    spec = OmegaConf.load(CONF_DIR / "model" / "roberta-base.yaml")
+    meta = bench.param_count.meta_model(spec, "sequence-classification", num_labels=2)
+    targets = target_layers(meta, spec.target_sets.all_linear)
+    assert len(targets) == 72
+    method = get_method("trilora_mpco")
+    yaml = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "method" / "trilora_mpco.yaml"), resolve=True)
+    params = method.parse(yaml)
+    assert params.mpc_lambda == type(params)().mpc_lambda == 1e-7  # the YAML and the dataclass agree
+    torch.manual_seed(0)
+    layers = torch.nn.ModuleList(
+        TriLoraLayer(torch.nn.utils.skip_init(torch.nn.Linear, t.in_features, t.out_features), rank, 1.0, 0.0)
+        for t in targets
+    )
+    value = method.aux_loss(layers, params).item()
+    assert 0.05 < value < 5.0
+
+    def expected(n: int, fan_in: int) -> float:
+        """E‖G − I_r‖² for the Gram matrix G of r vectors of length n with entries U(±1/√fan_in) (A: rows of
+        length in, fan-in in; B: columns of length out, fan-in r): variance a²/3, E x⁴ = a⁴/5 with a² = 1/fan_in."""
+        a2 = 1.0 / fan_in
+        diag = (n * a2 / 3 - 1) ** 2 + n * (a2**2 / 5 - a2**2 / 9)
+        return rank * diag + rank * (rank - 1) * n * a2**2 / 9
+
+    closed = sum(expected(t.in_features, t.in_features) + expected(t.out_features, rank) for t in targets)
+    assert value == pytest.approx(params.mpc_lambda * closed, rel=0.03)
+    assert 1e-3 * closed > 900  # the earlier default: four orders above the loss at r 2, three at r 16
 
 
 # ---------- AdaLoRA-MPCo ----------
@@ -328,8 +351,9 @@ def test_sam_parser_svd_reconstructs_w0_and_output_is_base(spec: DictConfig) -> 
     for name, layer in model.adapter_layers():
         w0 = base.get_submodule(name).weight
         assert torch.allclose(layer.reference_weight(), w0, atol=1e-5)  # U·diag(σ)·Vᵀ = W0 (fp32)
-        assert torch.equal(layer.sigma, layer.sigma0) and layer.sigma.requires_grad
-        assert layer.sigma.shape == (min(layer.in_features, layer.out_features),)
+        assert torch.equal(layer.sigma, layer.sigma0) and layer.sigma_shift.requires_grad
+        assert torch.count_nonzero(layer.sigma_shift) == 0 and not layer.sigma0.requires_grad
+        assert layer.sigma_shift.shape == (min(layer.in_features, layer.out_features),)
     assert torch.allclose(logits(model), logits(base), atol=1e-6)
 
 
@@ -347,11 +371,44 @@ def test_sam_parser_gradients_reach_sigma_unless_frozen_as_the_reference() -> No
     _, model, _, _ = build("sam_parser", None)
     model.train()
     model(**tiny_batch(), labels=LABELS).loss.backward()
-    assert all(layer.sigma.grad is not None and layer.sigma.grad.abs().sum() > 0 for _, layer in model.adapter_layers())
+    grads = [layer.sigma_shift.grad for _, layer in model.adapter_layers()]
+    assert all(g is not None and g.abs().sum() > 0 for g in grads)
     base, frozen, _, _ = build("sam_parser", None, reproduce_frozen_sigma=True)
     assert count_params(frozen, TINY.head_modules).trainable_params == head_size()  # head-only training
-    assert not any(layer.sigma.requires_grad for _, layer in frozen.adapter_layers())
+    assert not any(p.requires_grad for _, layer in frozen.adapter_layers() for p in layer.parameters())
     assert torch.allclose(logits(frozen), logits(base), atol=1e-6)
+
+
+def test_sam_parser_weight_decay_no_longer_shrinks_w0(tmp_path: Path) -> None:
+    """The Trainer's AdamW with weight decay 0.1 and lr 0.1, on a loss with no gradient for the singular values:
+    decoupled decay alone moves them. It leaves σ' = σ (δ = 0 stays 0), so W' = W0; on σ' itself it would have
+    multiplied W0's singular values by (1 − 0.1·0.1)^5 = 0.951."""
+    from transformers import Trainer, TrainingArguments
+
+    _, model, _, _ = build("sam_parser", None)
+    layers = [layer for _, layer in model.adapter_layers()]
+    args = TrainingArguments(
+        output_dir=str(tmp_path), learning_rate=0.1, weight_decay=0.1, lr_scheduler_type="constant",
+        use_cpu=True, report_to="none",
+    )  # fmt: skip
+    trainer = Trainer(model=model, args=args)
+    optimizer = trainer.create_optimizer()
+    decayed = {id(p) for group in optimizer.param_groups if group["weight_decay"] > 0 for p in group["params"]}
+    assert all(id(layer.sigma_shift) in decayed for layer in layers)  # decay reaches the trained tensor …
+    for _ in range(5):
+        for layer in layers:
+            layer.sigma_shift.grad = torch.zeros_like(layer.sigma_shift)
+        optimizer.step()
+    for layer in layers:  # … and leaves W0 as it was
+        assert torch.count_nonzero(layer.sigma_shift) == 0 and torch.equal(layer.sigma, layer.sigma0)
+        torch.testing.assert_close(layer.merged_weight(), layer.base_layer.weight, atol=0, rtol=0)
+    # the same optimizer step on σ' as a parameter (the earlier form) shrinks it: what the test rules out
+    sigma_prime = torch.nn.Parameter(layers[0].sigma0.clone())
+    old = torch.optim.AdamW([sigma_prime], lr=0.1, weight_decay=0.1)
+    for _ in range(5):
+        sigma_prime.grad = torch.zeros_like(sigma_prime)
+        old.step()
+    torch.testing.assert_close(sigma_prime.detach(), layers[0].sigma0 * 0.99**5)
 
 
 # ---------- LieRA ----------
@@ -407,14 +464,14 @@ def test_save_then_load_gives_identical_logits(name: str, values: dict, tmp_path
     assert torch.allclose(logits(loaded), expected, atol=1e-5)
 
 
-def test_sam_parser_saves_only_sigma(tmp_path: Path) -> None:
+def test_sam_parser_saves_only_the_change_of_sigma(tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
     _, model, method, _ = build("sam_parser", None)
     method.save(model, str(tmp_path / "adapter"))
     keys = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors")).keys()
     adapter_keys = [k for k in keys if "classifier" not in k]
-    assert len(adapter_keys) == 4 and all(k.endswith(".sigma") for k in adapter_keys)
+    assert len(adapter_keys) == 4 and all(k.endswith(".sigma_shift") for k in adapter_keys)
 
 
 @pytest.mark.parametrize(

@@ -15,10 +15,10 @@ from peft.utils import load_peft_weights
 
 import bench.run
 from bench.config import check_overrides
-from bench.errors import ConfigError
 from bench.models import load_model
 from bench.record import new_record
-from bench.store import RunStore
+from core.errors import ConfigError
+from core.store import RunStore
 from methods.base import RunContext, get_method
 from methods.lorahub import compose, few_shot_loss, l1_term, search, set_composed
 from tests.conftest import compose_run, run_cli

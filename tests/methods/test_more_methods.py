@@ -1,4 +1,4 @@
-"""LoRA-Dash, NEAT, AdaMoLE, upcycled full-FT MoE and prefix tuning: the exact identities of METHODS_MORE.md,
+"""LoRA-Dash, NEAT, AdaMoLE, upcycled full-FT MoE and prefix tuning: the exact identities of their papers,
 their parameter counts on tiny models and on the real architectures (meta device), save/load and training."""
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from transformers import TrainerCallback
 
 import bench.run
 import methods.lora_dash
-from bench.config import CONF_DIR
-from bench.errors import ConfigError
 from bench.measure import count_params
 from bench.models import load_model
 from bench.param_count import meta_model
+from core.errors import ConfigError
+from core.paths import CONF_DIR
 from methods.adamole import AdaMoleLayer
 from methods.base import RunContext, get_method
 from methods.ft_moe import UpcycledLinear, expert_linears, upcycled_layers
@@ -132,7 +132,7 @@ def test_lora_dash_params_are_loras_plus_s_dash_per_matrix(spec: DictConfig) -> 
 
 
 def test_lora_dash_on_llama_7b_adds_1280_to_lora() -> None:
-    """METHODS_MORE: 8 per matrix over 32 layers × 5 matrices, "+1.3k", independent of r."""
+    """8 per matrix over 32 layers × 5 matrices, "+1.3k", independent of r."""
     dash, _, heads = meta_adapted(LLAMA_7B, "causal-lm", "lora_dash", 32, LLAMA_T5)
     lora, _, _ = meta_adapted(LLAMA_7B, "causal-lm", "lora", 32, LLAMA_T5)
     assert adapter_count(dash, heads) - adapter_count(lora, heads) == 1280
@@ -207,8 +207,10 @@ def test_lora_dash_switches_on_a_bf16_base_and_trains_delta_under_autocast() -> 
 
 
 def test_lora_dash_count_forwards_switches_at_the_t_th_call() -> None:
-    """The reference: calls 0..t−1 are plain LoRA, call t (eval ones included) selects and already adds δ = 0."""
-    _, model, method, params = build("lora_dash", 4, count_forwards=True, t=3)
+    """The reference (the default): calls 0..t−1 are plain LoRA, call t (eval ones included) selects and already
+    adds δ = 0."""
+    _, model, method, params = build("lora_dash", 4, t=3)
+    assert params.count_forwards is True
     assert method.callbacks(model, params, context()) == []
     perturb_lora(model, size=0.3)
     layers = adapter_layers_of(model, LoraDashLayer)
@@ -225,7 +227,20 @@ def test_lora_dash_refuses_bad_settings() -> None:
         build("lora_dash", 4, t=0)
 
 
-def test_lora_dash_delta_trains_only_after_step_t_in_a_real_run(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("count_forwards", "active", "first_moved"),
+    [
+        # the default, the reference's counter: with 2 micro-batches per step, step 1 is calls 0-1 and step 2's
+        # first micro-batch is call 2 = t, which switches: δ already trains in step 2
+        (None, [False, True, True, True], 2),
+        # optimizer steps: the switch at the end of step 2, δ trains from step 3
+        (False, [False, True, True, True], 3),
+    ],
+    ids=["forward-calls-default", "optimizer-steps"],
+)
+def test_lora_dash_switches_as_counted_in_a_real_run(
+    store: Path, monkeypatch: pytest.MonkeyPatch, count_forwards: bool | None, active: list[bool], first_moved: int
+) -> None:
     seen: list[tuple[int, bool, torch.Tensor, torch.Tensor]] = []
     real = methods.lora_dash.LoraDash.callbacks
 
@@ -243,12 +258,15 @@ def test_lora_dash_delta_trains_only_after_step_t_in_a_real_run(store: Path, mon
         return [*real(self, model, params, ctx), Recorder(model)]
 
     monkeypatch.setattr(methods.lora_dash.LoraDash, "callbacks", with_recorder)
-    record = bench.run.run(compose_run(store, "method=lora_dash", "method.t=2", "trainer.max_steps=4", "lr=1e-3"))
+    overrides = ["method=lora_dash", "method.t=2", "trainer.max_steps=4", "trainer.gradient_accumulation_steps=2"]
+    overrides += [] if count_forwards is None else [f"method.count_forwards={str(count_forwards).lower()}"]
+    record = bench.run.run(compose_run(store, *overrides, "lr=1e-3"))
     assert record["status"] == "ok", record["error"]
-    assert [(step, active) for step, active, _, _ in seen] == [(1, False), (2, True), (3, True), (4, True)]
+    assert record["config"]["method"]["count_forwards"] is (count_forwards is not False)
+    assert [(step, on) for step, on, _, _ in seen] == list(zip([1, 2, 3, 4], active, strict=True))
     deltas = [delta for _, _, delta, _ in seen]
-    assert all(torch.count_nonzero(d) == 0 for d in deltas[:2])  # steps 1, 2: LoRA alone (switch at the end of 2)
-    assert torch.count_nonzero(deltas[2]) > 0 and not torch.equal(deltas[2], deltas[3])  # steps 3, 4: δ trains
+    assert all(torch.count_nonzero(d) == 0 for d in deltas[: first_moved - 1])  # LoRA alone before the switch
+    assert torch.count_nonzero(deltas[first_moved - 1]) > 0 and not torch.equal(deltas[2], deltas[3])  # δ trains
     assert not torch.equal(seen[0][3], seen[1][3])  # LoRA trains from the start (step 1 has lr 0: warm-up)
 
 
@@ -422,7 +440,7 @@ def test_ft_moe_ffn_upcycles_only_the_feed_forward_linears() -> None:
 
 
 def test_ft_moe_on_roberta_large_is_695_8_percent() -> None:
-    """P + (E−1)·P_lin + E·Σin over the model's P, head included on both sides (METHODS_MORE: 695.8%)."""
+    """P + (E−1)·P_lin + E·Σin over the model's P, head included on both sides (695.8% for LLaMA-7B)."""
     model = meta_model(ROBERTA_LARGE, "sequence-classification", num_labels=2)
     total = sum(p.numel() for p in model.parameters())
     method = get_method("ft_moe")
@@ -451,6 +469,52 @@ def test_ft_moe_routes_top2_renormalised_with_a_switch_balance_loss() -> None:
     fractions = torch.zeros(4).scatter_add_(0, index.reshape(-1), torch.ones(36)) / 18
     expected = 4 * (fractions * torch.softmax(logits_, -1).reshape(-1, 4).mean(0)).sum()
     assert layer.balance_loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def _upcycled_step(layer: UpcycledLinear, x: torch.Tensor, path: str) -> dict[str, torch.Tensor]:
+    layer.path = path
+    layer.zero_grad(set_to_none=True)
+    x = x.clone().requires_grad_()
+    out = layer(x)
+    (out.square().sum() + layer.balance_loss).backward()
+    grads = {f"grad_{n}": p.grad.clone() for n, p in layer.named_parameters()}
+    return {"out": out.detach(), "aux": layer.balance_loss.detach(), "grad_x": x.grad, **grads}
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_ft_moe_dense_and_routed_paths_agree(bias: bool) -> None:
+    """The dense path (every expert on every token, the top-k gates as a mask) against the routed one (each expert
+    gathers its tokens): output, balance loss and every gradient, with an expert that gets no token."""
+    torch.manual_seed(0)
+    layer = UpcycledLinear(torch.nn.Linear(16, 12, bias=bias), experts=8, top_k=2).train()
+    perturb(layer, size=0.3)
+    x = torch.randn(3, 4, 16)
+    with torch.no_grad():
+        layer.router.weight[5] = -10.0 * x.reshape(-1, 16).mean(0)  # expert 5: never in a token's top 2
+    routed, dense = _upcycled_step(layer, x, "routed"), _upcycled_step(layer, x, "dense")
+    assert int((x @ layer.router.weight.T).topk(2).indices.eq(5).sum()) == 0
+    assert routed.keys() == dense.keys() and {"grad_weight", "grad_router.weight"} <= routed.keys()
+    for key in routed:
+        assert torch.allclose(routed[key], dense[key], atol=1e-5), key
+    layer.eval()
+    layer.path = "routed"
+    expected = layer(x)
+    layer.path = "dense"
+    assert torch.allclose(layer(x), expected, atol=1e-5)
+    assert layer.expert_load.tolist()[5] == 0 and layer.expert_load.sum() == 2 * 2 * 12  # both evaluations counted
+
+
+@pytest.mark.parametrize(
+    ("tokens", "in_out", "dense"),
+    [(16, (1024, 4096), True), (17, (1024, 4096), False), (128, (32, 64), True), (2048, (32, 64), False),
+     (128, (384, 384), False)],
+)  # fmt: skip
+def test_ft_moe_path_rule(tokens: int, in_out: tuple[int, int], dense: bool) -> None:
+    """The measured rule (docs/perf/2026-12-04_cpu_moe_paths.md): dense up to 16 tokens or E·N·in·out ≤ 2^24."""
+    layer = UpcycledLinear(torch.nn.Linear(*in_out, device="meta"), experts=8, top_k=2)
+    assert layer.uses_dense(tokens) is dense
+    layer.path = "routed"
+    assert not layer.uses_dense(tokens)
 
 
 def test_ft_moe_record_has_an_expert_load(store: Path) -> None:

@@ -5,15 +5,18 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from omegaconf import DictConfig, OmegaConf
 from peft import PeftModel
 
 import bench.run
-from bench.config import CONF_DIR
-from bench.errors import ConfigError
 from bench.measure import count_params
+from core.errors import ConfigError
+from core.paths import CONF_DIR
+from methods.adamole import AdaMoleLayer
+from methods.base import get_method
 from methods.goat import segment_indices
 from methods.injection import NotMergeable, adapter_layers_of
 from methods.moe import MoeLoraLayer
@@ -366,6 +369,101 @@ def test_moe_dropout_drops_the_experts_input_in_training_only(name: str) -> None
     gates, _, _ = layer.gates(x)  # the router's input is not dropped: its gates are deterministic in training
     layer.train()
     assert torch.equal(layer.gates(x)[0], gates)
+
+
+def _masks_and_delta(layer: MoeLoraLayer, x: torch.Tensor, copies: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the dropout masks the layer drew, its training delta): the same seed before each, so that the masks of
+    `copies` copies of x are the ones the layer's dropout drew (the router draws no random numbers)."""
+    layer.train()
+    torch.manual_seed(7)
+    delta = layer.delta(x)
+    torch.manual_seed(7)
+    masks = layer.dropout(torch.ones(*x.shape[:-1], copies, x.shape[-1]))  # 0 or 1/(1 - p)
+    return masks, delta
+
+
+@pytest.mark.parametrize("name", ["molora", "goat"])
+def test_top_k_experts_drop_their_input_with_one_mask_each(name: str) -> None:
+    """GOAT's released layer (its MoLoRA too): one nn.Dropout per expert, each applied to the tokens routed to it;
+    here a token's k experts see k independent masks (and the unused experts none)."""
+    _, model, _, _ = build(name, 16, lora_dropout=0.5)
+    perturb(model)
+    layer = moe_layers(model)[0]
+    x = torch.randn(2, 5, 32)
+    masks, delta = _masks_and_delta(layer, x, copies=2)
+    gates, _, _ = layer.gates(x)
+    weights, index = gates.topk(2, dim=-1)
+    expected = torch.zeros_like(delta)
+    for token in np.ndindex(*x.shape[:-1]):
+        for slot in range(2):  # the reference form: expert(drop_expert(x)) · weight, per routed token
+            i = int(index[token][slot])
+            dropped = x[token] * masks[token][slot]
+            expected[token] += weights[token][slot] * layer.scale * (dropped @ layer.lora_A[i].T @ layer.lora_B[i])
+    assert torch.allclose(delta, expected, atol=1e-5)
+    assert not torch.equal(masks[..., 0, :], masks[..., 1, :])  # independent masks, not one shared
+    layer.dropout.p = 0.0  # without dropout the masked path and the flat one agree: the masks are the only change
+    assert torch.allclose(layer.delta_with_expert_masks(x, layer.route(x)), layer.delta(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["hydralora", "adamole"])
+def test_dense_routers_drop_each_experts_input_with_its_own_mask(name: str) -> None:
+    """HydraLoRA's forward calls its dropout once per head, B_i(A(drop(x))) (`peft/tuners/lora.py:341-342`);
+    AdaMoLE has one nn.Dropout per expert (`src/adamole/layer.py:94-97`) and any expert may be selected."""
+    _, model, _, _ = build(name, 16, lora_dropout=0.5)
+    perturb(model, size=0.5)
+    layer = moe_layers(model)[0]
+    x = torch.randn(2, 5, 32)
+    masks, delta = _masks_and_delta(layer, x, copies=8)
+    gates = layer.route(x)
+    assert (gates == 0).any() == (name == "adamole")  # AdaMoLE's threshold leaves experts out
+    expected = sum(
+        gates[..., i : i + 1]
+        * layer.scale
+        * ((x * masks[..., i, :]) @ layer.lora_A[0 if name == "hydralora" else i].T @ layer.lora_B[i])
+        for i in range(8)
+    )
+    assert torch.allclose(delta, expected, atol=1e-5)
+
+
+def test_hydralora_is_the_official_forward_with_alpha_over_a_rank() -> None:
+    """Clin0212/HydraLoRA `peft/tuners/lora.py:279-284, 339-342`: `lora_A` = Linear(in, r), heads `lora_B{i}` =
+    Linear(r, out), `scaling = lora_alpha / r` with r A's rank (here r/E = 2 at rank 16, E 8: s = 8, not α/r = 1),
+    route_weight = softmax(lora_route(x)) in float32; result += route_weight[..., i] · B_i(A(x)) · scaling."""
+    _, model, _, _ = build("hydralora", 16, lora_alpha=16)
+    perturb(model)
+    layer = moe_layers(model)[0]
+    assert layer.lora_A.shape == (1, 2, 32) and layer.lora_B.shape == (8, 2, 32) and layer.scale == 8.0
+    lora_route = torch.nn.Linear(32, 8, bias=False)
+    lora_a = torch.nn.Linear(32, 2, bias=False)
+    heads = [torch.nn.Linear(2, 32, bias=False) for _ in range(8)]
+    with torch.no_grad():
+        lora_route.weight.copy_(layer.router.weight)
+        lora_a.weight.copy_(layer.lora_A[0])
+        for i, head in enumerate(heads):
+            head.weight.copy_(layer.lora_B[i].T)
+    x = torch.randn(2, 5, 32)
+    route_weight = torch.softmax(lora_route(x), dim=-1, dtype=torch.float32)
+    scaling = 16 / lora_a.weight.shape[0]
+    expected = layer.base_layer(x)
+    for i in range(8):
+        expected = expected + route_weight[:, :, i].unsqueeze(-1) * heads[i](lora_a(x)) * scaling
+    layer.eval()
+    assert torch.allclose(layer(x), expected, atol=1e-5)
+
+
+def test_adamole_defaults_are_adamoles_train_py_and_goat_t4_keeps_goats_alpha() -> None:
+    """AdaMoLE's train.py:97-99: lora_rank // num_experts (32 / 8 = 4), α 16, dropout 0.05; its config: E 8,
+    threshold 0.125 = 1/E, aux 1e-3. GOAT T4's row runs GOAT's script values (α 64, dropout 0.05)."""
+    from bench.grid import sweep_config
+
+    params = get_method("adamole").parse({"name": "adamole"})
+    assert (params.expert_rank, params.lora_alpha, params.lora_dropout) == ("split", 16.0, 0.05)
+    assert (params.num_experts, params.tau_max, params.aux_loss_coef) == (8, None, 1e-3)
+    assert get_method("adamole").expert_rank(params, context(32)) == 4
+    layer = adapter_layers_of(build("adamole", 32)[1], AdaMoleLayer)[0]
+    assert layer.scale == 16 / 4 and layer.tau_max == 0.125 and layer.dropout.p == 0.05
+    cfg = sweep_config("goat_t4", ["method=adamole"])
+    assert (cfg.method.expert_rank, cfg.method.lora_alpha, cfg.method.lora_dropout) == ("split", 64, 0.05)
 
 
 @pytest.mark.parametrize("sweep", ["goat_t1", "goat_t2", "goat_t3", "goat_t4", "goat_t6"])

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from bench.config import CONF_DIR
-from bench.errors import ConfigError
 from bench.measure import count_params
+from core.errors import ConfigError
+from core.paths import CONF_DIR
 from methods.base import get_method
 from methods.targets import TargetLayer, target_layers
 from tests.helpers import TINY, TINY_LLAMA, build, context, tiny_batch, tiny_classifier
@@ -121,6 +122,86 @@ def test_kasa_truncates_w0_by_its_r_smallest_components() -> None:
     keep = s.numel() - RANK
     truncated = u[:, :keep] @ torch.diag(s[:keep]) @ vh[:keep]
     assert torch.allclose(lora_layer(model).base_layer.weight, truncated, atol=1e-5)
+
+
+KASA_LLAMA_TARGETS = ["q_proj", "k_proj", "down_proj"]  # 32→32, 32→16 (GQA), 64→32: in = out and in > out
+
+
+def _kasa_on_tiny_llama(rank: int, **values: object) -> tuple[torch.nn.Module, torch.nn.Module]:
+    base = tiny_classifier(spec=TINY_LLAMA)
+    method = get_method("kasa")
+    params = method.parse({"name": "kasa", **values})
+    ctx = context(rank, targets=KASA_LLAMA_TARGETS, spec=TINY_LLAMA)
+    method.validate(params, base, ctx)
+    torch.manual_seed(1)
+    return base, method.adapt(copy.deepcopy(base), params, ctx).eval()
+
+
+def _reference_truncated(w0: torch.Tensor, rank: int) -> torch.Tensor:
+    """juyongjiang/KaSA peft/src/peft/tuners/lora/layer.py:133-138, as written (svd_rank = in_features − r)."""
+    svd_rank = w0.shape[1] - rank
+    u, s, vh = torch.linalg.svd(w0.to(torch.float32), full_matrices=False)
+    return u[:, :svd_rank] @ torch.diag(s[:svd_rank]) @ vh[:svd_rank, :]
+
+
+def _kasa_base_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The (truncated) base weight of every KaSA layer, by its name in the unwrapped model."""
+    return {
+        name.removeprefix("base_model.model."): m.base_layer.weight.detach()
+        for name, m in model.named_modules()
+        if hasattr(m, "lora_diag")
+    }
+
+
+@pytest.mark.parametrize("rank", [4, 20])
+def test_kasa_reference_truncation_keeps_in_minus_r_components(rank: int) -> None:
+    """The default keeps what the reference keeps: all of k_proj (32→16) and down_proj (64→32) at r 4, and
+    in − r = 12 of k_proj's 16 at r 20 (which PEFT's form refuses); PEFT's form drops r of min(in, out)."""
+    base, model = _kasa_on_tiny_llama(rank)
+    weights = _kasa_base_weights(model)
+    assert len(weights) == 6
+    expected_kept = {
+        4: {"q_proj": 28, "k_proj": 16, "down_proj": 32},
+        20: {"q_proj": 12, "k_proj": 12, "down_proj": 32},
+    }
+    for key, weight in weights.items():
+        w0 = base.get_submodule(key).weight.detach()
+        torch.testing.assert_close(weight, _reference_truncated(w0, rank), atol=1e-5, rtol=0)
+        assert int(torch.linalg.matrix_rank(weight, atol=1e-4)) == expected_kept[rank][key.rsplit(".", 1)[1]]
+    if rank > 15:
+        return
+    _, peft_form = _kasa_on_tiny_llama(rank, truncation="peft")
+    peft_weights = _kasa_base_weights(peft_form)
+    for weight in peft_weights.values():
+        assert int(torch.linalg.matrix_rank(weight, atol=1e-4)) == min(weight.shape) - rank
+    # where in > out the two rules differ (k_proj, down_proj); where in = out they agree (q_proj)
+    q, k = "model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.k_proj"
+    torch.testing.assert_close(weights[q], peft_weights[q], atol=1e-5, rtol=0)
+    assert not torch.allclose(weights[k], peft_weights[k], atol=1e-3)
+
+
+def test_kasa_reference_truncation_survives_save_and_load(tmp_path: Path) -> None:
+    """`load` re-truncates the fresh base by the adapter's own rule (PEFT's alone would drop r of k_proj)."""
+    _, model = _kasa_on_tiny_llama(RANK)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(0.05 * torch.randn_like(param))
+    batch = tiny_batch()
+    with torch.no_grad():
+        expected = model(**batch).logits
+    method = get_method("kasa")
+    method.save(model, str(tmp_path / "adapter"))
+    params = method.parse({"name": "kasa"})
+    ctx = context(RANK, targets=KASA_LLAMA_TARGETS, spec=TINY_LLAMA)
+    loaded = method.load(tiny_classifier(spec=TINY_LLAMA), str(tmp_path / "adapter"), params, ctx).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**batch).logits, expected, atol=1e-5, rtol=0)
+    from peft.tuners.lora.variants import KasaLinearVariant
+
+    from methods.kasa import _reference_truncate
+
+    assert KasaLinearVariant.__dict__["_truncate_base_weight"].__func__ is not _reference_truncate  # restored
 
 
 def test_loraplus_groups_have_b_at_ratio_times_a() -> None:
@@ -280,6 +361,11 @@ def test_loraplus_optimizer_takes_the_trainers_betas(tmp_path: Path, monkeypatch
 
 def test_kasa_refuses_a_rank_that_leaves_no_singular_component() -> None:
     with pytest.raises(
-        ConfigError, match=r"rank=32 leaves no singular component of target layer .* valid ranks: 1..31"
+        ConfigError,
+        match=r"^rank=32 leaves no singular component of target layer .*\(in = 32\) for KaSA "
+        r"\(truncation=reference\); valid ranks: 1..31$",
     ):
         build("kasa", 32)  # the tiny model's layers are 32 x 32
+    with pytest.raises(ConfigError, match=r"\(min\(in, out\) = 16\) for KaSA \(truncation=peft\); valid ranks: 1..15$"):
+        build("kasa", 16, TINY_LLAMA, truncation="peft")  # k_proj is 32 → 16
+    build("kasa", 16, TINY_LLAMA)  # the reference keeps in − r = 16 of k_proj's 16

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.store import RunStore
+from core.store import RunStore
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -114,7 +114,9 @@ def test_fsdp_settings_reach_accelerate() -> None:
     from bench.train import training_arguments
 
     cfg = sweep_config("none", ["model=tiny-llama", "method=full", "trainer=fsdp", "task=gsm8k"])
-    plugin = training_arguments(cfg, "/tmp/fsdp-args", use_bf16=False).fsdp_plugin_args
+    plugin = training_arguments(
+        cfg.trainer, {"lr": cfg.lr, "seed": cfg.seed}, "/tmp/fsdp-args", use_bf16=False
+    ).fsdp_plugin_args
     assert plugin["transformer_cls_names_to_wrap"] == "LlamaDecoderLayer"
     assert plugin["auto_wrap_policy"].upper() == "TRANSFORMER_BASED_WRAP"
 

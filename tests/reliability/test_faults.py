@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import bench.run
-from bench.store import PREDICTIONS_SUFFIX, RunStore
+from core.store import PREDICTIONS_SUFFIX, RunStore
 from tests.conftest import REPO, compose_run
 
 pytestmark = pytest.mark.slow

@@ -9,9 +9,10 @@ import pytest
 from omegaconf import OmegaConf
 
 import bench.run
-from bench.errors import ConfigError
 from bench.grid import sweep_config
 from bench.prefetch import hub_assets
+from core.errors import ConfigError
+from core.hub_lock import Asset
 from tasks.base import HubLoad
 from tests.conftest import compose_run, records, run_cli
 
@@ -52,12 +53,13 @@ def test_a_second_run_in_the_same_process_is_a_new_wandb_run(store: Path, tmp_pa
 
 def test_prefetch_lists_every_hub_model_and_dataset_of_a_grid() -> None:
     models, datasets = hub_assets("goat_t4", ["method=lora"])
-    assert models == ["FacebookAI/roberta-large"]
+    assert models == [Asset("model", "FacebookAI/roberta-large")]
     assert datasets == [
         HubLoad("nyu-mll/glue", name) for name in ("cola", "sst2", "mrpc", "qqp", "mnli", "qnli", "rte")
     ]
     models, datasets = hub_assets("goat_t3", ["method=goat"])
-    assert models == ["meta-llama/Llama-2-7b-hf"] and datasets[0] == HubLoad("zwhe99/commonsense_170k", None, "train")
+    assert models == [Asset("model", "meta-llama/Llama-2-7b-hf")]
+    assert datasets[0] == HubLoad("zwhe99/commonsense_170k", None, "train")
     assert HubLoad("baber/piqa", None, "validation") in datasets and len(datasets) == 1 + 8
     assert hub_assets("demo", []) == ([], [])  # offline protocol, package model: nothing to fetch
     _, images = hub_assets("goat_t1", ["method=lora", "task=img_svhn"])

@@ -7,7 +7,7 @@ import multiprocessing
 from pathlib import Path
 
 from bench.record import new_record
-from bench.store import RunStore
+from core.store import RunStore
 
 WRITERS, PER_WRITER = 32, 8
 

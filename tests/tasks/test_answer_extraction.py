@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 
 import pytest
@@ -136,7 +137,7 @@ def test_templates_are_llm_adapters_own() -> None:
     """commonsense_evaluate.py:121-140 (evaluation) and finetune.py:323-343 (training), whitespace included."""
     from omegaconf import OmegaConf
 
-    from bench.config import CONF_DIR
+    from core.paths import CONF_DIR
 
     cfg = OmegaConf.load(CONF_DIR / "task" / "commonsense.yaml")
     indent = " " * 16
@@ -174,6 +175,29 @@ DISAGREEMENTS = [
 def test_first_match_and_strict_rules_disagree_as_designed(fmt: str, output: str, first: str, strict: str) -> None:
     assert extract_first(output, LLM_ADAPTERS_LABELS[fmt]) == first
     assert extract_choice(output, FORMATS[fmt][1]) == strict
+
+
+# The evaluators split prompt + output at "### Response:" (the prompt ends with one): LLM-Adapters keeps part [1],
+# the output before a second marker (`first`); DoRA, Subspace Tuning and GOAT keep part [-1] (`last`).
+SEGMENTS = [
+    ("winogrande", "the correct answer is option2", "option2", "option2"),  # one marker: the same text
+    ("winogrande", "option2 ### Response: option1", "option2", "option1"),
+    ("winogrande", "### Response: option1", None, "option1"),
+    ("boolq", "true\n### Response: false ### Response: no answer", "true", None),  # after the last: nothing
+]
+
+
+@pytest.mark.parametrize(("fmt", "output", "first", "last"), SEGMENTS)
+def test_answer_segment_first_is_llm_adapters_last_is_doras(fmt: str, output: str, first: str, last: str) -> None:
+    labels = LLM_ADAPTERS_LABELS[fmt]
+    prompt = "### Instruction:\nQ\n\n### Response:\n"
+    assert extract_first(output, labels, "first") == first
+    assert extract_first(output, labels, "last") == last
+    # as their code reads it: the decoded prompt + output, split, part [1] or [-1], then their regex's first match
+    for segment, part in (("first", 1), ("last", -1)):
+        text = (prompt + output).split("### Response:")[part].strip()
+        found = re.findall("|".join(labels), text)
+        assert extract_first(output, labels, segment) == (found[0] if found else None)
 
 
 def test_commonsense_formats_build_llm_adapters_instructions() -> None:
@@ -219,8 +243,8 @@ def test_goat_gsm8k_subset_filters_type_and_length_in_file_order() -> None:
     from datasets import Dataset
     from omegaconf import OmegaConf
 
-    from bench.config import CONF_DIR
     from bench.models import load_tokenizer
+    from core.paths import CONF_DIR
     from tasks.generation import PromptEncoder
     from tasks.gsm8k import goat_subset
 

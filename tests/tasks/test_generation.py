@@ -12,8 +12,8 @@ from omegaconf import OmegaConf
 
 import bench.model_cache
 import bench.run
-from bench.config import CONF_DIR
 from bench.models import load_model, load_tokenizer
+from core.paths import CONF_DIR
 from tasks.generation import IGNORE_INDEX, PromptEncoder, generate
 from tests.conftest import accuracy_of, compose_run, sidecar
 
@@ -52,6 +52,25 @@ def test_generation_prompts_are_never_cut() -> None:
     long = "a word " * 200
     ids = PromptEncoder(tokenizer, max_length=16).prompt(long)
     assert len(ids) > 200 and ids[0] == tokenizer.cls_token_id  # the BOS-like token and the start are kept
+
+
+def test_goats_generation_prompt_has_no_bos_and_held_out_rows_leave_training(tmp_path: Path) -> None:
+    """`generation.add_special_tokens: false` is GOAT's `tokenizer(prompts, add_special_tokens=False)`
+    (llama_dataset_preprocessing.py:460); `held_out` rows leave the training rows, tokenized as training rows."""
+    from tasks.base import build_task
+
+    tokenizer = load_tokenizer(TINY_LLAMA)
+    overrides = ["task=cs_arc_c", "task.max_eval_samples=2", "task.held_out={rows: 8, seed: 42}"]
+    with_bos = build_task(compose_run(tmp_path, *LLM_SMOKE, *overrides).task).prepare("offline", tokenizer)
+    cfg = compose_run(tmp_path, *LLM_SMOKE, *overrides, "task.generation.add_special_tokens=false")
+    data = build_task(cfg.task).prepare("offline", tokenizer)
+    bos, plain = with_bos.evals["cs_arc_c"]["prompt_ids"], data.evals["cs_arc_c"]["prompt_ids"]
+    assert all(ids[0] == tokenizer.cls_token_id and ids[1:] == other for ids, other in zip(bos, plain, strict=True))
+    assert plain[0][0] != tokenizer.cls_token_id
+    assert len(data.held_out) == 8 and data.protocol["train_rows"] + 8 == round(0.7 * 299)
+    assert data.held_out[0]["labels"] == data.held_out[0]["input_ids"]  # LLM-Adapters' loss on the whole text
+    ids = data.protocol["held_out"]["ids"]
+    assert len(set(ids)) == 8 and data.protocol["held_out"]["seed"] == 42
 
 
 def test_greedy_generation_is_deterministic() -> None:

@@ -10,10 +10,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from bench.config import CONF_DIR
 from bench.models import load_model, load_tokenizer
+from core.merging import merged_adapters
+from core.paths import CONF_DIR
 from methods.base import get_method
-from methods.merging import merged_adapters
 from tasks.generation import PromptEncoder, cut_at_stop, generate
 from tasks.gsm8k import ANSWER_END, extract_flexible, extract_goat, extract_strict
 from tests.helpers import context, perturb

@@ -3,13 +3,19 @@ from): renaming a column in the code, or in the table, without the other fails h
 
 from __future__ import annotations
 
-import pytest
-from omegaconf import OmegaConf
+import json
+from pathlib import Path
 
-from bench.config import CONF_DIR
-from tasks.commonsense import COLUMNS, FORMATS
-from tests.hub.fixtures import _rows
-from tests.hub.schema import hub_datasets
+import pytest
+from datasets import ClassLabel
+from omegaconf import OmegaConf
+from transformers import AutoImageProcessor
+
+from core.paths import CONF_DIR
+from tasks.base import build_task
+from tasks.commonsense import COLUMNS, FORMATS, LLM_ADAPTERS_LABELS, extract_first
+from tasks.hub_schema import hub_datasets
+from tests.hub.fixtures import CLIP_PREPROCESSOR, _rows
 
 SCHEMAS = {(d.path, d.config): d for d in hub_datasets()}
 
@@ -63,3 +69,44 @@ def test_image_columns_and_splits(name: str) -> None:
     assert {cfg.image_column, cfg.label_column} <= set(schema.features)
     assert {cfg.train_split, cfg.eval_split} <= set(schema.splits)
     assert schema.features[cfg.label_column].num_classes == cfg.num_labels
+
+
+def test_arc_rows_of_three_and_five_choices_and_digit_keys() -> None:
+    """ARC on the hub mixes 4-letter rows with 3- and 5-letter ones and digit keys ("1".."4"); the fixtures do too,
+    and each row's answer is its key's position among the row's own choices."""
+    rows = list(_rows(_schema("allenai/ai2_arc", "ARC-Challenge"), "test", 4))
+    build, _ = FORMATS["arc"]
+    assert [list(row["choices"]["label"]) for row in rows] == [
+        ["A", "B", "C", "D"], ["A", "B", "C"], ["A", "B", "C", "D", "E"], ["1", "2", "3", "4"],
+    ]  # fmt: skip
+    built = [build(row) for row in rows]
+    assert [answer for _, answer in built] == ["answer1", "answer2", "answer3", "answer4"]  # keys A, B, C, "4"
+    assert built[1][0].endswith("Answer format: answer1/answer2/answer3")
+    assert built[2][0].endswith("Answer format: answer1/answer2/answer3/answer4/answer5")
+    assert extract_first("the correct answer is answer5", LLM_ADAPTERS_LABELS["arc"]) == "answer5"
+
+
+def test_piqa_label_is_a_class_label_as_on_the_hub() -> None:
+    schema = _schema("baber/piqa", None)
+    assert schema.features["label"] == ClassLabel(names=["0", "1"])
+    build, _ = FORMATS["piqa"]
+    assert [build(row)[1] for row in _rows(schema, "validation", 2)] == ["solution1", "solution2"]
+
+
+def test_images_of_every_mode_through_the_hubs_old_style_clip_processor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hub's CLIP preprocessor_config.json (plain-int sizes, a feature extractor's type) loads as an image
+    processor, and grayscale and RGBA rows go through it (and GOAT's augmentation) like RGB ones."""
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(CLIP_PREPROCESSOR))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "clip"}))
+    processor = AutoImageProcessor.from_pretrained(str(tmp_path))
+    rows = _rows(_schema("tanganke/dtd", None), "train", 3)
+    assert [row["image"].mode for row in rows] == ["RGB", "L", "RGBA"]
+    cfg = _task("img_dtd")
+    cfg.augment = {"kind": "random_resized_crop", "scale": [0.9, 1.0], "ratio": [0.75, 1.3333]}
+    task = build_task(cfg)
+    monkeypatch.setattr(task, "_raw_splits", lambda data: (rows, rows, {"name": "paper"}))
+    data = task.prepare("hub", processor)
+    for split in (data.train, data.evals[""]):
+        assert [tuple(split[i]["pixel_values"].shape) for i in range(3)] == [(3, 224, 224)] * 3

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from bench.config import CONF_DIR
+from core.paths import CONF_DIR
 from tasks.base import build_task
 from tasks.metrics import METRICS
 

@@ -9,6 +9,9 @@ the update again, so training after an evaluation starts from exactly the weight
 weights are merged: W0 + ΔW rounded to bf16 would differ from the unmerged forward by more than fp32 rounding,
 and greedy decoding must not change. Layers that cannot merge (routed experts, nonlinear adapters, prompt
 learning) stay as they are.
+
+Our own adapter layers are recognised by what they offer (`merged_weight()`, `base_layer`, `disabled`), not by
+their class, so this kernel module needs nothing from `methods/`.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from methods.injection import AdapterLayer, NotMergeable
+from core.errors import NotMergeable
 
 
 def _saved(layer: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -30,6 +33,15 @@ def _saved(layer: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
 def _fp32(layer: nn.Module) -> bool:
     weight = getattr(layer, "weight", None)
     return isinstance(weight, torch.Tensor) and weight.dtype == torch.float32
+
+
+def _own_adapter(module: nn.Module) -> bool:
+    """An adapter layer of ours (methods.injection.AdapterLayer): it can fold itself into its base weight."""
+    return (
+        callable(getattr(module, "merged_weight", None))
+        and hasattr(module, "base_layer")
+        and hasattr(module, "disabled")
+    )
 
 
 @contextlib.contextmanager
@@ -52,7 +64,7 @@ def merged_adapters(model: nn.Module) -> Iterator[int]:
                         continue
                     restore += saved
                     undo.append(module)
-                elif isinstance(module, AdapterLayer) and not module.disabled and _fp32(module.base_layer):
+                elif _own_adapter(module) and not module.disabled and _fp32(module.base_layer):
                     try:
                         merged = module.merged_weight()
                     except NotMergeable:
@@ -67,7 +79,7 @@ def merged_adapters(model: nn.Module) -> Iterator[int]:
             for tensor, copy in restore:
                 tensor.copy_(copy)
         for module in undo:
-            if isinstance(module, AdapterLayer):
+            if _own_adapter(module):
                 module.disabled = False
             else:
                 module.merged_adapters.clear()

@@ -14,3 +14,7 @@ def one_line(exc: BaseException, limit: int = 300) -> str:
     text = " ".join(str(exc).split()) or "(no message)"
     line = f"{type(exc).__name__}: {text}"
     return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+class NotMergeable(RuntimeError):
+    """Raised by an adapter whose update depends on the input (routers, nonlinearities) when asked to merge."""

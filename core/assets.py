@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench.errors import ConfigError
+from core.errors import ConfigError
 
 # package import name -> the PyPI distribution that carries it (for the error message)
 DISTRIBUTIONS = {
