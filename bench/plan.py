@@ -182,7 +182,7 @@ def arch_of(model_cfg: dict[str, Any], kind: str, labels: int) -> Arch:
 @functools.cache
 def _adapter_params(counted_json: str) -> int:
     """The trainable parameters a run's method adds or frees outside the task head, counted by applying it to the
-    model's architecture on the meta device (`bench.param_count`). They depend on the method, the model, the rank
+    model's architecture on the meta device (`peftbench.bench.param_count`). They depend on the method, the model, the rank
     and the kind of task, not on the task's labels (the head is counted apart) or its data: one count serves all."""
     from peftbench.bench.param_count import count_on_meta
 
@@ -304,7 +304,7 @@ def run_cost(experiment: dict[str, Any], device: str) -> RunCost:
 
     train_rows, eval_rows = _rows(task, experiment["data"])
     trainer_cfg = OmegaConf.create(trainer)
-    steps = optimizer_steps(train_rows, trainer_cfg) if get_method(method["name"]).trains else 0
+    steps = optimizer_steps(train_rows, trainer_cfg) if get_method(method["name"], method.get("module")).trains else 0
     batch = int(trainer["per_device_train_batch_size"])
     accumulation = int(trainer.get("gradient_accumulation_steps") or 1)
     epochs = float(trainer["num_train_epochs"])
@@ -575,7 +575,10 @@ def calibrate(device: str, records: list[dict[str, Any]] | None = None, exclude:
     mine = [r for r in records or [] if _record_device(r) == device and r.get("run_id") != exclude]
     ratios = []
     for record in mine:
-        cost = record_cost(record, device)
+        try:
+            cost = record_cost(record, device)
+        except (ConfigError, KeyError, TypeError):  # a record the plan cannot model (another harness version)
+            continue
         if cost is None or not record.get("train_seconds"):
             continue
         predict_times(cost, calibration)

@@ -161,6 +161,10 @@ FACTS: list[tuple[str, Callable[[], int]]] = [
     (r"`demo` (\d+) points", lambda: runs_and_points("demo")[1]),
     (r"`demo` \d+ points but (\d+) runs", lambda: runs_and_points("demo")[0]),
     (r"reproduce-glue .*runs, (\d+) grid points", lambda: runs_and_points("glue")[1]),
+    (r"^- `glue`: (\d+) grid points", lambda: runs_and_points("glue")[1]),  # docs/plan.md
+    (r"^- `glue`: \d+ grid points, (\d+) runs", lambda: runs_and_points("glue")[0]),
+    (r"^- `demo`: (\d+) grid points", lambda: runs_and_points("demo")[1]),
+    (r"^- `demo`: \d+ grid points, (\d+) runs", lambda: runs_and_points("demo")[0]),
     (r"strategy=lr_then_seeds .*?(\d+) runs", lambda: sum(two_stage_demo())),
     (r"stage 1 \(seed 0 over the lr grid\): (\d+) runs", lambda: two_stage_demo()[0]),
     (r"stage 2 \(seeds 1 at each cell's best lr\): (\d+) runs|missing: (\d+) runs known", lambda: two_stage_demo()[1]),

@@ -1,6 +1,6 @@
-"""Grid points are not runs: `resolve_grid` gives every point the run_id `bench.run` computes for it (protocol rules
-and targets applied), counts the distinct runs, says what each rule changed, and the sizes the docs state are the
-counted runs."""
+"""Grid points are not runs: `resolve_grid` gives every point the run_id `peftbench.bench.run` computes for it (protocol rules
+and targets applied), counts the distinct runs and says what each rule changed. (The sizes the docs and the Makefile
+state are checked against the computed runs in tests/test_docs_facts.py.)"""
 
 from __future__ import annotations
 
@@ -71,4 +71,8 @@ def test_status_counts_runs(tmp_path: Path, capsys: pytest.CaptureFixture) -> No
     assert len([line for line in out.splitlines() if "python -m bench.run sweep=glue" in line]) == 96
 
 
-# Where a doc names a sweep: `make <target>` runs these sweeps (the demo target two grids).
+@pytest.mark.slow  # 12,160 points each: ~35 s on 2 busy cores
+@pytest.mark.parametrize("sweep", ["subspace_t2", "subspace_t3", "subspace_t4"])
+def test_subspace_grids_are_fewer_runs_than_points(sweep: str) -> None:
+    grid = resolve_grid(sweep)  # full FT, SAM-PARSER, (IA)3, SSL, SSB, BitFit have no rank: their 4 ranks are one run
+    assert (len(grid.points), len(grid.runs)) == (19 * 8 * 4 * 4 * 5, (19 - 6) * 8 * 4 * 4 * 5 + 6 * 8 * 4 * 5)
