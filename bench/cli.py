@@ -1,4 +1,4 @@
-"""`peftbench` command line: report, status, grid and prefetch of a sweep (training runs go through `peftbench.bench.run`)."""
+"""`peftbench` command line: report, status, grid and prefetch of a sweep (training runs go through `bench.run`)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """Expand a sweep's grid (`hydra.sweeper.params` of conf/sweep/<name>.yaml) into its points, and its points into runs.
 
 A grid point is one combination of the axes' values; a run is what a point trains once its sweep's
-`protocol_rules` and `targets` have been applied (`peftbench.bench.config.resolve_point`), named by its run_id. Rules can
+`protocol_rules` and `targets` have been applied (`bench.config.resolve_point`), named by its run_id. Rules can
 make several points one run (GLUE's LoRA runs at its script's lr whatever the lr axis says), so sizes are counted
-in runs. `resolve_grid` composes each point exactly as `peftbench.bench.run` does (the same run_ids), but composes with Hydra
+in runs. `resolve_grid` composes each point exactly as `bench.run` does (the same run_ids), but composes with Hydra
 only once per combination of the config-group axes (method, task, model, ...) and the keys rules match on: the
 other axes (rank, lr, seed, ...) are probed once per combination and, where a value only lands in its own place
 of the experiment (or nowhere, when a rule overrides it), substituted there instead of composed again. A sweep of
@@ -403,8 +403,8 @@ def _resolve_cached(sweep: str, overrides: tuple[str, ...]) -> ResolvedGrid:
 
 
 def resolve_grid(sweep: str, overrides: list[str] | None = None) -> ResolvedGrid:
-    """Every point of a sweep's grid with its run_id (as `peftbench.bench.run` computes it), the distinct runs' experiments,
-    and what each protocol rule changed. Bad input (an invalid point) is the ConfigError `peftbench.bench.run` would give."""
+    """Every point of a sweep's grid with its run_id (as `bench.run` computes it), the distinct runs' experiments,
+    and what each protocol rule changed. Bad input (an invalid point) is the ConfigError `bench.run` would give."""
     check_choice("sweep", sweep, group_choices("sweep"))
     return _resolve_cached(sweep, tuple(overrides or ()))
 

@@ -2,14 +2,14 @@
 
 The layout is the paper's (its rows, its columns, its metric per column, from `conf/paper/<table>.yaml`).
 Each cell reads "ours ± std [interval]† (paper, Δ)": ours is the seed-mean of that column's metric at the best
-learning rate of the sweep's records for the row's method, model and rank (`peftbench.bench.results.best_by_lr`, the rule
-of every table); [interval] its 95% bootstrap interval over seeds and eval examples (`peftbench.bench.significance`; `[n/a]`
+learning rate of the sweep's records for the row's method, model and rank (`bench.results.best_by_lr`, the rule
+of every table); [interval] its 95% bootstrap interval over seeds and eval examples (`bench.significance`; `[n/a]`
 without predictions sidecars, and for tables that select the best evaluation during training, which the sidecar,
 written at the end, does not hold); † marks a cell significantly different from the baseline's row (`--baseline`,
 default the table's LoRA row of the same model). A cell we have not run shows only "(paper)"; a cell we ran only
 under the offline protocol is labelled `[offline]` and gets no Δ, since it is not the paper's protocol; rows whose
 method peftbench lacks show the paper's numbers alone. A table whose rows span several models gets a Model column;
-a table with a params column shows it as "ours (paper)" in the paper's unit (`peftbench.bench.paper_params.row_params`). A row
+a table with a params column shows it as "ours (paper)" in the paper's unit (`bench.paper_params.row_params`). A row
 whose runs differ in more than seed and lr is shown once per setting (`peftbench.bench.results`), with a setting column.
 """
 

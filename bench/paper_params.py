@@ -136,7 +136,7 @@ def row_params(table: dict, row: dict, adapter: int | None = None) -> tuple[str 
     """(the paper's printed params value, ours in the table's unit and precision) for one row; either may be None.
 
     `adapter`: the row's measured trainable parameters without the head (from its records); None: counted on the
-    model's architecture (`peftbench.bench.param_count`). A count that cannot be made leaves ours None, with a warning."""
+    model's architecture (`bench.param_count`). A count that cannot be made leaves ours None, with a warning."""
     spec = table.get("params")
     printed = None if spec is None or row.get(spec["key"]) is None else str(row[spec["key"]])
     if printed is None or printed == "-" or row.get("method") is None:

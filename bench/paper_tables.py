@@ -1,7 +1,7 @@
 """The published tables, `conf/paper/<table>.yaml`, as data: which tables exist, one table, and how a row names
 the runs it stands for (its model, its rank under the method's own rule).
 
-Every module that reads the papers' tables (`peftbench.bench.paper`, `peftbench.bench.paper_params`, `peftbench.bench.cross_paper`, the report
+Every module that reads the papers' tables (`bench.paper`, `bench.paper_params`, `bench.cross_paper`, the report
 page) reads them here, so none of them imports another for it.
 """
 

@@ -182,7 +182,7 @@ def arch_of(model_cfg: dict[str, Any], kind: str, labels: int) -> Arch:
 @functools.cache
 def _adapter_params(counted_json: str) -> int:
     """The trainable parameters a run's method adds or frees outside the task head, counted by applying it to the
-    model's architecture on the meta device (`peftbench.bench.param_count`). They depend on the method, the model, the rank
+    model's architecture on the meta device (`bench.param_count`). They depend on the method, the model, the rank
     and the kind of task, not on the task's labels (the head is counted apart) or its data: one count serves all."""
     from peftbench.bench.param_count import count_on_meta
 

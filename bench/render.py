@@ -1,6 +1,6 @@
 """A report table as data (`Table`) and its renderers: Markdown, LaTeX (booktabs), CSV and an HTML `<table>`.
 
-A table's cells are `peftbench.bench.results.Cell` (numbers and markers as data), `Text` (ours and the paper's part, e.g. a
+A table's cells are `bench.results.Cell` (numbers and markers as data), `Text` (ours and the paper's part, e.g. a
 params column's "4.00 (4.0)") or plain strings (names, the LR-sensitivity figures). Every renderer reads the
 markers from the cells — best (bold), tied (underlined), significant (†, the HTML class `sig`), Δ against the
 paper — and never from the rendered text.

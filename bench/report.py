@@ -1,8 +1,8 @@
 """A sweep's own tables, built from its results (`peftbench.bench.results`) and written as Markdown, LaTeX and CSV.
 
 Selection follows the papers: per (method, model, task, rank) and setting the learning rate with the best
-seed-mean of the primary metric on the evaluation split (`peftbench.bench.results.best_by_lr`); the cell shows that mean ±
-the seed std, ×100, and its 95% bootstrap interval over seeds and eval examples (`peftbench.bench.significance`). Per column
+seed-mean of the primary metric on the evaluation split (`bench.results.best_by_lr`); the cell shows that mean ±
+the seed std, ×100, and its 95% bootstrap interval over seeds and eval examples (`bench.significance`). Per column
 the best is bold and the rows not significantly different from it underlined; rows significantly different from
 the baseline method (`--baseline`, default LoRA) carry a †, and `vs_baseline.*` lists each paired difference with
 its interval. A learning rate where any seed diverged is not eligible and counts as a failure in the
@@ -41,7 +41,7 @@ RowKey = tuple[str, str, str, str]  # method, model, rank as shown, the row's se
 
 @dataclass
 class Tables:
-    """The sweep's tables (`peftbench.bench.render.Table`: cells with their numbers and marks) and the numbers behind them."""
+    """The sweep's tables (`bench.render.Table`: cells with their numbers and marks) and the numbers behind them."""
 
     main: Table
     main_numbers: pd.DataFrame  # metrics ×100 as displayed, Avg, Params % (CSV, plots)

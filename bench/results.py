@@ -1,5 +1,5 @@
 """The results model behind every table: a sweep's records, read once into one tidy frame, and the cells
-aggregated from it, their numbers and markers as data (`peftbench.bench.render` turns them into Markdown, LaTeX, CSV, HTML).
+aggregated from it, their numbers and markers as data (`bench.render` turns them into Markdown, LaTeX, CSV, HTML).
 
 - `Results.runs`: one row per record: its axes and outcome, its `setting`, and every key of its experiment
   configuration as a column (`task.max_seq_length`, `trainer.num_train_epochs`, `revisions.…`).

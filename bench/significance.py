@@ -13,7 +13,7 @@ interval excludes 0. The draws come from a fixed seed, so the same records alway
 
 Per-example scores: a per-example mean (accuracy) is the mean of the sidecar's `correct` (the task's own rule, for
 the record's primary metric) or of prediction == reference; Matthews corr., F1, Pearson and Spearman, which are not
-means over examples, are recomputed on each resample from the predictions and references, as `peftbench.tasks.metrics` computes
+means over examples, are recomputed on each resample from the predictions and references, as `tasks.metrics` computes
 them. A metric computed over several eval sets at once (commonsense's `accuracy`, the mean of its sets) resamples
 each set on its own and averages them. A cell with a run that has no sidecar (older records), or whose metric the
 sidecar cannot give (e.g. `accuracy_strict`), has no interval: the tables print `[n/a]`.

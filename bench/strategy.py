@@ -3,14 +3,14 @@
 `lr_then_seeds` runs in two stages, as most papers did: stage 1 is the first seed (as the sweep lists its seeds) over
 the whole lr grid; stage 2 is every other seed, only at each (method, model, task, rank)'s best lr on that first seed —
 for subspace_t3 4 + 4 runs per cell instead of 4 × 5. "Best" is the report's own rule, called here, not restated
-(`peftbench.bench.report.lr_cells` and `best_by_lr`: the best seed-mean of the task's primary metric; an lr whose run diverged is
+(`bench.report.lr_cells` and `best_by_lr`: the best seed-mean of the task's primary metric; an lr whose run diverged is
 not eligible), so the lr that stage 2 runs is the lr the report will pick from stage 1.
 
 Stage 2 is computed from the store when it is reached, so a sweep killed at any point is finished by launching it
 again: runs already recorded are skipped, and a cell whose stage 1 is not complete (a run missing, or failed and so run
 again) gets its stage 2 once a launch completes it. `strategy_runs` lists both stages of a grid from the store;
 the sweeper (hydra_plugins/peftbench_sweeper) launches them, `peftbench status --grid` shows them, and a future
-`peftbench plan` can count them. Each run's record says which strategy and stage ran it (`peftbench.bench.config.sweep_strategy`).
+`peftbench plan` can count them. Each run's record says which strategy and stage ran it (`bench.config.sweep_strategy`).
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ def strategy_runs(
 
 
 def _best_lr_run_ids(store_root: str | Path, sweep: str, run_ids: set[str]) -> set[str]:
-    """Of these (stage-1) runs, those at their cell's best lr by the report's rule (peftbench.bench.results, not a second one)."""
+    """Of these (stage-1) runs, those at their cell's best lr by the report's rule (bench.results, not a second one)."""
     from peftbench.bench.results import CELL_KEYS, Results, best_by_lr, lr_cells
 
     frame = Results.load(store_root, sweep).runs

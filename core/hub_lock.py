@@ -28,7 +28,7 @@ from peftbench.core.provenance import note_read
 
 
 class HubLoad(Protocol):
-    """One `load_dataset` call (peftbench.tasks.base.HubLoad): what the lock needs of it, named here so core imports no task."""
+    """One `load_dataset` call (tasks.base.HubLoad): what the lock needs of it, named here so core imports no task."""
 
     path: str
     name: str | None

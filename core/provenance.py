@@ -1,7 +1,7 @@
 """What produced a record besides its config: library versions, the machine's CUDA stack, the hub revisions read.
 
 A record carries `versions` (Python and the libraries that compute a result, and on a GPU the CUDA runtime,
-cuDNN and NVIDIA driver), `git_commit`/`git_dirty` (peftbench.bench.record) and `revisions`: for every hub model and dataset
+cuDNN and NVIDIA driver), `git_commit`/`git_dirty` (bench.record) and `revisions`: for every hub model and dataset
 the run read, `{"revision": <commit>, "locked": <whether conf/hub.lock.yaml fixed it>}`, keyed as the hub
 addresses repositories (`FacebookAI/roberta-base`, `datasets/nyu-mll/glue`). `provenance_of` flattens all of it
 into one comparable mapping and `differing` names what a set of records does not share, for the report side.

@@ -213,7 +213,7 @@ def stages(folder: Path, dry: bool) -> list[Stage]:
 
 
 def run_worker(spec: dict[str, Any], budget: float) -> int:
-    """One process, one run per method (`peftbench.bench.run.run`), no new run past `budget` seconds; a run that raises is
+    """One process, one run per method (`bench.run.run`), no new run past `budget` seconds; a run that raises is
     written to `<store>/errors.jsonl` and the next one runs."""
     sys.path.insert(0, str(REPO))  # the checkout under test, not an installed copy
     import peftbench.bench.run

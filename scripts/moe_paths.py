@@ -1,7 +1,7 @@
 """The upcycled MoE layer's two paths timed against each other: where the dense one is no slower (the rule).
 
 `python scripts/moe_paths.py [--out DIR]` times one training step's forward and backward of
-`peftbench.methods.ft_moe.UpcycledLinear` (E = 8, top-2) on the `dense` path (every expert on every token, the top-k gates as
+`methods.ft_moe.UpcycledLinear` (E = 8, top-2) on the `dense` path (every expert on every token, the top-k gates as
 a dense mask) and the `routed` path (each expert gathers its tokens, a host sync each) for linear shapes from the
 tiny test models to RoBERTa-large's FFN and N tokens per batch, interleaved (dense, routed, dense, …), median of
 `--reps`, as CPU time on one thread (a shared machine's other processes do not count). The rule `dense_is_faster`
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Measured {date.today().isoformat()} by `scripts/moe_paths.py --reps {args.reps}`, torch {torch.__version__}:"
         " one forward + backward of `UpcycledLinear` (E = 8, top-2), its CPU time on one thread (robust to other "
         "processes on a shared machine), median of the interleaved repetitions. "
-        f"Rule in force (`peftbench.methods.ft_moe.dense_is_faster`): dense when N ≤ {DENSE_MAX_TOKENS} or E·N·in·out ≤ "
+        f"Rule in force (`methods.ft_moe.dense_is_faster`): dense when N ≤ {DENSE_MAX_TOKENS} or E·N·in·out ≤ "
         f"{DENSE_MAX_MACS:,}.\n",
         "| in × out | N tokens | E·N·in·out | dense ms | routed ms | dense / routed | rule |",
         "|---|---|---|---|---|---|---|",

@@ -9,7 +9,7 @@ prompt alone, never cut (left-padded, greedy unless `generation.num_beams` says 
 tokenizer's BOS when `generation.add_special_tokens` is false, as GOAT's commonsense evaluation) and hands the
 decoded text to the task. `held_out: {rows, seed}` keeps training rows out of training as the references'
 `train_test_split(test_size=rows, shuffle=True, seed=seed)` does (LLM-Adapters' and DoRA's `val_set_size`,
-GOAT's commonsense loader); their ids go into the record, and `trainer.val_loss_every` scores them (peftbench.bench.train).
+GOAT's commonsense loader); their ids go into the record, and `trainer.val_loss_every` scores them (bench.train).
 """
 
 from __future__ import annotations

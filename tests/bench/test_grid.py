@@ -1,4 +1,4 @@
-"""Grid points are not runs: `resolve_grid` gives every point the run_id `peftbench.bench.run` computes for it (protocol rules
+"""Grid points are not runs: `resolve_grid` gives every point the run_id `bench.run` computes for it (protocol rules
 and targets applied), counts the distinct runs and says what each rule changed. (The sizes the docs and the Makefile
 state are checked against the computed runs in tests/test_docs_facts.py.)"""
 
