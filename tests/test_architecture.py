@@ -36,7 +36,7 @@ def _imported_names(path: Path) -> set[str]:
 
 
 def _imports(path: Path) -> set[str]:
-    """The product modules `path` imports, by folder (`peftbench.methods.base` -> `peftbench.methods.base`)."""
+    """The product modules `path` imports, by folder (`peftbench.methods.base` -> `methods.base`)."""
     names = {name.removeprefix(f"{NAMESPACE}.") for name in _imported_names(path) if name.startswith(f"{NAMESPACE}.")}
     return {name for name in names if name.split(".")[0] in LAYERS}
 
@@ -68,15 +68,15 @@ def test_every_import_of_ours_is_namespaced() -> None:
 
 def test_the_packages_are_read() -> None:
     assert {
-        "peftbench.core.errors",
-        "peftbench.core.registry",
-        "peftbench.methods.base",
-        "peftbench.tasks.base",
-        "peftbench.bench.run",
+        "core.errors",
+        "core.registry",
+        "methods.base",
+        "tasks.base",
+        "bench.run",
     } <= set(GRAPH)
     assert (
-        "peftbench.core.errors" in GRAPH["peftbench.methods.base"]
-        and "peftbench.methods.base" in GRAPH["peftbench.bench.run"]
+        "core.errors" in GRAPH["methods.base"]
+        and "methods.base" in GRAPH["bench.run"]
     )
 
 
