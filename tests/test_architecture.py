@@ -74,10 +74,7 @@ def test_the_packages_are_read() -> None:
         "tasks.base",
         "bench.run",
     } <= set(GRAPH)
-    assert (
-        "core.errors" in GRAPH["methods.base"]
-        and "methods.base" in GRAPH["bench.run"]
-    )
+    assert "core.errors" in GRAPH["methods.base"] and "methods.base" in GRAPH["bench.run"]
 
 
 @pytest.mark.parametrize("package", sorted(LAYERS))
