@@ -232,14 +232,15 @@ def test_trilora_mpco_is_trilora_plus_the_penalty() -> None:
 def test_trilora_mpco_default_starts_of_the_task_losss_order(rank: int) -> None:
     """At init on RoBERTa-base's six linears per block, λ·penalty with the YAML's λ is of the cross-entropy's order
     (≈ 0.7): within [0.05, 5], and equal to the closed form of Kaiming-uniform A (fan-in `in`), B (fan-in r)."""
-    spec = OmegaConf.load(CONF_DIR / "model" / "roberta-base.yaml")
-    meta = peftbench.bench.param_count.meta_model(spec, "sequence-classification", num_labels=2)
-    targets = target_layers(meta, spec.target_sets.all_linear)
+    from peftbench.bench.grid import sweep_config
+
+    cfg = sweep_config("none", ["model=roberta-base", "method=trilora_mpco"])  # composed, as a run composes it
+    meta = peftbench.bench.param_count.meta_model(cfg.model, "sequence-classification", num_labels=2)
+    targets = target_layers(meta, cfg.model.target_sets.all_linear)
     assert len(targets) == 72
     method = get_method("trilora_mpco")
-    yaml = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "method" / "trilora_mpco.yaml"), resolve=True)
-    params = method.parse(yaml)
-    assert params.mpc_lambda == type(params)().mpc_lambda == 1e-7  # the YAML and the dataclass agree
+    params = method.parse(OmegaConf.to_container(cfg.method, resolve=True))
+    assert params.mpc_lambda == type(params)().mpc_lambda == 1e-7  # the composed config and the dataclass agree
     torch.manual_seed(0)
     layers = torch.nn.ModuleList(
         TriLoraLayer(torch.nn.utils.skip_init(torch.nn.Linear, t.in_features, t.out_features), rank, 1.0, 0.0)
