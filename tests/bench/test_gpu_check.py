@@ -105,6 +105,16 @@ def test_a_stage_past_its_share_is_stopped_and_its_process_group_ended(tmp_path:
         pytest.fail("the stage's child process outlived the stop")
 
 
+def test_a_stage_whose_runs_failed_is_not_ok(tmp_path: Path) -> None:
+    """bench.run writes a failed run's record and exits 0 (as torchrun's FSDP step on the H200 did): the stage's
+    status says so, from its records."""
+    check = load_script()
+    rows = [{"method": "lora", "status": "failed"}, {"method": "ssb", "status": "ok"}]
+    stage = check.Stage("quiet", "exits 0", 1.0, lambda limit: [sys.executable, "-c", "pass"], lambda: rows)
+    outcome = check.run_stage(stage, 30.0, tmp_path, dict(os.environ))
+    assert outcome.status == "failed: 1 of 2 runs (see their records' error)" and outcome.rows == rows
+
+
 def test_a_spent_budget_runs_no_stage(tmp_path: Path) -> None:
     check = load_script()
     assert check.main(["--dry", "--budget", "1", "--out", str(tmp_path)]) == 1
