@@ -53,7 +53,7 @@ def adapted_model(name: str, **values: Any) -> tuple[nn.Module, Any, Any]:
 
 def first_layer_and_inputs(model: nn.Module) -> tuple[nn.Module, tuple, dict]:
     """Our first layer in the model (a class of `methods`) and the arguments it is called with in a forward."""
-    layer = next(m for m in model.modules() if type(m).__module__.startswith("methods.") and m is not model)
+    layer = next(m for m in model.modules() if type(m).__module__.startswith("peftbench.methods.") and m is not model)
     seen: dict[str, Any] = {}
 
     def keep(module: nn.Module, args: tuple, kwargs: dict) -> None:
