@@ -504,8 +504,20 @@ def perf_tables(folder: Path = PERF_DIR) -> list[PerfTable]:
         with path.open() as handle:
             rows = {r["method"]: (float(r["step_ms"]) / 1000, int(float(r["trainable_params"])))
                     for r in csv.DictReader(handle)}  # fmt: skip
-        tables.append(PerfTable(device, match.group(2), int(match.group(3)), int(match.group(4)), rows, path))
+        model = _table_model(match.group(2))
+        if model is not None:
+            tables.append(PerfTable(device, model, int(match.group(3)), int(match.group(4)), rows, path))
     return tables
+
+
+def _table_model(name: str) -> str | None:
+    """The conf/model entry a table's file name names between its device and its shape (`h200_llama7b-layers`,
+    `llama7b-layers_svd-inits` → `llama7b-layers`); None when it names none."""
+    from peftbench.core.paths import CONF_DIR
+
+    known = [p.stem for p in (CONF_DIR / "model").glob("*.yaml")]
+    found = [m for m in known if re.search(rf"(^|_){re.escape(m)}(_|$)", name)]
+    return max(found, key=len) if found else None
 
 
 def perf_row_flops(table: PerfTable, method: str, trainable: int) -> float:
