@@ -100,9 +100,14 @@ def check_compiles_like_eager(layer: nn.Module, args: tuple, kwargs: dict) -> No
         step(compiled, layer, args, kwargs)  # the second step reuses the graph
 
 
+# LoRA-Dash's default counts its first t forwards in a Python int (no device sync): Dynamo guards on it, so each
+# of those t calls recompiles (no graph break); switched by the callback instead, it recompiles once, at the switch
+SETTINGS: dict[str, dict[str, Any]] = {"lora_dash": {"count_forwards": False}}
+
+
 @pytest.mark.parametrize("name", NATIVE)
 def test_native_layers_compile_without_graph_breaks_and_equal_eager(name: str) -> None:
-    model, _, _ = adapted_model(name)
+    model, _, _ = adapted_model(name, **SETTINGS.get(name, {}))
     layer, args, kwargs = first_layer_and_inputs(model)
     check_compiles_like_eager(layer, args, kwargs)
 
@@ -140,12 +145,13 @@ def test_trainer_compile_trains_through_the_compiled_model(tmp_path) -> None:  #
                      "compile": True, "max_steps": 2, "checkpoint_steps": 0, "progress_bar": False},
          "lr": 1e-3, "seed": 0}
     )  # fmt: skip
-    assert training_arguments(cfg, str(tmp_path), False).torch_compile
+    axes = {"lr": cfg.lr, "seed": cfg.seed}
+    assert training_arguments(cfg.trainer, axes, str(tmp_path), False).torch_compile
     rows = [{**{k: v[0] for k, v in _batch().items()}, "labels": _batch()["input_ids"][0]} for _ in range(4)]
     losses = {}
     for compiled in (False, True):
         model, method, params = adapted_model("molora")
-        args = training_arguments(cfg, str(tmp_path / str(compiled)), False)
+        args = training_arguments(cfg.trainer, axes, str(tmp_path / str(compiled)), False)
         args.torch_compile, args.torch_compile_backend = compiled, "aot_eager" if compiled else None
         args.per_device_train_batch_size = 2
         trainer = BenchTrainer(
