@@ -96,7 +96,7 @@ perf: setup
 # The prepared GPU check for a short loan (scripts/gpu_check.py): perf on llama7b-layers at 8x1024 and 4x512, a bf16
 # run of every method family on MiniLM and SmolLM2 (GSM8K, merged adapters), one torchrun trainer=fsdp step; one
 # dated folder results/gpu_check/<date>_<device>/ and a summary table, stopped cleanly at BUDGET seconds.
-# DRY=1: the same stages on a CPU with the tiny models (~40 s on 2 idle cores).
+# DRY=1: the same stages on a CPU with the tiny models (about 40 s of CPU time, see docs/performance.md).
 BUDGET ?= 480
 gpu-check: setup
 	$(BIN)/python scripts/gpu_check.py --budget $(BUDGET) $(if $(DRY),--dry,)

@@ -12,27 +12,50 @@ DEFAULT_STORE = "results/runs"
 
 
 def _report(args: argparse.Namespace) -> int:
-    from bench.html_report import write_html
-    from bench.report import write_report
+    """Read the sweep's records once, build every table once, and write them all: Markdown, LaTeX, CSV, the page."""
+    from bench.html_report import cross_page, page, write_page
+    from bench.paper import paper_table, write_paper_table
+    from bench.paper_tables import tables_for_sweep
+    from bench.report import build_tables, write_tables
+    from bench.results import Results
 
-    if args.paper:
-        from bench.paper import write_paper_report
-        from core.store import RunStore
+    if args.sweep is None and not args.cross_paper:
+        raise ConfigError("give a sweep (peftbench report <sweep>), or --cross-paper for the view across papers")
+    cross = None
+    if args.cross_paper:
+        from bench.cross_paper import cross_paper_table, write_cross_paper
 
-        paths = write_paper_report(args.store, args.sweep, args.paper, args.out, args.baseline)
+        cross = cross_paper_table(args.store)
+        paths = write_cross_paper(cross, args.out)
         print(paths["md"].read_text())
         print(f"written: {', '.join(str(p) for p in paths.values())}")
-        if next(RunStore(args.store).iter_records(args.sweep), None) is None:
+        if args.sweep is None:
+            print(f"report page: {write_page(cross_page(cross), args.out, 'cross_paper').resolve().as_uri()}")
+            return 0
+    results = Results.load(args.store, args.sweep)
+    asked = []
+    if args.paper:
+        asked = [paper_table(results, args.paper, args.baseline)]
+        paths = write_paper_table(asked[0], args.sweep, args.out)
+        print(paths["md"].read_text())
+        print(f"written: {', '.join(str(p) for p in paths.values())}")
+        if results.empty:
             return 0  # the paper's numbers alone: no report of ours to write
-    written = write_report(args.store, args.sweep, args.out, args.baseline)
+    if results.empty:
+        raise FileNotFoundError(f"no records for sweep {args.sweep!r} under {args.store}")
+    tables = build_tables(results, args.baseline)
+    written = write_tables(results, tables, args.out)
     if not args.paper:
         print(written["main.md"].read_text())
         if "vs_baseline.md" in written:
             print(written["vs_baseline.md"].read_text())
         print(f"tables and plots for sweep {args.sweep!r} under {written['main.md'].parents[1]}")
-    papers = [args.paper] if args.paper else []
-    page = write_html(args.store, args.sweep, args.out, written.values(), papers, args.baseline)
-    print(f"report page: {page.resolve().as_uri()}")
+    for flag in results.provenance.flags:
+        print(f"provenance: {flag}")
+    others = [name for name in tables_for_sweep(args.sweep) if name != args.paper]
+    papers = [*asked, *(paper_table(results, name, args.baseline) for name in others)]
+    text = page(results, tables, papers, written.values(), cross=cross)
+    print(f"report page: {write_page(text, args.out, args.sweep).resolve().as_uri()}")
     return 0
 
 
@@ -114,13 +137,17 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     report = commands.add_parser("report", help="write a sweep's tables (md/tex/csv), plots and index.html")
-    report.add_argument("sweep")
+    report.add_argument("sweep", nargs="?", help="the sweep (optional with --cross-paper)")
     report.add_argument("--store", default=DEFAULT_STORE, help="results store root (default: %(default)s)")
     report.add_argument("--out", default="results", help="output root: <out>/<sweep>/tables, plots, index.html")
     report.add_argument("--paper", help="a conf/paper table: its layout, our cells beside the published ones")
     report.add_argument(
         "--baseline", help="the method every other one is tested against (paired bootstrap; default: lora, if run)"
     )
+    report.add_argument(
+        "--cross-paper", action="store_true",
+        help="also list every cell several conf/paper tables print, side by side, with ours where the store has it",
+    )  # fmt: skip
     report.set_defaults(handler=_report)
 
     status = commands.add_parser("status", help="count done / diverged / failed runs of a sweep")

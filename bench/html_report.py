@@ -1,21 +1,21 @@
 """One self-contained HTML page of a sweep's report, `<out>/<sweep>/index.html`, written by `peftbench report`.
 
 The page needs no network: its CSS and script are inline and the plots are the report's PNG files as base64
-data URIs. It holds a header (sweep, record counts by status, date, the offline label), the main table, the
-paper tables (the `--paper` one and every `conf/paper` table whose `sweep:` is this sweep), the LR-sensitivity
-table and the plots. Every text that comes from records or configs goes through `html.escape`.
+data URIs. It holds a header (sweep, record counts by status, date, the offline label), the sweep's provenance
+(code commits, dirty trees, library versions, devices, data and model revisions, flagged when its records mix
+them), the main table, the paper tables (the `--paper` one and every `conf/paper` table whose `sweep:` is this
+sweep), the cross-paper view (with `--cross-paper`), the LR-sensitivity table and the plots. It renders the
+tables the report built (`bench.render.to_html`: the cell classes come from the cells' data, never from their
+text) and the captions the Markdown files carry. Every text that comes from records or configs is escaped.
 
 Hooks (for the styling, the browser test and whoever adds markers to the tables):
 
 - every table is `<table class="sortable">`; clicking a header sorts its rows by that column (a cell's
-  `data-v`, the first number in its text, when it has one; blank cells last), again for the reverse order.
-  Once wired, the script sets `data-sort-ready="<number of tables>"` on `<html>`.
-- a cell whose text has "Δ +x" or "Δ -x" gets the class `delta-pos`, `delta-neg` (green, red) or `delta-zero`.
-- significance: a value cell (not a label column: the paper's "LoRA†" is a name) whose text contains one of
-  `SIGNIFICANCE_MARKERS` ("†": bench.report marks a cell that differs significantly from the baseline) gets
-  the class `sig` (bold, stronger colour); in a table where any cell carries a marker, the other Δ cells get
-  `ns` (muted). In the main table the cells bench.report styles best are `best` (bold) and those not
-  significantly different from the best `tied` (underlined).
+  `data-v`, when it has one; blank cells last), again for the reverse order. Once wired, the script sets
+  `data-sort-ready="<number of tables>"` on `<html>`.
+- the cell classes `delta-pos`, `delta-neg`, `delta-zero`, `sig`, `ns`, `best`, `tied` and `label`
+  (`bench.render`'s docstring says when each is set).
+- `<ul id="provenance">` lists the provenance; `<p id="provenance-flag">` is there when the records mix it.
 - `window.onerror` and unhandled rejections are listed in `<ul id="js-errors">` and counted in `data-js-errors`
   on `<html>`.
 - with `#selfcheck` in the URL the script sorts each table by its first numeric column both ways, checks the
@@ -26,25 +26,17 @@ from __future__ import annotations
 
 import base64
 import html
-import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from collections.abc import Set as AbstractSet
 from datetime import datetime
 from pathlib import Path
 
-import pandas as pd
-import yaml
-
-from bench.paper import PAPER_DIR, load_paper_table, paper_report, paper_tables
-from bench.report import KEYS, ROW_KEYS, build_tables, load_frame
-from core.store import RunStore
-
-SIGNIFICANCE_MARKERS = ("†",)
-DELTA = re.compile(r"Δ\s*([+\-−])\s*(\d+(?:\.\d+)?)")
-NUMBER = re.compile(r"[-+−]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
-# "ours ± std [offline] (paper, Δ ...)": ours on one line, the published number under it
-PAPER_CELL = re.compile(r"^(?P<ours>[^()]*?)\s*(?P<paper>\(.*)$")
+from bench.cross_paper import CAPTION as CROSS_CAPTION
+from bench.paper import PaperTable, paper_table
+from bench.paper_tables import source_label, tables_for_sweep
+from bench.render import Table, to_html
+from bench.report import Tables, build_tables, caption
+from bench.results import Provenance, Results
 
 CSS = """
 :root { --fg: #1f2328; --muted: #59636e; --line: #d1d9e0; --head: #f6f8fa; --pos: #116329; --pos-bg: #dafbe1;
@@ -84,6 +76,8 @@ td.delta-pos.sig { background: var(--pos-sig-bg) !important; font-weight: 700; }
 td.delta-neg.sig { background: var(--neg-sig-bg) !important; font-weight: 700; }
 td.sig .paper { font-weight: 700; }
 td.ns { background: none !important; } td.ns .paper { color: var(--muted); }
+#provenance-flag { color: var(--neg); font-weight: 600; }
+#provenance li.mixed { color: var(--neg); }
 figure { margin: 12px 0 20px; } figure img { max-width: 100%; height: auto; border: 1px solid var(--line); }
 figcaption { font-size: 12px; color: var(--muted); }
 #js-errors { color: var(--neg); font-weight: 600; }
@@ -175,96 +169,6 @@ SCRIPT = """
 """
 
 
-def _text(value: object) -> str:
-    return "" if value is None or (not isinstance(value, str) and pd.isna(value)) else str(value)
-
-
-def sort_value(text: str) -> float | None:
-    """The number a cell sorts by: the first one in its text ("85.50 ± 0.71 (84.47, Δ +1.03)" → 85.5)."""
-    match = NUMBER.search(text)
-    return None if match is None else float(match.group().replace("−", "-"))
-
-
-def cell_classes(text: str, table_marked: bool) -> list[str]:
-    """Δ sign and significance classes of a value cell (see the module docstring)."""
-    classes = []
-    delta = DELTA.search(text)
-    if delta is not None:
-        value = float(delta.group(2))
-        classes.append("delta-zero" if value == 0 else "delta-neg" if delta.group(1) in "-−" else "delta-pos")
-    if any(marker in text for marker in SIGNIFICANCE_MARKERS):
-        classes.append("sig")
-    elif table_marked and delta is not None:
-        classes.append("ns")
-    return classes
-
-
-def _cell_body(text: str, split_paper: bool) -> str:
-    match = PAPER_CELL.match(text) if split_paper else None
-    if match is None:
-        return html.escape(text)
-    ours = f"{html.escape(match['ours'])} " if match["ours"] else ""
-    return f'{ours}<span class="paper">{html.escape(match["paper"])}</span>'
-
-
-def table_html(
-    table: pd.DataFrame,
-    label_columns: int,
-    best: AbstractSet[tuple[int, str]] = frozenset(),
-    split_paper: bool = False,
-    table_id: str = "",
-    tied: AbstractSet[tuple[int, str]] = frozenset(),
-) -> str:
-    """A sortable <table>: the first `label_columns` are names (left-aligned, never read for markers);
-    `best` holds (row position, column) cells shown bold, `tied` those not significantly different from the
-    best (underlined); `split_paper` puts "(paper, Δ)" under our value."""
-    columns = [str(c) for c in table.columns]
-    values = [[_text(v) for v in row] for row in table.itertuples(index=False)]
-    marked = any(m in text for row in values for text in row[label_columns:] for m in SIGNIFICANCE_MARKERS)
-    label = ' class="label"'
-    heads = "".join(
-        f'<th scope="col"{label if i < label_columns else ""}>{html.escape(c)}</th>' for i, c in enumerate(columns)
-    )
-    rows = []
-    for position, row in enumerate(values):
-        cells = []
-        for i, (column, text) in enumerate(zip(columns, row, strict=True)):
-            classes = ["label"] if i < label_columns else cell_classes(text, marked)
-            if (position, column) in best:
-                classes.append("best")
-            elif (position, column) in tied:
-                classes.append("tied")
-            number = sort_value(text) if i >= label_columns or column in ("rank", "r") else None
-            attributes = f' class="{" ".join(classes)}"' if classes else ""
-            attributes += f' data-v="{number:g}"' if number is not None else ""
-            cells.append(f"<td{attributes}>{_cell_body(text, split_paper and i >= label_columns)}</td>")
-        rows.append(f"<tr>{''.join(cells)}</tr>")
-    identifier = f' id="{html.escape(table_id)}"' if table_id else ""
-    return (
-        f'<div class="scroll"><table class="sortable"{identifier}><thead><tr>{heads}</tr></thead>'
-        f"<tbody>{''.join(rows)}</tbody></table></div>"
-    )
-
-
-def matching_paper_tables(sweep: str) -> list[str]:
-    """The conf/paper tables whose `sweep:` is this sweep."""
-    return [
-        name
-        for name in paper_tables()
-        if yaml.safe_load((PAPER_DIR / f"{name}.yaml").read_text()).get("sweep") == sweep
-    ]
-
-
-def _styled_cells(styles: pd.DataFrame, style: str) -> set[tuple[int, str]]:
-    """(row position, column) of the cells bench.report styled `style` ("best" or "tied")."""
-    return {
-        (position, str(column))
-        for column in styles.columns
-        for position, value in enumerate(styles[column])
-        if value == style
-    }
-
-
 def _header(sweep: str, records: list[dict], now: datetime) -> str:
     statuses = Counter(str(r.get("status")) for r in records)
     data = Counter(str(r.get("data", "hub")) for r in records)
@@ -288,19 +192,48 @@ def _header(sweep: str, records: list[dict], now: datetime) -> str:
     )
 
 
-def _paper_section(store_root: str | Path, sweep: str, name: str, baseline: str | None) -> str:
-    table = load_paper_table(name)
-    shown = paper_report(store_root, sweep, name, baseline)
-    caption = (
-        f"{table['paper']} (arXiv {table['arxiv']}) Table {table['table']}"
-        f"{', ' + str(table['model']) if table.get('model') else ''}"
-    )
-    name_text = html.escape(name)
+def _provenance_flag(provenance: Provenance) -> str:
+    """A line under the header when the records do not come from one setup ('' when they do)."""
+    if not provenance.flags:
+        return ""
+    flags = html.escape("; ".join(provenance.flags))
     return (
-        f'<h3 id="paper-{name_text}">{html.escape(caption)} <span class="muted">({name_text})</span></h3>'
-        '<p class="muted">ours ± std over seeds at the best lr, under it (paper, Δ = ours − paper); a cell with only '
-        "(paper) was not run here; [offline] = our offline protocol, not the paper's.</p>"
-        + table_html(shown, 2 if "r" in shown.columns else 1, split_paper=True, table_id=f"table-paper-{name}")
+        f'<p id="provenance-flag">⚠ These records do not come from one setup: {flags} '
+        '(<a href="#provenance-section">provenance</a>).</p>'
+    )
+
+
+def _provenance(provenance: Provenance) -> str:
+    """What produced the completed records, value by value with its count."""
+    items = []
+    for name, counts in provenance.fields.items():
+        values = ", ".join(
+            f"{html.escape('not recorded' if value is None else str(value))} ({count})"
+            for value, count in sorted(counts.items(), key=lambda item: (item[0] is None, str(item[0])))
+        )
+        mixed = ' class="mixed"' if name in provenance.mixed else ""
+        items.append(f"<li{mixed}><b>{html.escape(name)}</b>: {values}</li>")
+    dirty = ' class="mixed"' if provenance.dirty else ""
+    items.append(f"<li{dirty}><b>uncommitted changes</b>: {provenance.dirty} of {provenance.records} records</li>")
+    listed = "".join(items)
+    return (
+        '<h2 id="provenance-section">Provenance</h2><p class="muted">per field, each value the completed records '
+        f'carry and how many carry it.</p><ul id="provenance">{listed}</ul>'
+    )
+
+
+def _paper_section(paper: PaperTable) -> str:
+    name_text = html.escape(paper.name)
+    return (
+        f'<h3 id="paper-{name_text}">{html.escape(source_label(paper.conf))} '
+        f'<span class="muted">({name_text})</span></h3><p class="muted">{html.escape(paper.header)}</p>'
+        + to_html(paper.table, table_id=f"table-paper-{paper.name}")
+    )
+
+
+def _cross_section(table: Table) -> str:
+    return f'<h2 id="cross">Across papers</h2><p class="muted">{html.escape(CROSS_CAPTION)}</p>' + to_html(
+        table, table_id="table-cross"
     )
 
 
@@ -308,6 +241,71 @@ def _figure(path: Path) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     name = html.escape(path.name)
     return f'<figure><img alt="{name}" src="data:image/png;base64,{data}"><figcaption>{name}</figcaption></figure>'
+
+
+def _page(title: str, sections: list[str]) -> str:
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>peftbench: {html.escape(title)}</title><style>{CSS}</style></head>"
+        f"<body>{''.join(sections)}<script>{SCRIPT}</script></body></html>\n"
+    )
+
+
+def page(
+    results: Results,
+    tables: Tables,
+    papers: Sequence[PaperTable] = (),
+    plots: Iterable[Path] = (),
+    now: datetime | None = None,
+    cross: Table | None = None,
+) -> str:
+    """The page's HTML from the report's results and tables (built once, shared with the Markdown files)."""
+    images = [p for p in plots if p.suffix == ".png"]
+    nav = [("main", "Main table"), ("papers", "Paper tables"), ("cross", "Across papers"), ("lr", "LR sensitivity"),
+           ("plots", "Plots"), ("provenance-section", "Provenance")]  # fmt: skip
+    shown = {"papers": bool(papers), "cross": cross is not None, "plots": bool(images)}
+    nav = [(anchor, title) for anchor, title in nav if shown.get(anchor, True)]
+    sections = [
+        _header(results.sweep, results.records, now or datetime.now().astimezone()),
+        _provenance_flag(results.provenance),
+        "<nav>" + "".join(f'<a href="#{a}">{t}</a>' for a, t in nav) + "</nav>",
+        '<ul id="js-errors" hidden></ul>',
+        f'<h2 id="main">Main table</h2><p class="muted">'
+        f"{html.escape(caption(tables.baseline, markdown=False, strategies=tables.strategies))} "
+        "Click a header to sort.</p>",
+        to_html(tables.main, table_id="table-main"),
+    ]
+    if papers:
+        sections.append('<h2 id="papers">Paper tables</h2>')
+        sections += [_paper_section(paper) for paper in papers]
+    if cross is not None:
+        sections.append(_cross_section(cross))
+    sections += [
+        '<h2 id="lr">LR sensitivity</h2><p class="muted">per (method, model, task, rank): the lr grid, the best lr, '
+        "best and worst seed-mean, their spread, the grid points within 1 point of the best, diverged lrs.</p>",
+        to_html(tables.sensitivity, table_id="table-lr"),
+    ]
+    if images:
+        sections.append('<h2 id="plots">Plots</h2>' + "".join(_figure(p) for p in images))
+    sections.append(_provenance(results.provenance))
+    return _page(results.sweep, sections)
+
+
+def cross_page(table: Table, now: datetime | None = None) -> str:
+    """The cross-paper view on a page of its own (`peftbench report --cross-paper` without a sweep)."""
+    stamp = (now or datetime.now().astimezone()).strftime("%Y-%m-%d %H:%M %Z").strip()
+    sections = [
+        f'<h1>peftbench: across papers</h1><p class="muted">generated {html.escape(stamp)}</p>',
+        '<ul id="js-errors" hidden></ul>',
+        _cross_section(table),
+    ]
+    return _page("across papers", sections)
+
+
+def paper_tables_of(results: Results, names: Sequence[str], baseline: str | None) -> list[PaperTable]:
+    """The page's paper tables: the ones asked for, then every table whose `sweep:` is this sweep, each once."""
+    return [paper_table(results, name, baseline) for name in dict.fromkeys([*names, *tables_for_sweep(results.sweep)])]
 
 
 def build_page(
@@ -318,60 +316,18 @@ def build_page(
     now: datetime | None = None,
     baseline: str | None = None,
 ) -> str:
-    """The page's HTML (raises FileNotFoundError when the sweep has no records, as the report does)."""
-    frame = load_frame(store_root, sweep)
-    if frame.empty:
+    """The page of a sweep read from the store (raises FileNotFoundError when it has no records, as the report
+    does)."""
+    results = Results.load(store_root, sweep)
+    if results.empty:
         raise FileNotFoundError(f"no records for sweep {sweep!r} under {store_root}")
-    records = list(RunStore(store_root).iter_records(sweep))
-    tables = build_tables(frame, baseline)
-    names = list(dict.fromkeys([*papers, *matching_paper_tables(sweep)]))
-    images = [p for p in plots if p.suffix == ".png"]
-    nav = [("main", "Main table"), ("papers", "Paper tables"), ("lr", "LR sensitivity"), ("plots", "Plots")]
-    nav = [(anchor, title) for anchor, title in nav if (anchor != "papers" or names) and (anchor != "plots" or images)]
-    sections = [
-        _header(sweep, records, now or datetime.now().astimezone()),
-        "<nav>" + "".join(f'<a href="#{a}">{t}</a>' for a, t in nav) + "</nav>",
-        '<ul id="js-errors" hidden></ul>',
-        '<h2 id="main">Main table</h2><p class="muted">methods × tasks at the best lr: mean ± std over seeds '
-        "[95% interval: paired bootstrap over seeds and eval examples, 1,000 resamples], ×100; the best of each "
-        "column in bold, underlined where not significantly different from it; † differs significantly from "
-        f"the baseline ({html.escape(str(tables.baseline))}); click a header to sort.</p>",
-        table_html(
-            tables.main,
-            len(ROW_KEYS),
-            _styled_cells(tables.styles, "best"),
-            table_id="table-main",
-            tied=_styled_cells(tables.styles, "tied"),
-        ),  # fmt: skip
-    ]
-    if names:
-        sections.append('<h2 id="papers">Paper tables</h2>')
-        sections += [_paper_section(store_root, sweep, name, baseline) for name in names]
-    sections += [
-        '<h2 id="lr">LR sensitivity</h2><p class="muted">per (method, model, task, rank): the lr grid, the best lr, '
-        "best and worst seed-mean, their spread, the grid points within 1 point of the best, diverged lrs.</p>",
-        table_html(tables.sensitivity, len(KEYS), table_id="table-lr"),
-    ]
-    if images:
-        sections.append('<h2 id="plots">Plots</h2>' + "".join(_figure(p) for p in images))
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>peftbench: {html.escape(sweep)}</title><style>{CSS}</style></head>"
-        f"<body>{''.join(sections)}<script>{SCRIPT}</script></body></html>\n"
-    )
+    tables = build_tables(results, baseline)
+    return page(results, tables, paper_tables_of(results, papers, baseline), plots, now)
 
 
-def write_html(
-    store_root: str | Path,
-    sweep: str,
-    out_root: str | Path,
-    plots: Iterable[Path] = (),
-    papers: Sequence[str] = (),
-    baseline: str | None = None,
-) -> Path:
-    """Write `<out_root>/<sweep>/index.html`; returns its path."""
-    path = Path(out_root) / sweep / "index.html"
+def write_page(text: str, out_root: str | Path, folder: str) -> Path:
+    """Write `<out_root>/<folder>/index.html`; returns its path."""
+    path = Path(out_root) / folder / "index.html"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(build_page(store_root, sweep, plots, papers, baseline=baseline), encoding="utf-8")
+    path.write_text(text, encoding="utf-8")
     return path

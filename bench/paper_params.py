@@ -31,7 +31,7 @@ import warnings
 from dataclasses import dataclass
 
 from bench.grid import sweep_config
-from bench.paper import load_paper_table
+from bench.paper_tables import load_paper_table, trains_base
 from bench.param_count import MetaCount, count_on_meta
 from methods.base import get_method
 
@@ -78,7 +78,7 @@ def _needs_count(spec: dict, row: dict) -> bool:
     """Whether the row's value needs more than its adapter count: a backbone denominator, or LoRA's count."""
     if spec["unit"] == "llm_adapters":
         return True
-    return spec["unit"] in ("percent", "permille") and (spec["base"] == "backbone" or row["method"] == "full")
+    return spec["unit"] in ("percent", "permille") and (spec["base"] == "backbone" or trains_base(row["method"]))
 
 
 def _ours(table: dict, spec: dict, row: dict, adapter: int | None = None) -> tuple[float, str | None]:
@@ -90,11 +90,12 @@ def _ours(table: dict, spec: dict, row: dict, adapter: int | None = None) -> tup
     unit = spec["unit"]
     if unit == "millions":
         return adapter / 1e6, None
-    if unit in ("percent", "permille"):  # full FT trains the whole backbone: 100% by the tables' definition
-        base = count.backbone if spec["base"] == "backbone" or row["method"] == "full" else float(spec["base"])
+    whole = trains_base(row["method"])  # full FT trains the whole backbone: 100% by the tables' definition
+    if unit in ("percent", "permille"):
+        base = count.backbone if spec["base"] == "backbone" or whole else float(spec["base"])
         return adapter / base * (100 if unit == "percent" else 1000), None
-    if _LA_PERCENT.match(printed) or row["method"] == "full":
-        return 100 * adapter / (count.backbone + (0 if row["method"] == "full" else adapter)), "%"
+    if _LA_PERCENT.match(printed) or whole:
+        return 100 * adapter / (count.backbone + (0 if whole else adapter)), "%"
     lora = _count(table["sweep"], _row_overrides(table, row, "lora"))
     return float(adapter - lora.adapter), "+"
 

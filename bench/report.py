@@ -1,13 +1,14 @@
-"""Paper-style tables from the records of a sweep (pandas), as Markdown, LaTeX and CSV.
+"""A sweep's own tables, built from its results (`bench.results`) and written as Markdown, LaTeX and CSV.
 
-Selection follows the papers: per (method, model, task, rank) the learning rate with the best
-seed-mean of the primary metric on the evaluation split; the cell shows that mean ± the seed std,
-×100, and its 95% bootstrap interval over seeds and eval examples (`bench.significance`). Per column the
-best is bold and the rows not significantly different from it underlined; rows significantly different
-from the baseline method (`--baseline`, default LoRA) carry a †, and `vs_baseline.*` lists each paired
-difference with its interval. A learning rate where any seed diverged is not eligible and counts as a
-failure in the LR-sensitivity table. Runs under the offline protocol carry "(offline)" in their task
-column, so they are never read as the paper's numbers.
+Selection follows the papers: per (method, model, task, rank) and setting the learning rate with the best
+seed-mean of the primary metric on the evaluation split (`bench.results.best_by_lr`); the cell shows that mean ±
+the seed std, ×100, and its 95% bootstrap interval over seeds and eval examples (`bench.significance`). Per column
+the best is bold and the rows not significantly different from it underlined; rows significantly different from
+the baseline method (`--baseline`, default LoRA) carry a †, and `vs_baseline.*` lists each paired difference with
+its interval. A learning rate where any seed diverged is not eligible and counts as a failure in the
+LR-sensitivity table. Runs under the offline protocol carry "(offline)" in their task column, so they are never
+read as the paper's numbers. A row whose runs differ in more than seed and lr is shown once per setting, in a
+`setting` column naming the keys that differ, with a line under the table saying so.
 """
 
 from __future__ import annotations
@@ -19,111 +20,38 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.render import Table, to_csv, to_latex, to_markdown
+from bench.results import CELL_KEYS, KEYS, ROW_KEYS, STRATEGIES, Cell, Results, rank_text
 from bench.significance import (
     BASELINE_ROW,
     MARK,
     NO_INTERVAL,
     TEST,
     Bootstrap,
-    Run,
     average,
     baseline_rows,
     choose_baseline,
     column_bootstrap,
     difference,
     excludes_zero,
-    interval_text,
     percentile_interval,
-    read_sidecar,
 )
-from core.store import RunStore
 
-KEYS = ["method", "model", "task", "rank"]
-ROW_KEYS = ["method", "model", "rank"]
-
-
-def task_label(task: str, data: str) -> str:
-    """The task's column name: the offline protocol is always labelled."""
-    return task if data == "hub" else f"{task} ({data})"
-
-
-def load_frame(store_root: str | Path, sweep: str) -> pd.DataFrame:
-    """One row per record (corrupted files are skipped; `peftbench status` lists them)."""
-    rows = []
-    store = RunStore(store_root)
-    for record in store.iter_records(sweep):
-        metrics = record.get("metrics") or {}
-        sidecar = record.get("predictions_file")
-        rows.append(
-            {
-                "run_id": record["run_id"],
-                "method": record["method"],
-                "model": record["model"],
-                "task": task_label(record["task"], record.get("data", "hub")),
-                "rank": record.get("rank"),
-                "lr": float(record["lr"]),
-                "seed": record["seed"],
-                "status": record["status"],
-                "primary": metrics.get("primary"),
-                "primary_metric": record.get("primary_metric"),
-                "trainable_pct": record.get("trainable_pct"),
-                "peak_memory_bytes": record.get("peak_memory_bytes"),
-                "train_seconds": record.get("train_seconds"),
-                "predictions_path": str(store.sweep_dir(sweep) / sidecar) if sidecar else None,
-            }
-        )
-    frame = pd.DataFrame(rows)
-    if not frame.empty:
-        frame["rank"] = frame["rank"].astype("Int64")
-    return frame
-
-
-def lr_cells(frame: pd.DataFrame) -> pd.DataFrame:
-    """Seed statistics per (method, model, task, rank, lr), failed runs excluded (they are re-run)."""
-    done = frame[frame["status"].isin(["ok", "diverged"])]
-    grouped = done.groupby([*KEYS, "lr"], dropna=False)
-    cells = grouped.agg(
-        mean=("primary", "mean"),
-        std=("primary", "std"),
-        seeds=("seed", "nunique"),
-        diverged=("status", lambda s: int((s == "diverged").sum())),
-        trainable_pct=("trainable_pct", "mean"),
-    ).reset_index()
-    cells.loc[cells["diverged"] > 0, "mean"] = np.nan
-    return cells
-
-
-def best_by_lr(cells: pd.DataFrame) -> pd.DataFrame:
-    """Per (method, model, task, rank): the eligible lr with the best seed-mean."""
-    eligible = cells.dropna(subset=["mean"])
-    index = eligible.groupby(KEYS, dropna=False)["mean"].idxmax()
-    return eligible.loc[index].reset_index(drop=True)
-
-
-def format_cell(mean: float, std: float) -> str:
-    if pd.isna(mean):
-        return ""
-    text = f"{100 * mean:.2f}"
-    return text if pd.isna(std) else f"{text} ± {100 * std:.2f}"
-
-
-def _rank_text(rank: object) -> str:
-    return "–" if pd.isna(rank) else str(int(rank))
+RowKey = tuple[str, str, str, str]  # method, model, rank as shown, the row's setting ('' unless split)
 
 
 @dataclass
 class Tables:
-    """The report's tables: display strings, the numbers behind them (CSV, plots), and the significance marks."""
+    """The sweep's tables (`bench.render.Table`: cells with their numbers and marks) and the numbers behind them."""
 
-    main: pd.DataFrame
-    main_numbers: pd.DataFrame
-    sensitivity: pd.DataFrame
-    # per main cell: "best" (bold), "tied" (not significantly different from the best: underlined) or ""
-    styles: pd.DataFrame = field(default_factory=pd.DataFrame)
+    main: Table
+    main_numbers: pd.DataFrame  # metrics ×100 as displayed, Avg, Params % (CSV, plots)
+    sensitivity: Table
     # one row per filled main cell: mean, its interval, and the paired difference to the row's baseline (×100)
     intervals: pd.DataFrame = field(default_factory=pd.DataFrame)
-    vs_baseline: pd.DataFrame = field(default_factory=pd.DataFrame)  # display: those differences per row and column
+    vs_baseline: Table | None = None  # those differences per row and column; None: no row has a baseline
     baseline: str | None = None
+    strategies: list[str] = field(default_factory=list)  # sweep strategies other than the full grid
 
 
 def _average_columns(tasks: list[str]) -> dict[str, list[str]]:
@@ -135,56 +63,51 @@ def _average_columns(tasks: list[str]) -> dict[str, list[str]]:
     return groups
 
 
-def _row_key(method: str, model: str, rank: object) -> tuple[str, str, str]:
-    return method, model, _rank_text(rank)
+def _row_key(method: str, model: str, rank: object, variant: str = "") -> RowKey:
+    return method, model, rank_text(rank), variant
 
 
-def cell_bootstraps(frame: pd.DataFrame, best: pd.DataFrame) -> dict[tuple[tuple[str, str, str], str], Bootstrap]:
-    """Per ((method, model, rank), task): the bootstrap of its runs at the chosen lr, from their sidecars."""
-    chosen = frame[frame["status"] == "ok"].merge(best[[*KEYS, "lr"]], on=[*KEYS, "lr"])
-    result = {}
-    for task, runs in chosen.groupby("task", sort=True):
-        cells: dict[tuple[str, str, str], list[Run]] = defaultdict(list)
-        for run in runs.itertuples(index=False):
-            metric = run.primary_metric if isinstance(run.primary_metric, str) else "primary"
-            rows = read_sidecar(run.predictions_path)
-            cells[_row_key(run.method, run.model, run.rank)].append(Run(int(run.seed), rows, metric, metric))
-        result.update({(key, task): boot for key, boot in column_bootstrap(cells).items()})
-    return result
+def cell_bootstraps(results: Results) -> dict[tuple[RowKey, str], Bootstrap]:
+    """Per (row, task): the bootstrap of its runs at the chosen lr, from their sidecars."""
+    runs = results.runs
+    chosen = runs[runs["status"] == "ok"].merge(results.best[[*CELL_KEYS, "lr"]], on=[*CELL_KEYS, "lr"])
+    boots = {}
+    for task, rows in chosen.groupby("task", sort=True):
+        cells = defaultdict(list)
+        for key, group in rows.groupby([*ROW_KEYS, "variant"], dropna=False, sort=False):
+            cells[_row_key(*key)] = results.bootstrap_runs(group)
+        boots.update({(key, task): boot for key, boot in column_bootstrap(cells).items()})
+    return boots
 
 
-def main_table(
-    best: pd.DataFrame, boots: dict | None = None
-) -> tuple[pd.DataFrame, pd.DataFrame, dict[tuple[int, str], Bootstrap]]:
-    """Methods × tasks: 'mean ± std [interval]' at the best lr, the average over tasks, and trainable %.
-
-    Returns the display table, the numbers behind it (metrics ×100, as displayed) and each metric cell's
-    bootstrap by (table row, column); an Avg's is the mean of its tasks', resample by resample.
-    """
-    boots = boots or {}
+def main_numbers(
+    results: Results, boots: dict[tuple[RowKey, str], Bootstrap]
+) -> tuple[pd.DataFrame, dict[tuple[int, str], tuple[float, float]], dict[tuple[int, str], Bootstrap]]:
+    """Methods × tasks at the best lr: per row (method, model, rank, setting) the seed-mean of each task (×100),
+    the average over tasks, and trainable %. Returns those numbers, each metric cell's (mean, std) ×100 and its
+    bootstrap by (table row, column); an Avg's is the mean of its tasks', resample by resample."""
+    best = results.best
+    split = bool(results.split_rows)
     tasks = sorted(best["task"].unique())
     averages = _average_columns(tasks)
-    shown_rows, number_rows, cell_boots = [], [], {}
-    for index, (key, group) in enumerate(best.groupby(ROW_KEYS, dropna=False, sort=True)):
+    rows, stats, cell_boots = [], {}, {}
+    for index, (key, group) in enumerate(best.groupby([*ROW_KEYS, "variant"], dropna=False, sort=True)):
         by_task = group.set_index("task")
-        numbers = {**dict(zip(ROW_KEYS, key, strict=True))}
-        shown = {**numbers, "rank": _rank_text(numbers["rank"])}
+        numbers = dict(zip(ROW_KEYS, key[:3], strict=True)) | ({"setting": key[3]} if split else {})
         for task in tasks:
             mean, std = (by_task.at[task, "mean"], by_task.at[task, "std"]) if task in by_task.index else (np.nan,) * 2
             numbers[task] = 100 * mean
-            cell = cell_boots[(index, task)] = boots.get((_row_key(*key), task), Bootstrap(reason="no runs"))
-            shown[task] = "" if pd.isna(mean) else f"{format_cell(mean, std)} {interval_text(cell.interval)}"
+            stats[(index, task)] = (100 * mean, 100 * std)
+            cell_boots[(index, task)] = boots.get((_row_key(*key), task), Bootstrap(reason="no runs"))
         for name, members in averages.items():
             means = [numbers[t] for t in members]
             numbers[name] = float(np.mean(means)) if not np.isnan(means).any() else np.nan
+            stats[(index, name)] = (numbers[name], np.nan)
             cell_boots[(index, name)] = average([cell_boots[(index, t)] for t in members])
-            interval = interval_text(cell_boots[(index, name)].interval)
-            shown[name] = "" if np.isnan(numbers[name]) else f"{numbers[name]:.2f} {interval}"
         numbers["Params %"] = float(group["trainable_pct"].mean())
-        shown["Params %"] = f"{numbers['Params %']:.3f}"
-        shown_rows.append(shown)
-        number_rows.append(numbers)
-    return pd.DataFrame(shown_rows), pd.DataFrame(number_rows), cell_boots
+        rows.append(numbers)
+    columns = [*ROW_KEYS, *(["setting"] if split else []), *tasks, *averages, "Params %"]
+    return pd.DataFrame(rows, columns=columns), stats, cell_boots
 
 
 def column_styles(numbers: pd.DataFrame, columns: list[str], boots: dict[tuple[int, str], Bootstrap]) -> pd.DataFrame:
@@ -205,15 +128,21 @@ def column_styles(numbers: pd.DataFrame, columns: list[str], boots: dict[tuple[i
     return styles
 
 
+def _row_keys(numbers: pd.DataFrame) -> list[RowKey]:
+    variants = numbers["setting"] if "setting" in numbers.columns else [""] * len(numbers)
+    return [_row_key(*key) for key in zip(numbers["method"], numbers["model"], numbers["rank"], variants, strict=True)]
+
+
 def baseline_comparisons(
     numbers: pd.DataFrame, columns: list[str], boots: dict[tuple[int, str], Bootstrap], baseline: str | None
 ) -> pd.DataFrame:
     """One row per filled cell: its mean and interval, and the paired difference to its row's baseline (×100)."""
-    columns_out = ["row", "method", "model", "rank", "column", "mean", "ci_low", "ci_high", "baseline", "diff",
-                   "diff_low", "diff_high", "significant"]  # fmt: skip
+    split = "setting" in numbers.columns
+    columns_out = ["row", "method", "model", "rank", *(["setting"] if split else []), "column", "mean", "ci_low",
+                   "ci_high", "baseline", "diff", "diff_low", "diff_high", "significant"]  # fmt: skip
     if numbers.empty:
         return pd.DataFrame(columns=columns_out)
-    keys = [_row_key(m, mo, r) for m, mo, r in zip(numbers["method"], numbers["model"], numbers["rank"], strict=True)]
+    keys = _row_keys(numbers)
     bases = baseline_rows(keys, baseline)
     rows = []
     for column in columns:
@@ -224,8 +153,9 @@ def baseline_comparisons(
                 continue
             cell = boots[(i, column)]
             interval = cell.interval or (np.nan, np.nan)
-            entry = {"row": i, "method": keys[i][0], "model": keys[i][1], "rank": keys[i][2], "column": column,
-                     "mean": mean, "ci_low": 100 * interval[0], "ci_high": 100 * interval[1],
+            entry = {"row": i, "method": keys[i][0], "model": keys[i][1], "rank": keys[i][2],
+                     **({"setting": keys[i][3]} if split else {}), "column": column, "mean": mean,
+                     "ci_low": 100 * interval[0], "ci_high": 100 * interval[1],
                      "baseline": None if j is None else _baseline_label(keys[j]), "diff": np.nan,
                      "diff_low": np.nan, "diff_high": np.nan, "significant": None}  # fmt: skip
             if j is not None and pd.notna(numbers.at[j, column]):
@@ -238,30 +168,41 @@ def baseline_comparisons(
     return pd.DataFrame(rows, columns=columns_out)
 
 
-def _baseline_label(key: tuple[str, str, str]) -> str:
-    return key[0] if key[2] == "–" else f"{key[0]} r{key[2]}"
+def _baseline_label(key: RowKey) -> str:
+    label = key[0] if key[2] == "–" else f"{key[0]} r{key[2]}"
+    return f"{label} [{key[3]}]" if key[3] else label
 
 
-def vs_baseline_table(shown: pd.DataFrame, intervals: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+def vs_baseline_table(labels: list[list[str]], intervals: pd.DataFrame, columns: list[str]) -> Table | None:
     """Per row with a baseline: each column's paired difference '+2.00 [+0.5, +3.5]' († when significant)."""
     compared = intervals.dropna(subset=["diff"])
+    if compared.empty:
+        return None
     rows = []
     for i, cells in compared.groupby("row", sort=True):
-        row = {**shown.loc[i, ROW_KEYS].to_dict(), "baseline": cells["baseline"].iloc[0]}
+        row: list = [*labels[i], cells["baseline"].iloc[0]]
         by_column = cells.set_index("column")
         for column in columns:
             if column not in by_column.index:
-                row[column] = ""
+                row.append("")
                 continue
             cell = by_column.loc[column]
             interval = None if pd.isna(cell["diff_low"]) else (cell["diff_low"] / 100, cell["diff_high"] / 100)
-            mark = MARK if cell["significant"] is True else ""
-            row[column] = f"{cell['diff']:+.2f} {interval_text(interval, signed=True)}{mark}"
+            row.append(Cell(mean=cell["diff"], interval=interval, signed=True, significant=cell["significant"] is True))
         rows.append(row)
-    return pd.DataFrame(rows, columns=[*ROW_KEYS, "baseline", *columns])
+    label_columns = [*ROW_KEYS, *(["setting"] if "setting" in intervals.columns else [])]
+    return Table([*label_columns, "baseline", *columns], rows, len(label_columns) + 1)
 
 
-def caption(baseline: str | None, markdown: bool = True) -> str:
+def strategy_text(strategies: list[str]) -> str:
+    """The caption's sentence on a sweep that did not run its full grid ('' when it did)."""
+    if not strategies:
+        return ""
+    described = "; ".join(f"{s} ({STRATEGIES[s]})" if s in STRATEGIES else s for s in strategies)
+    return f" Sweep strategy {described}: not the full grid, each cell's lr chosen on its first seed."
+
+
+def caption(baseline: str | None, markdown: bool = True, strategies: list[str] | None = None) -> str:
     """What the main table's numbers and marks mean."""
     bold, tied = ("**bold**", "<u>underlined</u>") if markdown else ("bold", "underlined")
     text = (
@@ -271,108 +212,70 @@ def caption(baseline: str | None, markdown: bool = True) -> str:
     )
     if baseline:
         text += f"; {MARK}: significantly different from the baseline {baseline} ({BASELINE_ROW}; see vs_baseline)"
-    return text + "."
+    return text + "." + strategy_text(strategies or [])
 
 
-def sensitivity_table(cells: pd.DataFrame) -> pd.DataFrame:
-    """Per (method, model, task, rank): the lr grid, the best lr, and the spread of seed-means over it."""
+def split_note(results: Results) -> list[str]:
+    """The line under a table whose rows are split by setting (none when no row is)."""
+    if not results.split_rows:
+        return []
+    rows = "; ".join(f"{row} by {', '.join(keys)}" for row, keys in results.split_rows.items())
+    return [f"Rows shown per setting, never averaged: their runs differ in more than seed and lr ({rows})."]
+
+
+def sensitivity_table(results: Results) -> Table:
+    """Per (method, model, task, rank) and setting: the lr grid, the best lr, and the spread of seed-means over it
+    (under the two-stage strategy, of the first seed's values, on which the lr was chosen)."""
+    split = bool(results.split_rows)
     rows = []
-    for key, group in cells.groupby(KEYS, dropna=False, sort=True):
+    for key, group in results.lr_cells.groupby([*KEYS, "variant"], dropna=False, sort=True):
         group = group.sort_values("lr")
-        valid = group.dropna(subset=["mean"])
-        best = valid.loc[valid["mean"].idxmax()] if len(valid) else None
-        rows.append(
-            {
-                **dict(zip(KEYS, key, strict=True)),
-                "lr grid": ", ".join(f"{lr:g}" for lr in group["lr"]),
-                "best lr": "" if best is None else f"{best['lr']:g}",
-                "best": "" if best is None else f"{100 * best['mean']:.2f}",
-                "worst": f"{100 * valid['mean'].min():.2f}" if len(valid) else "",
-                "spread (max − min)": f"{100 * (valid['mean'].max() - valid['mean'].min()):.2f}" if len(valid) else "",
-                # how forgiving the method is: grid points whose seed-mean is within 1 point of the best
-                "lrs within 1 pt": (
-                    f"{int((valid['mean'] >= valid['mean'].max() - 0.01 - 1e-12).sum())}/{len(group)}"
-                    if len(valid)
-                    else ""
-                ),
-                "diverged at lr": ", ".join(f"{lr:g}" for lr in group.loc[group["diverged"] > 0, "lr"]) or "none",
-            }
-        )
-    table = pd.DataFrame(rows)
-    if not table.empty:
-        table["rank"] = table["rank"].map(_rank_text)
-    return table
+        valid = group.dropna(subset=["select"])
+        best = valid.loc[valid["select"].idxmax()] if len(valid) else None
+        values = valid["select"]
+        rows.append([
+            *key[:3], rank_text(key[3]), *([key[4]] if split else []),
+            ", ".join(f"{lr:g}" for lr in group["lr"]),
+            "" if best is None else f"{best['lr']:g}",
+            "" if best is None else f"{100 * best['select']:.2f}",
+            f"{100 * values.min():.2f}" if len(valid) else "",
+            f"{100 * (values.max() - values.min()):.2f}" if len(valid) else "",
+            # how forgiving the method is: grid points whose seed-mean is within 1 point of the best
+            f"{int((values >= values.max() - 0.01 - 1e-12).sum())}/{len(group)}" if len(valid) else "",
+            ", ".join(f"{lr:g}" for lr in group.loc[group["diverged"] > 0, "lr"]) or "none",
+        ])  # fmt: skip
+    labels = [*KEYS, *(["setting"] if split else [])]
+    columns = [*labels, "lr grid", "best lr", "best", "worst", "spread (max − min)", "lrs within 1 pt",
+               "diverged at lr"]  # fmt: skip
+    return Table(columns, rows, len(labels), notes=split_note(results))
 
 
-def build_tables(frame: pd.DataFrame, baseline: str | None = None) -> Tables:
+def build_tables(results: Results, baseline: str | None = None) -> Tables:
     """All tables of a sweep; `baseline`: the method the others are compared with (default: lora if run)."""
-    baseline = choose_baseline(frame["method"], baseline)
-    cells = lr_cells(frame)
-    best = best_by_lr(cells)
-    shown, numbers, boots = main_table(best, cell_bootstraps(frame, best))
-    columns = [c for c in shown.columns if c not in [*ROW_KEYS, "Params %"]]
+    baseline = choose_baseline(results.runs["method"], baseline)
+    numbers, stats, boots = main_numbers(results, cell_bootstraps(results))
+    labels = len(ROW_KEYS) + ("setting" in numbers.columns)
+    columns = [c for c in numbers.columns[labels:] if c != "Params %"]
     intervals = baseline_comparisons(numbers, columns, boots, baseline)
-    for entry in intervals[intervals["significant"].eq(True)].itertuples(index=False):
-        shown.at[entry.row, entry.column] += MARK
-    return Tables(
-        main=shown, main_numbers=numbers, sensitivity=sensitivity_table(cells),
-        styles=column_styles(numbers, columns, boots), intervals=intervals,
-        vs_baseline=vs_baseline_table(shown, intervals, columns), baseline=baseline,
-    )  # fmt: skip
-
-
-def _styled(table: pd.DataFrame, styles: pd.DataFrame | None, wraps: dict[str, str]) -> pd.DataFrame:
-    body = table.copy()
-    if styles is None or styles.empty:
-        return body
-    for column in body.columns:
-        for i in body.index:
-            wrap = wraps.get(styles.at[i, column]) if column in styles.columns else None
-            if wrap and body.at[i, column] != "":
-                body.at[i, column] = wrap.format(body.at[i, column])
-    return body
-
-
-def to_markdown(table: pd.DataFrame, styles: pd.DataFrame | None = None) -> str:
-    """A pipe table; cells styled "best" in bold, "tied" underlined (`<u>`, which Markdown renderers keep)."""
-    body = _styled(table, styles, {"best": "**{}**", "tied": "<u>{}</u>"})
-    return body.to_markdown(index=False, disable_numparse=True) + "\n"
-
-
-def _escape(text: object) -> str:
-    text = str(text)
-    for char, replacement in (
-        ("_", r"\_"),
-        ("%", r"\%"),
-        ("±", r"$\pm$"),
-        ("Δ", r"$\Delta$"),
-        ("†", r"$^\dagger$"),
-        ("‰", r"\textperthousand{}"),
-        ("–", "--"),
-        ("&", r"\&"),
-    ):
-        text = text.replace(char, replacement)
-    return text
-
-
-def to_latex(
-    shown: pd.DataFrame, left_columns: int, styles: pd.DataFrame | None = None, caption: str | None = None
-) -> str:
-    """A booktabs table, the first `left_columns` left-aligned; cells styled "best" in bold, "tied" underlined.
-    `caption` goes above it as a comment line (the file stays a bare tabular, for \\input in any float)."""
-    body = shown.map(_escape)
-    body = _styled(body, styles, {"best": "\\textbf{{{}}}", "tied": "\\underline{{{}}}"})
-    lines = [
-        *([f"% {caption}"] if caption else []),
-        r"\begin{tabular}{" + "l" * left_columns + "r" * (len(body.columns) - left_columns) + "}",
-        r"\toprule",
-        " & ".join(_escape(c) for c in body.columns) + r" \\",
-        r"\midrule",
-        *(" & ".join(str(v) for v in row) + r" \\" for row in body.itertuples(index=False)),
-        r"\bottomrule",
-        r"\end{tabular}",
+    significant = {(e.row, e.column) for e in intervals[intervals["significant"].eq(True)].itertuples(index=False)}
+    styles = column_styles(numbers, columns, boots)
+    shown_labels = [
+        [m, mo, rank_text(r), *rest] for m, mo, r, *rest in numbers.iloc[:, :labels].itertuples(index=False)
     ]
-    return "\n".join(lines) + "\n"
+    rows = []
+    for i, label in enumerate(shown_labels):
+        cells = [
+            Cell(*stats[(i, c)], interval=boots[(i, c)].interval, significant=(i, c) in significant,
+                 style=styles.at[i, c])
+            for c in columns
+        ]  # fmt: skip
+        rows.append([*label, *cells, f"{numbers.at[i, 'Params %']:.3f}"])
+    main = Table(list(numbers.columns), rows, labels, notes=split_note(results))
+    return Tables(
+        main=main, main_numbers=numbers, sensitivity=sensitivity_table(results), intervals=intervals,
+        vs_baseline=vs_baseline_table(shown_labels, intervals, columns), baseline=baseline,
+        strategies=results.strategies,
+    )  # fmt: skip
 
 
 def csv_numbers(tables: Tables) -> pd.DataFrame:
@@ -388,45 +291,60 @@ def csv_numbers(tables: Tables) -> pd.DataFrame:
     return table
 
 
-def write_report(
-    store_root: str | Path, sweep: str, out_root: str | Path = "results", baseline: str | None = None
-) -> dict[str, Path]:
+def _plot_labels(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows split by setting plot as separate series: the setting joins the method's name."""
+    column = "variant" if "variant" in frame.columns else "setting"
+    if column not in frame.columns or not frame[column].astype(bool).any():
+        return frame
+    method = [m if not v else f"{m} [{v}]" for m, v in zip(frame["method"], frame[column], strict=True)]
+    return frame.assign(method=method)
+
+
+def write_tables(results: Results, tables: Tables, out_root: str | Path) -> dict[str, Path]:
     """Write the sweep's tables (md, tex, csv) and plots; returns the written paths by name."""
     from bench.plots import plot_cost, plot_intervals, plot_lr_panels, plot_metric_vs_lr, plot_pareto
 
-    frame = load_frame(store_root, sweep)
-    if frame.empty:
-        raise FileNotFoundError(f"no records for sweep {sweep!r} under {store_root}")
-    tables = build_tables(frame, baseline)
-    out = Path(out_root) / sweep
+    out = Path(out_root) / results.sweep
     (out / "tables").mkdir(parents=True, exist_ok=True)
     written = {name: out / "tables" / name for name in (
         "main.md", "main.tex", "main.csv", "lr_sensitivity.md", "lr_sensitivity.tex", "lr_sensitivity.csv"
     )}  # fmt: skip
-    written["main.md"].write_text(f"{caption(tables.baseline)}\n\n" + to_markdown(tables.main, tables.styles))
+    title = caption(tables.baseline, strategies=tables.strategies)
+    written["main.md"].write_text(f"{title}\n\n" + to_markdown(tables.main))
     written["main.tex"].write_text(
-        to_latex(tables.main, len(ROW_KEYS), tables.styles, caption(tables.baseline, markdown=False))
+        to_latex(tables.main, caption(tables.baseline, markdown=False, strategies=tables.strategies))
     )
     csv_numbers(tables).to_csv(written["main.csv"], index=False, float_format="%.4f")
-    if not tables.vs_baseline.empty:
+    if tables.vs_baseline is not None:
         note = (f"Paired difference to the baseline {tables.baseline} ({BASELINE_ROW}), ×100, with its 95% interval "
                 f"({TEST}); {MARK}: the interval excludes 0; {NO_INTERVAL}: no interval.")  # fmt: skip
         written["vs_baseline.md"] = out / "tables" / "vs_baseline.md"
         written["vs_baseline.md"].write_text(f"{note}\n\n" + to_markdown(tables.vs_baseline))
         written["vs_baseline.tex"] = out / "tables" / "vs_baseline.tex"
-        written["vs_baseline.tex"].write_text(to_latex(tables.vs_baseline, len(ROW_KEYS) + 1, caption=note))
+        written["vs_baseline.tex"].write_text(to_latex(tables.vs_baseline, caption=note))
     written["lr_sensitivity.md"].write_text(to_markdown(tables.sensitivity))
-    written["lr_sensitivity.tex"].write_text(to_latex(tables.sensitivity, len(KEYS)))
-    tables.sensitivity.to_csv(written["lr_sensitivity.csv"], index=False)
+    written["lr_sensitivity.tex"].write_text(to_latex(tables.sensitivity))
+    to_csv(tables.sensitivity, written["lr_sensitivity.csv"])
+    frame = results.runs
     metric_names = frame.dropna(subset=["primary_metric"]).groupby("task")["primary_metric"].first().to_dict()
-    cells = lr_cells(frame)
+    cells = _plot_labels(results.lr_cells)
     plots = [
         *plot_metric_vs_lr(cells, out / "plots", metric_names),
         *plot_lr_panels(cells, out / "plots"),
-        *plot_pareto(tables.main_numbers, out / "plots"),
-        *plot_cost(frame, out / "plots"),
-        *plot_intervals(tables.intervals, out / "plots"),
+        *plot_pareto(_plot_labels(tables.main_numbers), out / "plots"),
+        *plot_cost(_plot_labels(frame), out / "plots"),
+        *plot_intervals(_plot_labels(tables.intervals), out / "plots"),
     ]
     for path in plots:
         written[path.name] = path
     return written
+
+
+def write_report(
+    store_root: str | Path, sweep: str, out_root: str | Path = "results", baseline: str | None = None
+) -> dict[str, Path]:
+    """Read the sweep's records, build its tables once and write them with the plots; returns the paths by name."""
+    results = Results.load(store_root, sweep)
+    if results.empty:
+        raise FileNotFoundError(f"no records for sweep {sweep!r} under {store_root}")
+    return write_tables(results, build_tables(results, baseline), out_root)

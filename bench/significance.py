@@ -112,19 +112,22 @@ def choose_baseline(methods: Iterable[str], requested: str | None) -> str | None
     return requested
 
 
-def baseline_rows(keys: Sequence[tuple[str, str, str]], baseline: str | None) -> dict[int, int]:
-    """Row index -> its baseline's row index, for rows keyed (method, model, rank): the baseline method's row of the
-    same model and rank, else its only row of that model (full FT, which has no rank, against the one LoRA)."""
+def baseline_rows(keys: Sequence[tuple[str, ...]], baseline: str | None) -> dict[int, int]:
+    """Row index -> its baseline's row index, for rows keyed (method, model, rank, ...): the baseline method's row of
+    the same model, rank and the rest of the key (a row's setting, where rows are split by setting), else its only
+    row of that model and rank, else its only row of that model (full FT, which has no rank, against the one LoRA)."""
     if baseline is None:
         return {}
     rows = {}
-    for i, (method, model, rank) in enumerate(keys):
-        if method == baseline:
+    for i, key in enumerate(keys):
+        if key[0] == baseline:
             continue
-        candidates = [j for j, key in enumerate(keys) if key[0] == baseline and key[1] == model]
-        same_rank = [j for j in candidates if keys[j][2] == rank]
-        if same_rank or len(candidates) == 1:
-            rows[i] = (same_rank or candidates)[0]
+        candidates = [j for j, other in enumerate(keys) if other[0] == baseline and other[1] == key[1]]
+        exact = [j for j in candidates if keys[j][2:] == key[2:]]
+        same_rank = [j for j in candidates if keys[j][2] == key[2]]
+        chosen = exact or (same_rank if len(same_rank) == 1 else []) or (candidates if len(candidates) == 1 else [])
+        if chosen:
+            rows[i] = chosen[0]
     return rows
 
 

@@ -70,7 +70,7 @@ class StrategyRuns:
 
 def point_info(cfg: DictConfig) -> PointInfo:
     """A composed grid point's run_id, cell and lr, from `bench.run.identify` (which validates it too)."""
-    from bench.report import task_label  # the report's cell: the offline protocol is its own column
+    from bench.results import task_label  # the report's cell: the offline protocol is its own column
     from bench.run import identify
 
     method, _, axes, task, _, run_id = identify(cfg)
@@ -162,15 +162,17 @@ def strategy_runs(
 
 
 def _best_lr_run_ids(store_root: str | Path, sweep: str, run_ids: set[str]) -> set[str]:
-    """Of these (stage-1) runs, those at their cell's best lr by the report's rule."""
-    from bench.report import KEYS, best_by_lr, load_frame, lr_cells  # the report's best-lr rule, not a second one
+    """Of these (stage-1) runs, those at their cell's best lr by the report's rule (bench.results, not a second one)."""
+    from bench.results import CELL_KEYS, Results, best_by_lr, lr_cells
 
-    frame = load_frame(store_root, sweep)
+    frame = Results.load(store_root, sweep).runs
     if frame.empty:
         return set()
     frame = frame[frame["run_id"].isin(run_ids)]
-    best = best_by_lr(lr_cells(frame))
-    return set(frame.merge(best[[*KEYS, "lr"]], on=[*KEYS, "lr"])["run_id"])
+    if frame.empty:
+        return set()
+    best = best_by_lr(lr_cells(frame.assign(value=frame["primary"], select_by=frame["primary"]), CELL_KEYS), CELL_KEYS)
+    return set(frame.merge(best[[*CELL_KEYS, "lr"]], on=[*CELL_KEYS, "lr"])["run_id"])
 
 
 def sweep_status(sweep: str, store_root: str | Path, overrides: list[str]) -> list[str] | None:

@@ -54,6 +54,8 @@ class Method:
     Params: ClassVar[type] = NoParams
     uses_rank: ClassVar[bool] = True
     trains: ClassVar[bool] = True  # False: `apply` fits the model itself; the Trainer takes no step
+    # True: every weight of the base model trains (full fine-tuning); the papers' params columns count it as 100%
+    trains_base: ClassVar[bool] = False
 
     def parse(self, method_cfg: dict[str, Any]) -> Any:
         """Build the Params dataclass from the method's config; unknown keys and bad types are errors."""

@@ -17,6 +17,7 @@ WEIGHTS = "model.safetensors"
 class FullFineTuning(Method):
     name = "full"
     uses_rank = False
+    trains_base = True
 
     def apply(self, model: torch.nn.Module, params: object, ctx: RunContext) -> torch.nn.Module:
         for param in model.parameters():

@@ -28,13 +28,16 @@ import pandas as pd
 from IPython.display import Image, Markdown, display
 
 from bench.plots import plot_intervals
-from bench.report import build_tables, load_frame, lr_cells, to_markdown, write_report
+from bench.render import to_markdown
+from bench.report import build_tables, write_tables
+from bench.results import Results
 
 STORE = os.environ.get("PEFTBENCH_STORE", "../results/runs")
 SWEEP = os.environ.get("PEFTBENCH_SWEEP", "demo")
 OUT = Path(os.environ.get("PEFTBENCH_OUT", "../results"))
 
-frame = load_frame(STORE, SWEEP)
+results = Results.load(STORE, SWEEP)  # the records, read once: every table and plot below comes from them
+frame = results.runs  # one row per run, every experiment setting a column
 print(f"{len(frame)} records in {STORE}/{SWEEP}:", frame["status"].value_counts().to_dict())
 
 # %% [markdown]
@@ -46,9 +49,9 @@ print(f"{len(frame)} records in {STORE}/{SWEEP}:", frame["status"].value_counts(
 
 # %%
 BASELINE = os.environ.get("PEFTBENCH_BASELINE") or None
-tables = build_tables(frame, BASELINE)
-display(Markdown(to_markdown(tables.main, tables.styles)))
-if not tables.vs_baseline.empty:
+tables = build_tables(results, BASELINE)
+display(Markdown(to_markdown(tables.main)))
+if tables.vs_baseline is not None:
     display(Markdown(f"Paired difference to {tables.baseline}, ×100, with its 95% interval"))
     display(Markdown(to_markdown(tables.vs_baseline)))
 
@@ -69,14 +72,14 @@ tables.intervals.drop(columns="row").round(2)
 
 # %%
 display(Markdown(to_markdown(tables.sensitivity)))
-cells = lr_cells(frame)
+cells = results.lr_cells
 pd.pivot_table(cells, index=["method", "rank"], columns=["task", "lr"], values="mean", dropna=False).round(4)
 
 # %% [markdown]
 # ## Plots (written under `results/<sweep>/plots/`)
 
 # %%
-written = write_report(STORE, SWEEP, OUT, BASELINE)
+written = write_tables(results, tables, OUT)
 for name in ("lr_sensitivity.png", "pareto.png", "pareto_offline.png", "cost_by_method.png"):
     if name in written:
         display(Image(filename=str(written[name])))

@@ -9,12 +9,20 @@ from core.store import RunStore
 
 
 def write_run(
-    store: RunStore, sweep: str, method: str, seed: int, correct: Iterable[bool], task: str = "glue_rte", **fields: Any
+    store: RunStore,
+    sweep: str,
+    method: str,
+    seed: int,
+    correct: Iterable[bool],
+    task: str = "glue_rte",
+    run_id: str | None = None,
+    **fields: Any,
 ) -> str:
     """A run right where `correct` says (references alternate 0/1), its accuracy the record's primary metric;
-    `fields` override the record's (model, rank, trainable_params, ...). Returns the run_id."""
+    `fields` override the record's (model, rank, trainable_params, config, ...). Returns the run_id (default:
+    method-model-task-seed; give one where two runs differ in anything else)."""
     correct = [bool(c) for c in correct]
-    run_id = f"{method}-{fields.get('model', 'roberta-base')}-{task}-{seed}"
+    run_id = run_id or f"{method}-{fields.get('model', 'roberta-base')}-{task}-{seed}"
     rows = [{"split": "eval", "id": i, "reference": i % 2, "prediction": i % 2 if c else 1 - i % 2, "correct": c}
             for i, c in enumerate(correct)]  # fmt: skip
     accuracy = sum(correct) / len(rows)

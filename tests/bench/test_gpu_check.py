@@ -104,6 +104,18 @@ def test_a_spent_budget_runs_no_stage(tmp_path: Path) -> None:
     assert summary.count("| not run: the budget was spent |") == 4
 
 
+def test_stages_can_be_chosen_and_a_bad_name_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    check = load_script()
+    assert check.main(["--dry", "--budget", "1", "--stages", "perf,torchrun", "--out", str(tmp_path)]) == 1
+    summary = next(tmp_path.iterdir()).joinpath("summary.md").read_text()
+    assert "| perf_b2x16 |" in summary and "| torchrun_fsdp |" in summary and "runs_" not in summary
+    assert check.main(["--dry", "--stages", "perff", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "gpu_check: error: --stages perff names no stage; valid: perf_b2x16, runs_tiny_roberta, runs_tiny_llama, "
+        "torchrun_fsdp"
+    )
+
+
 def test_the_stage_shares_pass_unused_time_on() -> None:
     """Each stage gets left × its share / the shares still to run: a stage that finishes early leaves its time."""
     check = load_script()

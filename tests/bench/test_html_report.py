@@ -15,18 +15,19 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from bench.cli import main as cli_main
-from bench.html_report import build_page, cell_classes, sort_value, table_html
+from bench.html_report import build_page
+from bench.render import Table, Text, sort_value, to_html
+from bench.results import Cell
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 PAPER_TABLE = "goat_t4_roberta_large_glue"
 INJECTED = '<script>throw new Error("injected")</script>'
 
 
-class Cell:
+class HtmlCell:
     def __init__(self, classes: list[str], value: str | None) -> None:
         self.classes, self.value, self.text = classes, value, ""
 
@@ -36,13 +37,13 @@ class Page(HTMLParser):
 
     def __init__(self, text: str) -> None:
         super().__init__()
-        self.tables: dict[str, list[list[Cell]]] = {}
+        self.tables: dict[str, list[list[HtmlCell]]] = {}
         self.heads: dict[str, list[str]] = {}
         self.images: list[str] = []
         self.scripts: list[dict[str, str | None]] = []
         self.root: dict[str, str | None] = {}
         self._table: str | None = None
-        self._cell: Cell | None = None
+        self._cell: HtmlCell | None = None
         self._head: list[str] | None = None
         self.feed(text)
 
@@ -59,7 +60,7 @@ class Page(HTMLParser):
             self.heads[self._table].append("")
             self._head = self.heads[self._table]
         elif tag == "td" and self._table is not None:
-            self._cell = Cell((attributes.get("class") or "").split(), attributes.get("data-v"))
+            self._cell = HtmlCell((attributes.get("class") or "").split(), attributes.get("data-v"))
             self.tables[self._table][-1].append(self._cell)
         elif tag == "img":
             self.images.append(attributes.get("src") or "")
@@ -81,7 +82,7 @@ class Page(HTMLParser):
         elif self._head is not None:
             self._head[-1] += data
 
-    def cell(self, table: str, row_label: str, column: str) -> Cell:
+    def cell(self, table: str, row_label: str, column: str) -> HtmlCell:
         column_index = self.heads[table].index(column)
         rows = [r for r in self.tables[table] if r[0].text == row_label]
         assert len(rows) == 1, (row_label, [r[0].text for r in self.tables[table]])
@@ -202,27 +203,36 @@ def test_the_paper_numbers_alone_need_no_records(tmp_path: Path, capsys: pytest.
 
 
 def test_significance_hook() -> None:
-    table = pd.DataFrame(
-        {
-            "Method": ["LoRA†", "DoRA", "PiSSA"],  # a marker in a label column is a name, not significance
-            "RTE": ["85.50 [80.1, 90.2]† (84.47, Δ +1.03)", "80.00 (84.48, Δ -4.48)", "(73.29)"],
-            "MRPC": ["70.00 [66.0, 74.0]† (83.33, Δ −13.33)", "83.33 (83.33, Δ +0.00)", ""],
-        }
-    )
-    page = Page(table_html(table, 1, split_paper=True, table_id="t"))
+    """The classes come from the cells' data: Δ sign as printed, † as `sig`, the other Δ cells `ns` in a marked
+    table; a label column is never marked, whatever its text."""
+    rows = [
+        ["LoRA†", Cell(85.5, interval=(0.801, 0.902), paper=84.47, with_paper=True, significant=True),
+         Cell(70.0, interval=(0.66, 0.74), paper=83.33, with_paper=True, significant=True)],
+        ["DoRA", Cell(80.0, paper=84.48, with_paper=True), Cell(83.33, paper=83.33, with_paper=True)],
+        ["PiSSA", Cell(paper=73.29, with_paper=True), ""],
+    ]  # fmt: skip
+    table = Table(["Method", "RTE", "MRPC"], rows, 1)
+    page = Page(to_html(table, table_id="t"))
+    assert page.cell("t", "LoRA†", "RTE").text == "85.50 [80.1, 90.2]† (84.47, Δ +1.03)"
     assert page.cell("t", "LoRA†", "RTE").classes == ["delta-pos", "sig"]
     assert page.cell("t", "LoRA†", "MRPC").classes == ["delta-neg", "sig"]
     assert page.cell("t", "DoRA", "RTE").classes == ["delta-neg", "ns"]
     assert page.cell("t", "DoRA", "MRPC").classes == ["delta-zero", "ns"]
     assert page.cell("t", "PiSSA", "RTE").classes == [] and page.cell("t", "PiSSA", "MRPC").value is None
+    assert page.cell("t", "PiSSA", "RTE").value == "73.29"  # the paper's number when we have none
     assert page.cell("t", "LoRA†", "MRPC").value == "70"
-    # a table without any marker: sign classes only
-    assert cell_classes("80.00 (84.48, Δ -4.48)", table_marked=False) == ["delta-neg"]
-    unmarked = Page(table_html(table.iloc[1:], 1, table_id="u"))
+    assert page.cell("t", "LoRA†", "Method").classes == ["label"]
+    # a table without any significant cell: sign classes only
+    unmarked = Page(to_html(Table(table.columns, rows[1:], 1), table_id="u"))
     assert unmarked.cell("u", "DoRA", "RTE").classes == ["delta-neg"]
+    # ours and the published part apart: the paper's under ours
+    body = to_html(Table(["Method", "Params %"], [["LoRA", Text("4.00", "(4.0)")]], 1))
+    assert '<td data-v="4">4.00 <span class="paper">(4.0)</span></td>' in body
 
 
 def test_sort_value() -> None:
+    assert Cell(85.499, 0.71, paper=84.47, with_paper=True).sort_value == 85.5  # ours as shown
+    assert Cell(paper=84.27, with_paper=True).sort_value == 84.27 and Cell().sort_value is None
     assert sort_value("85.50 ± 0.71 (84.47, Δ +1.03)") == 85.5
     assert sort_value("(84.27)") == 84.27
     assert sort_value("1e-05") == 1e-05 and sort_value("0.0001, 0.0005") == 1e-4

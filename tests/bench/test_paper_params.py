@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from bench.paper import load_paper_table, paper_tables
 from bench.paper_params import check_table_params
+from bench.paper_tables import load_paper_table, paper_tables
 
 TABLES = [name for name in paper_tables() if load_paper_table(name).get("params")]
 

@@ -35,8 +35,8 @@ def test_perf_table_shape_and_ratios(tmp_path: Path) -> None:
 def test_cpu_clock_times_the_process_and_is_refused_on_a_gpu(tmp_path: Path) -> None:
     import torch
 
-    from core.errors import ConfigError
     from bench.perf import check_clock
+    from core.errors import ConfigError
 
     table = run_perf("tiny-roberta", ["pissa"], 8, 2, 8, steps=2, warmup=1, device="cpu", rounds=1, clock="cpu")
     assert table.attrs["clock"] == "cpu" and (table["step_ms"] > 0).all()

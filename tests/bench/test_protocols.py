@@ -19,7 +19,8 @@ import bench.run
 from bench.config import CONF_DIR, compute_run_id, experiment_config, group_choices
 from bench.grid import grid_axes, grid_points, sweep_config
 from bench.models import load_classifier, load_model, load_tokenizer
-from bench.paper import load_paper_table, paper_report
+from bench.paper import paper_report
+from bench.paper_tables import load_paper_table
 from bench.run import check_config, identify
 from bench.train import BenchTrainer, optimizer_steps
 from core.errors import ConfigError

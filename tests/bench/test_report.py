@@ -8,7 +8,8 @@ import pytest
 
 from bench.cli import main as cli_main
 from bench.plots import pareto_front
-from bench.report import best_by_lr, build_tables, load_frame, lr_cells, write_report
+from bench.report import build_tables, write_report
+from bench.results import Results
 from core.store import RunStore
 from tests.bench.records import write_run
 
@@ -18,8 +19,8 @@ GOLDEN = FIXTURES / "golden"
 
 
 @pytest.fixture(scope="module")
-def frame():
-    return load_frame(STORE, "golden")
+def results() -> Results:
+    return Results.load(STORE, "golden")
 
 
 def test_golden_tables(tmp_path: Path) -> None:
@@ -44,8 +45,8 @@ def test_golden_tables(tmp_path: Path) -> None:
     ]  # fmt: skip
 
 
-def test_best_lr_skips_a_learning_rate_where_a_seed_diverged(frame) -> None:
-    best = best_by_lr(lr_cells(frame)).set_index(["method", "task"])
+def test_best_lr_skips_a_learning_rate_where_a_seed_diverged(results: Results) -> None:
+    best = results.best.set_index(["method", "task"])
     lora_sst2 = best.loc[("lora", "glue_sst2")]
     assert lora_sst2["lr"] == 5e-4  # 1e-3 has one seed at 0.96 but the other diverged
     assert lora_sst2["mean"] == pytest.approx(0.94)
@@ -53,8 +54,8 @@ def test_best_lr_skips_a_learning_rate_where_a_seed_diverged(frame) -> None:
     assert best.loc[("full", "glue_sst2")]["lr"] == 1e-5
 
 
-def test_sensitivity_spread_and_diverged(frame) -> None:
-    table = build_tables(frame).sensitivity.set_index(["method", "task"])
+def test_sensitivity_spread_and_diverged(results: Results) -> None:
+    table = build_tables(results).sensitivity.frame().set_index(["method", "task"])
     row = table.loc[("lora", "glue_sst2")]
     assert (row["best lr"], row["best"], row["worst"], row["spread (max − min)"]) == (
         "0.0005",
@@ -68,8 +69,8 @@ def test_sensitivity_spread_and_diverged(frame) -> None:
     assert table.loc[("full", "glue_sst2")]["spread (max − min)"] == "44.00"
 
 
-def test_offline_runs_are_labelled_and_failed_runs_ignored(frame) -> None:
-    main = build_tables(frame).main
+def test_offline_runs_are_labelled_and_failed_runs_ignored(results: Results) -> None:
+    main = build_tables(results).main.frame()
     assert "glue_sst2 (offline)" in main.columns and "Avg (offline)" in main.columns
     full = main.set_index("method").loc["full"]
     assert full["glue_rte"] == "" and full["Avg"] == ""  # only a failed RTE run: blank, not zero
@@ -164,8 +165,8 @@ def test_a_missing_sidecar_leaves_the_cell_without_an_interval(tmp_path: Path) -
     store = RunStore(tmp_path)
     write_run(store, "s", "lora", 0, [True, False] * 50)
     store.predictions_path("s", "lora-roberta-base-glue_rte-0").unlink()  # the record still names it
-    tables = build_tables(load_frame(tmp_path, "s"))
-    assert tables.main.at[0, "glue_rte"] == "50.00 [n/a]"
+    tables = build_tables(Results.load(tmp_path, "s"))
+    assert tables.main.frame().at[0, "glue_rte"] == "50.00 [n/a]"
     assert tables.intervals.at[0, "ci_low"] != tables.intervals.at[0, "ci_low"]  # NaN
 
 

@@ -17,7 +17,7 @@ import pytest
 from bench.cli import main as cli_main
 from bench.config import group_choices
 from bench.grid import grid_axes, sweep_config
-from bench.paper import load_paper_table, paper_tables
+from bench.paper_tables import load_paper_table, paper_tables
 from tests.conftest import REPO, sidecar
 from tests.hub.fixtures import build_hub_cache, model_commit
 

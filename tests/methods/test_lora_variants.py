@@ -63,6 +63,7 @@ def rank_of(name: str) -> int | None:
             {"orth_reg_weight": 0.1},
             r"^method.orth_reg_weight=0.1 is not valid for adalora_mpco .*; valid choices: 0$",
         ),
+        ("adalora_mpco", {"init_share": 0.5}, r"^method.init_share=0.5 is not valid; give a value >= 1 \(init_r >= "),
     ],
 )
 def test_bad_values_are_one_line_config_errors(name: str, values: dict, message: str) -> None:
