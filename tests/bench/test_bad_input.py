@@ -52,6 +52,7 @@ def test_unknown_names_on_the_command_line(override: str, message: str) -> None:
         (["method.lora_alpha=abc"], r"^method.lora_alpha='abc' is not valid; expected float"),
         (["+method.rnak=4"], r"^unknown key method.rnak for method 'lora'; valid keys:"),
         (["task.max_eval_samples=0"], r"^task.max_eval_samples=0 is not valid"),
+        (["trainer.compile=yes"], r"^trainer.compile='yes' is not valid; give true or false$"),
         (
             ["method=lora", "method.target_modules=[q_proj]"],
             r"match no linear layer of this model; valid choices:",
