@@ -6,24 +6,24 @@ import argparse
 import sys
 from collections import Counter
 
-from core.errors import ConfigError
+from peftbench.core.errors import ConfigError
 
 DEFAULT_STORE = "results/runs"
 
 
 def _report(args: argparse.Namespace) -> int:
     """Read the sweep's records once, build every table once, and write them all: Markdown, LaTeX, CSV, the page."""
-    from bench.html_report import cross_page, page, write_page
-    from bench.paper import paper_table, write_paper_table
-    from bench.paper_tables import tables_for_sweep
-    from bench.report import build_tables, write_tables
-    from bench.results import Results
+    from peftbench.bench.html_report import cross_page, page, write_page
+    from peftbench.bench.paper import paper_table, write_paper_table
+    from peftbench.bench.paper_tables import tables_for_sweep
+    from peftbench.bench.report import build_tables, write_tables
+    from peftbench.bench.results import Results
 
     if args.sweep is None and not args.cross_paper:
         raise ConfigError("give a sweep (peftbench report <sweep>), or --cross-paper for the view across papers")
     cross = None
     if args.cross_paper:
-        from bench.cross_paper import cross_paper_table, write_cross_paper
+        from peftbench.bench.cross_paper import cross_paper_table, write_cross_paper
 
         cross = cross_paper_table(args.store)
         paths = write_cross_paper(cross, args.out)
@@ -60,7 +60,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _grid(args: argparse.Namespace) -> int:
-    from bench.grid import describe, estimate_gpu_hours, resolve_grid, sweep_config
+    from peftbench.bench.grid import describe, estimate_gpu_hours, resolve_grid, sweep_config
 
     cfg = sweep_config(args.sweep)
     store = args.store or cfg.store.root
@@ -76,7 +76,7 @@ def _grid(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from bench.plan import check_store, describe_check, describe_plan, plan_data, plan_sweep, write_csv
+    from peftbench.bench.plan import check_store, describe_check, describe_plan, plan_data, plan_sweep, write_csv
 
     if args.gpu is not None and args.gpu != "cpu" and args.gpu not in plan_data()["gpus"]:
         raise ConfigError(f"--gpu {args.gpu!r} is not known; valid choices: cpu, {', '.join(plan_data()['gpus'])}")
@@ -91,13 +91,13 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _prefetch(args: argparse.Namespace) -> int:
-    from bench.prefetch import prefetch
+    from peftbench.bench.prefetch import prefetch
 
     return prefetch(args.sweep, args.overrides, update=args.update, check=args.check)
 
 
 def _status(args: argparse.Namespace) -> int:
-    from core.store import RunStore
+    from peftbench.core.store import RunStore
 
     store = RunStore(args.store)
     scan = store.scan(args.sweep)
@@ -115,8 +115,8 @@ def _status(args: argparse.Namespace) -> int:
             print(f"  failed {record['run_id']} {record['method']} {record['task']} rank={record['rank']} "
                   f"lr={record['lr']:g} seed={record['seed']}: {record['error']}")  # fmt: skip
     if args.grid:
-        from bench.grid import resolve_grid
-        from bench.strategy import sweep_status
+        from peftbench.bench.grid import resolve_grid
+        from peftbench.bench.strategy import sweep_status
 
         lines = sweep_status(args.sweep, args.store, args.overrides)  # None under the default strategy, grid
         if lines is not None:  # two stages: the second as far as the store decides it
@@ -133,7 +133,7 @@ def _status(args: argparse.Namespace) -> int:
 
 def _missing_points(first_points: dict[str, dict[str, str]], by_id: dict[str, dict]) -> list[dict[str, str]]:
     """The first grid point of each run whose run_id has no ok/diverged record (a run's other points not listed)."""
-    from core.store import COMPLETED
+    from peftbench.core.store import COMPLETED
 
     return [point for run_id, point in first_points.items() if by_id.get(run_id, {}).get("status") not in COMPLETED]
 
@@ -201,15 +201,15 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     fetch.set_defaults(handler=_prefetch)
 
-    # listed for --help only: main() hands `perf` and its options to bench.perf's own parser
+    # listed for --help only: main() hands `perf` and its options to peftbench.bench.perf's own parser
     commands.add_parser("perf", help="time each method's training step (see `peftbench perf --help`)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["perf"]:  # its options belong to bench.perf's own parser
-        from bench.perf import main as perf_main
+    if argv[:1] == ["perf"]:  # its options belong to peftbench.bench.perf's own parser
+        from peftbench.bench.perf import main as perf_main
 
         return perf_main(argv[1:])
     parser = build_parser()

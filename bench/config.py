@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
-
-from core.errors import ConfigError, one_line
-from core.paths import CONF_DIR
-from core.validation import check_choice
+from peftbench.core.errors import ConfigError, one_line
+from peftbench.core.paths import CONF_DIR
+from peftbench.core.validation import check_choice
 
 GROUPS = ("method", "model", "task", "trainer", "logger", "sweep")
 DATA_SOURCES = ("hub", "offline")
@@ -113,7 +112,7 @@ def check_overrides(argv: list[str]) -> None:
 
 def _check_entry_point_method(name: str) -> None:
     """A method installed through an entry point still needs its YAML on Hydra's search path: say so."""
-    from core.registry import entry_points
+    from peftbench.core.registry import entry_points
 
     for point in entry_points("peftbench.methods"):
         if point.name == name:

@@ -23,7 +23,7 @@ log = logging.getLogger("peftbench.train")
 
 
 def verbose() -> bool:
-    """`-v` (bench.run sets the variable) or hydra.verbose: the libraries keep the console."""
+    """`-v` (peftbench.bench.run sets the variable) or hydra.verbose: the libraries keep the console."""
     if os.environ.get(VERBOSE_ENV) == "1":
         return True
     with contextlib.suppress(Exception):

@@ -16,12 +16,12 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.paper import ours_cells
-from bench.paper_tables import load_paper_table, paper_tables, row_model, row_rank
-from bench.render import Table, to_csv, to_latex, to_markdown
-from bench.results import Cell, Results, rank_text
-from bench.significance import NO_INTERVAL, TEST, column_bootstrap
-from core.store import RunStore
+from peftbench.bench.paper import ours_cells
+from peftbench.bench.paper_tables import load_paper_table, paper_tables, row_model, row_rank
+from peftbench.bench.render import Table, to_csv, to_latex, to_markdown
+from peftbench.bench.results import Cell, Results, rank_text
+from peftbench.bench.significance import NO_INTERVAL, TEST, column_bootstrap
+from peftbench.core.store import RunStore
 
 Key = tuple[str, str, str, int | None]  # method, model, task, rank as printed
 COLUMNS = ["method", "model", "task", "rank", "metric", "printed (table: row)", "spread", "ours (sweep)"]

@@ -30,11 +30,10 @@ from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Glob
 from omegaconf import DictConfig, OmegaConf, open_dict
-
-from bench import config as bench_config
-from bench.config import CONF_DIR, GROUPS, check_choice, compute_run_id, group_choices, normalized_axes
-from bench.method_defaults import install as install_method_defaults
-from core.errors import ConfigError
+from peftbench.bench import config as bench_config
+from peftbench.bench.config import CONF_DIR, GROUPS, check_choice, compute_run_id, group_choices, normalized_axes
+from peftbench.bench.method_defaults import install as install_method_defaults
+from peftbench.core.errors import ConfigError
 
 # Values no grid uses: a probe sets an axis to one of these and looks where it lands in the experiment.
 _PROBE_INT = 7919
@@ -118,7 +117,7 @@ class RuleEffect:
 
 @dataclass
 class ResolvedGrid:
-    """A sweep's grid, point by point, with the run each point is (the run_id `bench.run` computes for it)."""
+    """A sweep's grid, point by point, with the run each point is (the run_id `peftbench.bench.run` computes for it)."""
 
     sweep: str
     axes: dict[str, list[str]]
@@ -181,9 +180,9 @@ def _flat(tree: dict[str, Any]) -> dict[tuple[str, ...], Any]:
 
 
 def _experiment(cfg: DictConfig) -> dict[str, Any]:
-    """What `bench.run.identify` hashes for this (composed, unresolved) point; resolves the point in place."""
-    from bench.config import experiment_config
-    from bench.run import check_config
+    """What `peftbench.bench.run.identify` hashes for this (composed, unresolved) point; resolves the point in place."""
+    from peftbench.bench.config import experiment_config
+    from peftbench.bench.run import check_config
 
     method, params, axes, _task = check_config(cfg)
     inputs = method.inputs(params, cfg)
@@ -467,7 +466,7 @@ def estimate_gpu_hours(store_root: str, sweep: str, runs: int) -> str:
     (`peftbench plan` estimates before any run, from each run's FLOPs)."""
     import statistics
 
-    from core.store import RunStore
+    from peftbench.core.store import RunStore
 
     timed = [
         r for r in RunStore(store_root).iter_records(sweep)

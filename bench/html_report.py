@@ -5,7 +5,7 @@ data URIs. It holds a header (sweep, record counts by status, date, the offline 
 (code commits, dirty trees, library versions, devices, data and model revisions, flagged when its records mix
 them), the main table, the paper tables (the `--paper` one and every `conf/paper` table whose `sweep:` is this
 sweep), the cross-paper view (with `--cross-paper`), the LR-sensitivity table and the plots. It renders the
-tables the report built (`bench.render.to_html`: the cell classes come from the cells' data, never from their
+tables the report built (`peftbench.bench.render.to_html`: the cell classes come from the cells' data, never from their
 text) and the captions the Markdown files carry. Every text that comes from records or configs is escaped.
 
 Hooks (for the styling, the browser test and whoever adds markers to the tables):
@@ -14,7 +14,7 @@ Hooks (for the styling, the browser test and whoever adds markers to the tables)
   `data-v`, when it has one; blank cells last), again for the reverse order. Once wired, the script sets
   `data-sort-ready="<number of tables>"` on `<html>`.
 - the cell classes `delta-pos`, `delta-neg`, `delta-zero`, `sig`, `ns`, `best`, `tied` and `label`
-  (`bench.render`'s docstring says when each is set).
+  (`peftbench.bench.render`'s docstring says when each is set).
 - `<ul id="provenance">` lists the provenance; `<p id="provenance-flag">` is there when the records mix it.
 - `window.onerror` and unhandled rejections are listed in `<ul id="js-errors">` and counted in `data-js-errors`
   on `<html>`.
@@ -31,12 +31,12 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
 
-from bench.cross_paper import CAPTION as CROSS_CAPTION
-from bench.paper import PaperTable, paper_table
-from bench.paper_tables import source_label, tables_for_sweep
-from bench.render import Table, to_html
-from bench.report import Tables, build_tables, caption
-from bench.results import Provenance, Results
+from peftbench.bench.cross_paper import CAPTION as CROSS_CAPTION
+from peftbench.bench.paper import PaperTable, paper_table
+from peftbench.bench.paper_tables import source_label, tables_for_sweep
+from peftbench.bench.render import Table, to_html
+from peftbench.bench.report import Tables, build_tables, caption
+from peftbench.bench.results import Provenance, Results
 
 CSS = """
 :root { --fg: #1f2328; --muted: #59636e; --line: #d1d9e0; --head: #f6f8fa; --pos: #116329; --pos-bg: #dafbe1;

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
-from methods.targets import in_head
+from peftbench.methods.targets import in_head
 
 _UNUSED_COPY = ".original_module."
 

@@ -14,8 +14,7 @@ import dataclasses
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-
-from methods.base import METHODS, Method
+from peftbench.methods.base import METHODS, Method
 
 GROUP = "method_defaults"
 # Params field -> the sweep-level key that sets it for every method of a grid that has the field

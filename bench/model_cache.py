@@ -18,8 +18,7 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
-
-from core.assets import package_path
+from peftbench.core.assets import package_path
 
 COMPLETE = "CONVERTED"
 

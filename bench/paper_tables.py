@@ -10,9 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 import yaml
-
-from bench.config import CONF_DIR, check_choice
-from methods.base import get_method
+from peftbench.bench.config import CONF_DIR, check_choice
+from peftbench.methods.base import get_method
 
 PAPER_DIR = CONF_DIR / "paper"
 

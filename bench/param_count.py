@@ -3,7 +3,7 @@
 The model is built from its entry's `hub_config` (the hub config's dimensions) on the meta device, so
 counting LLaMA-7B costs no memory and no download; the method is applied exactly as in a run (its
 resolved targets, rank and settings). This is what the papers' params columns are checked against
-(`bench.paper`), and what `peftbench grid` can show before anything runs.
+(`peftbench.bench.paper`), and what `peftbench grid` can show before anything runs.
 """
 
 from __future__ import annotations
@@ -13,13 +13,12 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from peftbench.bench.measure import count_params
+from peftbench.bench.models import KINDS
+from peftbench.core.errors import ConfigError
+from peftbench.methods.base import RunContext, get_method
+from peftbench.tasks.base import build_task
 from transformers import AutoConfig
-
-from bench.measure import count_params
-from bench.models import KINDS
-from core.errors import ConfigError
-from methods.base import RunContext, get_method
-from tasks.base import build_task
 
 # The run length a count assumes: no count depends on it, but a schedule given in steps (AdaLoRA's tinit and tfinal
 # from Subspace Tuning's scripts, up to 58,000 steps on MNLI) must fit inside it, as it fits inside the real run.
@@ -44,7 +43,7 @@ def model_config_values(model_cfg: DictConfig) -> dict[str, Any]:
     if model_cfg.source == "config":
         return {"model_type": model_cfg.architecture, **OmegaConf.to_container(model_cfg.config, resolve=True)}
     if model_cfg.source in ("package", "gguf"):
-        from core.assets import package_path
+        from peftbench.core.assets import package_path
 
         if model_cfg.source == "package":
             config = AutoConfig.from_pretrained(str(package_path(model_cfg.package, model_cfg.subdir)))
@@ -74,7 +73,7 @@ def _task_head(task_cfg: DictConfig, kind: str) -> dict[str, Any]:
 
 def count_on_meta(cfg: DictConfig) -> MetaCount:
     """Apply a run config's method to its model's real architecture on the meta device and count."""
-    from bench.config import resolve_point
+    from peftbench.bench.config import resolve_point
 
     resolve_point(cfg)
     task = build_task(cfg.task)

@@ -30,14 +30,13 @@ from typing import Any
 import pandas as pd
 import torch
 from omegaconf import OmegaConf
+from peftbench.bench.measure import PeakMemory, count_params
+from peftbench.bench.models import load_classifier, load_tokenizer
+from peftbench.core.errors import ConfigError
+from peftbench.core.paths import CONF_DIR
+from peftbench.methods.base import RunContext, get_method, method_names
+from peftbench.methods.targets import in_head
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
-
-from bench.measure import PeakMemory, count_params
-from bench.models import load_classifier, load_tokenizer
-from core.errors import ConfigError
-from core.paths import CONF_DIR
-from methods.base import RunContext, get_method, method_names
-from methods.targets import in_head
 
 BASELINES = ("floor", "head_only", "full")
 # whose training step is exactly LoRA's computation: a machine that times them apart cannot resolve smaller ratios
@@ -281,7 +280,7 @@ def harness_overhead(model_name: str, batch_size: int, seq: int, steps: int, rou
     against a bare transformers Trainer on the same model and data, alternating `rounds` times."""
     import tempfile
 
-    from bench.train import BenchTrainer, DivergenceGuard
+    from peftbench.bench.train import BenchTrainer, DivergenceGuard
 
     spec, base = load_base(model_name)
     rows = [

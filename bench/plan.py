@@ -1,6 +1,6 @@
 """`peftbench plan <sweep>`: what every distinct run of a sweep will cost, before anything runs.
 
-For each run of the grid (`bench.grid.resolve_grid`: points after `protocol_rules`, one line per run_id):
+For each run of the grid (`peftbench.bench.grid.resolve_grid`: points after `protocol_rules`, one line per run_id):
 
 - **Tokens.** Training: rows x epochs (or `max_steps`) x the padded length of each batch. Every task pads a batch
   to its longest row (dynamic padding, no packing), so a batch of b rows costs b x E[max of b lengths], computed
@@ -47,8 +47,7 @@ from typing import Any
 import numpy as np
 import yaml
 from omegaconf import OmegaConf
-
-from core.errors import ConfigError
+from peftbench.core.errors import ConfigError
 
 DATA_FILE = Path(__file__).with_name("plan_data.yaml")
 PERF_DIR = Path(__file__).resolve().parents[1] / "docs" / "perf"
@@ -135,10 +134,9 @@ class Arch:
 @functools.cache
 def _arch(model_json: str, kind: str, labels: int) -> Arch:
     import torch
+    from peftbench.bench.param_count import meta_model
+    from peftbench.methods.targets import in_head
     from transformers.pytorch_utils import Conv1D
-
-    from bench.param_count import meta_model
-    from methods.targets import in_head
 
     model_cfg = OmegaConf.create(json.loads(model_json))
     head = (
@@ -186,7 +184,7 @@ def _adapter_params(counted_json: str) -> int:
     """The trainable parameters a run's method adds or frees outside the task head, counted by applying it to the
     model's architecture on the meta device (`bench.param_count`). They depend on the method, the model, the rank
     and the kind of task, not on the task's labels (the head is counted apart) or its data: one count serves all."""
-    from bench.param_count import count_on_meta
+    from peftbench.bench.param_count import count_on_meta
 
     cfg = OmegaConf.create(json.loads(counted_json))
     cfg.rank = cfg.rank if cfg.rank is not None else 8
@@ -282,10 +280,10 @@ def _batches(rows: int, batch: int) -> list[tuple[int, int]]:
 
 
 def run_cost(experiment: dict[str, Any], device: str) -> RunCost:
-    """The cost of one run (its experiment, as `bench.grid` resolves it) on `device` ("cpu" or a GPU key)."""
-    from bench.train import optimizer_steps
-    from methods.base import get_method
-    from tasks.base import build_task
+    """The cost of one run (its experiment, as `peftbench.bench.grid` resolves it) on `device` ("cpu" or a GPU key)."""
+    from peftbench.bench.train import optimizer_steps
+    from peftbench.methods.base import get_method
+    from peftbench.tasks.base import build_task
 
     method, model, task, trainer = (experiment[k] for k in ("method", "model", "task", "trainer"))
     task_obj = build_task(OmegaConf.create(task))
@@ -450,7 +448,7 @@ def _weight_bytes(model: dict[str, Any], device: str) -> int:
 
 
 def _autocast(model: dict[str, Any], trainer: dict[str, Any], device: str) -> bool:
-    """bf16 autocast: a bf16 base always; trainer.bf16 on a GPU (bench.run's rule)."""
+    """bf16 autocast: a bf16 base always; trainer.bf16 on a GPU (peftbench.bench.run's rule)."""
     return _weight_bytes(model, device) == 2 or (device != "cpu" and bool(trainer.get("bf16")))
 
 
@@ -513,8 +511,7 @@ def perf_tables(folder: Path = PERF_DIR) -> list[PerfTable]:
 def perf_row_flops(table: PerfTable, method: str, trainable: int) -> float:
     """FLOPs of one step of a perf-table row: `peftbench perf`'s synthetic batch (full length, 2 labels)."""
     from omegaconf import OmegaConf as OC
-
-    from core.paths import CONF_DIR
+    from peftbench.core.paths import CONF_DIR
 
     model_cfg = OC.to_container(OC.load(CONF_DIR / "model" / f"{table.model}.yaml"), resolve=True)
     arch = arch_of(model_cfg, "sequence-classification", 2)
@@ -662,8 +659,8 @@ class SweepPlan:
 def plan_sweep(sweep: str, overrides: list[str] | None = None, device: str | None = None, gpus: int = 1,
                store: str | None = None) -> SweepPlan:  # fmt: skip
     """Every distinct run of a sweep with its predicted cost on `device` (default: plan_data's default GPU)."""
-    from bench.grid import resolve_grid
-    from core.store import RunStore
+    from peftbench.bench.grid import resolve_grid
+    from peftbench.core.store import RunStore
 
     if gpus < 1:
         raise ConfigError(f"--gpus {gpus} is not valid; give a positive integer")
@@ -769,7 +766,7 @@ class CheckRow:
 
 def check_store(sweep: str, store_root: str) -> list[CheckRow]:
     """Every ok record of a sweep predicted on the device it ran on (its own record left out of the calibration)."""
-    from core.store import RunStore
+    from peftbench.core.store import RunStore
 
     store = RunStore(store_root)
     records = [r for r in store.iter_records(sweep) if r.get("status") == "ok" and r.get("run_seconds")]

@@ -1,5 +1,5 @@
 """`peftbench prefetch <sweep> [overrides] [--update] [--check]`: every model and dataset a sweep reads, into the HF
-cache at the commit the hub lock (core.hub_lock, `conf/hub.lock.yaml`) fixes.
+cache at the commit the hub lock (peftbench.core.hub_lock, `conf/hub.lock.yaml`) fixes.
 
 Run it where there is internet (a login node); compute jobs then run with `HF_HUB_OFFLINE=1
 HF_DATASETS_OFFLINE=1` and read the cache. Offline-protocol points and package/config models need
@@ -18,14 +18,14 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from typing import Any
 
-from bench.grid import grid_axes, grid_points, sweep_config
-from core.hub_lock import Asset, HubLock, dataset_assets, lock_path, model_asset
-from tasks.base import HubLoad
+from peftbench.bench.grid import grid_axes, grid_points, sweep_config
+from peftbench.core.hub_lock import Asset, HubLock, dataset_assets, lock_path, model_asset
+from peftbench.tasks.base import HubLoad
 
 
 def hub_assets(sweep: str, overrides: list[str]) -> tuple[list[Asset], list[HubLoad]]:
     """(the hub models, the `load_dataset` calls) that the sweep's grid makes, in grid order, each once."""
-    from bench.run import identify
+    from peftbench.bench.run import identify
 
     models: dict[Asset, None] = {}
     datasets: dict[HubLoad, None] = {}
@@ -183,8 +183,7 @@ def real_features(load: HubLoad, commit: str) -> tuple[Any, list[str] | None] | 
     """(features, split names or None) of the dataset at `commit`: from the local cache's copy where it has one (no
     network), else from the dataset card the hub serves (`load_dataset_builder`); None when neither states them."""
     from datasets import DatasetDict
-
-    from core.hub_lock import _cached_at
+    from peftbench.core.hub_lock import _cached_at
 
     cached = _cached_at(HubLoad(load.path, load.name, None), commit)
     if cached is not None:
@@ -201,7 +200,7 @@ def real_features(load: HubLoad, commit: str) -> tuple[Any, list[str] | None] | 
 def schema_problems(load: HubLoad, commit: str) -> list[str]:
     """Every difference between the dataset's real features (columns, types, label names) and splits and what
     docs/hub_assets.md states for it, one line each."""
-    from tasks.hub_schema import differences, find
+    from peftbench.tasks.hub_schema import differences, find
 
     where = f"dataset {load.path}{'/' + load.name if load.name else ''}"
     stated = find(load.path, load.name)
@@ -325,7 +324,7 @@ def _entry(
 
 
 def _fetch_dataset(load: HubLoad, commit: str, say: Callable[[str], None]) -> None:
-    from core.hub_lock import read_dataset
+    from peftbench.core.hub_lock import read_dataset
 
     _hub_call(load, lambda: read_dataset(load, commit))  # the run's own call, so the run finds this cache entry
     say(f"  dataset {load} at {commit}: cached")

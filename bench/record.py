@@ -2,7 +2,7 @@
 
 A record is self-describing (the report never needs Hydra's output folders): every field below is
 present in every record, `None` where a failed run never got that far. What produced it besides the config
-(library and CUDA versions, the hub revisions read) is described in core.provenance.
+(library and CUDA versions, the hub revisions read) is described in peftbench.core.provenance.
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import torch
-
-from core.paths import CONF_DIR
-from core.provenance import versions
+from peftbench.core.paths import CONF_DIR
+from peftbench.core.provenance import versions
 
 FIELDS = (
     "run_id", "sweep", "status", "error", "method", "model", "task", "rank", "lr", "seed", "data",

@@ -1,4 +1,4 @@
-"""A sweep's own tables, built from its results (`bench.results`) and written as Markdown, LaTeX and CSV.
+"""A sweep's own tables, built from its results (`peftbench.bench.results`) and written as Markdown, LaTeX and CSV.
 
 Selection follows the papers: per (method, model, task, rank) and setting the learning rate with the best
 seed-mean of the primary metric on the evaluation split (`bench.results.best_by_lr`); the cell shows that mean ±
@@ -19,10 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from bench.render import Table, to_csv, to_latex, to_markdown
-from bench.results import CELL_KEYS, KEYS, ROW_KEYS, STRATEGIES, Cell, Results, rank_text
-from bench.significance import (
+from peftbench.bench.render import Table, to_csv, to_latex, to_markdown
+from peftbench.bench.results import CELL_KEYS, KEYS, ROW_KEYS, STRATEGIES, Cell, Results, rank_text
+from peftbench.bench.significance import (
     BASELINE_ROW,
     MARK,
     NO_INTERVAL,
@@ -302,7 +301,7 @@ def _plot_labels(frame: pd.DataFrame) -> pd.DataFrame:
 
 def write_tables(results: Results, tables: Tables, out_root: str | Path) -> dict[str, Path]:
     """Write the sweep's tables (md, tex, csv) and plots; returns the written paths by name."""
-    from bench.plots import plot_cost, plot_intervals, plot_lr_panels, plot_metric_vs_lr, plot_pareto
+    from peftbench.bench.plots import plot_cost, plot_intervals, plot_lr_panels, plot_metric_vs_lr, plot_pareto
 
     out = Path(out_root) / results.sweep
     (out / "tables").mkdir(parents=True, exist_ok=True)

@@ -30,15 +30,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
-from bench.config import BOOKKEEPING_TRAINER_KEYS
-from bench.significance import MARK, Run, interval_text, read_sidecar
-from core.store import COMPLETED, RunStore
+from peftbench.bench.config import BOOKKEEPING_TRAINER_KEYS
+from peftbench.bench.significance import MARK, Run, interval_text, read_sidecar
+from peftbench.core.store import COMPLETED, RunStore
 
 KEYS = ["method", "model", "task", "rank"]
 ROW_KEYS = ["method", "model", "rank"]
 CELL_KEYS = [*KEYS, "variant", "setting"]  # what one main-table cell aggregates over (seeds, then lrs)
-SETTING_PARTS = ("method", "model", "task", "trainer")  # the config's experiment subtrees (bench.config)
+SETTING_PARTS = ("method", "model", "task", "trainer")  # the config's experiment subtrees (peftbench.bench.config)
 TWO_STAGE = "lr_then_seeds"
 FULL_GRID = frozenset({None, "grid"})  # no strategy recorded, or the default: every grid point ran
 STRATEGIES = {TWO_STAGE: "the first seed over the lr grid, the other seeds only at the lr chosen on it"}

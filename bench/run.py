@@ -20,10 +20,8 @@ from typing import Any
 import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
-from transformers import set_seed
-
-from bench.checkpoints import latest_complete
-from bench.config import (
+from peftbench.bench.checkpoints import latest_complete
+from peftbench.bench.config import (
     check_moved_keys,
     check_overrides,
     check_store_writable,
@@ -33,13 +31,13 @@ from bench.config import (
     resolve_point,
     sweep_strategy,
 )
-from bench.console import VERBOSE_ENV, run_log
-from bench.measure import PeakMemory, Stopwatch, count_params
-from bench.method_defaults import install as install_method_defaults
-from bench.models import load_model, load_processor
-from bench.record import new_record, now
-from bench.tracking import track
-from bench.train import (
+from peftbench.bench.console import VERBOSE_ENV, run_log
+from peftbench.bench.measure import PeakMemory, Stopwatch, count_params
+from peftbench.bench.method_defaults import install as install_method_defaults
+from peftbench.bench.models import load_model, load_processor
+from peftbench.bench.record import new_record, now
+from peftbench.bench.tracking import track
+from peftbench.bench.train import (
     batch_sampler,
     best_evaluation,
     check_compile,
@@ -49,13 +47,14 @@ from bench.train import (
     train_and_evaluate,
     training_arguments,
 )
-from core.assets import from_hub_cache
-from core.errors import ConfigError, one_line
-from core.hub_lock import check_run, finish_revisions
-from core.provenance import take_reads
-from core.store import RunStore
-from methods.base import Method, RunContext, get_method, trainable_dtypes
-from tasks.base import Task, build_task
+from peftbench.core.assets import from_hub_cache
+from peftbench.core.errors import ConfigError, one_line
+from peftbench.core.hub_lock import check_run, finish_revisions
+from peftbench.core.provenance import take_reads
+from peftbench.core.store import RunStore
+from peftbench.methods.base import Method, RunContext, get_method, trainable_dtypes
+from peftbench.tasks.base import Task, build_task
+from transformers import set_seed
 
 log = logging.getLogger("peftbench")
 
@@ -245,7 +244,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    if "-v" in sys.argv[1:]:  # the libraries' chatter back on the console (bench.console)
+    if "-v" in sys.argv[1:]:  # the libraries' chatter back on the console (peftbench.bench.console)
         sys.argv.remove("-v")
         os.environ[VERBOSE_ENV] = "1"
     try:

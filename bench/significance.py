@@ -103,7 +103,7 @@ def average(cells: Sequence[Bootstrap]) -> Bootstrap:
 
 def choose_baseline(methods: Iterable[str], requested: str | None) -> str | None:
     """The method the others are compared with: `requested` (it must be one of `methods`), else LoRA when run."""
-    from core.validation import check_choice
+    from peftbench.core.validation import check_choice
 
     methods = sorted({str(m) for m in methods})
     if requested is None:
@@ -134,7 +134,7 @@ def baseline_rows(keys: Sequence[tuple[str, ...]], baseline: str | None) -> dict
 def read_sidecar(path: str | Path | None) -> list[dict[str, Any]] | None:
     """A run's sidecar rows; None when the record names none or the file cannot be read (a report never fails
     on it: the cell just has no interval)."""
-    from core.store import read_predictions_file
+    from peftbench.core.store import read_predictions_file
 
     if path is None or (isinstance(path, float) and np.isnan(path)):
         return None

@@ -22,11 +22,10 @@ from typing import Any
 
 from hydra.core.override_parser.types import Override
 from omegaconf import DictConfig, OmegaConf
+from peftbench.bench.config import STRATEGIES
+from peftbench.core.validation import check_choice
 
-from bench.config import STRATEGIES
-from core.validation import check_choice
-
-Point = dict[str, str]  # one grid point: override key -> value, as `bench.grid.grid_points` gives them
+Point = dict[str, str]  # one grid point: override key -> value, as `peftbench.bench.grid.grid_points` gives them
 
 
 def check_strategy(name: Any) -> str:
@@ -69,9 +68,9 @@ class StrategyRuns:
 
 
 def point_info(cfg: DictConfig) -> PointInfo:
-    """A composed grid point's run_id, cell and lr, from `bench.run.identify` (which validates it too)."""
-    from bench.results import task_label  # the report's cell: the offline protocol is its own column
-    from bench.run import identify
+    """A composed grid point's run_id, cell and lr, from `peftbench.bench.run.identify` (which validates it too)."""
+    from peftbench.bench.results import task_label  # the report's cell: the offline protocol is its own column
+    from peftbench.bench.run import identify
 
     method, _, axes, task, _, run_id = identify(cfg)
     return PointInfo(
@@ -82,7 +81,7 @@ def point_info(cfg: DictConfig) -> PointInfo:
 def sweep_identify(sweep: str) -> Callable[[Point], PointInfo]:
     """`point_info` of a point of a sweep composed from conf/ (what `status` and a plan use; the sweeper composes
     through Hydra's own loader instead)."""
-    from bench.grid import sweep_config
+    from peftbench.bench.grid import sweep_config
 
     return lambda point: point_info(sweep_config(sweep, [f"{k}={v}" for k, v in point.items()]))
 
@@ -100,9 +99,8 @@ def launch_points(sweep: str, overrides: list[str]) -> list[Point]:
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    from bench.grid import sweep_config
-    from core.paths import CONF_DIR
+    from peftbench.bench.grid import sweep_config
+    from peftbench.core.paths import CONF_DIR
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):  # a loader, for glob(...) values
         parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
@@ -124,7 +122,7 @@ def strategy_runs(
 ) -> StrategyRuns:
     """The runs of a grid's `points` under strategy `name`, stage 2 as far as the records of `sweep` in the store at
     `store_root` decide it. `identify` gives a point's PointInfo (composing its config)."""
-    from core.store import COMPLETED, RunStore
+    from peftbench.core.store import COMPLETED, RunStore
 
     check_strategy(name)
     seeds = _seeds(points)
@@ -163,7 +161,7 @@ def strategy_runs(
 
 def _best_lr_run_ids(store_root: str | Path, sweep: str, run_ids: set[str]) -> set[str]:
     """Of these (stage-1) runs, those at their cell's best lr by the report's rule (bench.results, not a second one)."""
-    from bench.results import CELL_KEYS, Results, best_by_lr, lr_cells
+    from peftbench.bench.results import CELL_KEYS, Results, best_by_lr, lr_cells
 
     frame = Results.load(store_root, sweep).runs
     if frame.empty:
@@ -178,8 +176,8 @@ def _best_lr_run_ids(store_root: str | Path, sweep: str, run_ids: set[str]) -> s
 def sweep_status(sweep: str, store_root: str | Path, overrides: list[str]) -> list[str] | None:
     """`peftbench status <sweep> --grid [overrides]` under a two-stage strategy: each stage's runs and how many are
     recorded, the runs known to be missing, and the one command that goes on; None under `grid`."""
-    from bench.grid import sweep_config
-    from core.store import COMPLETED, RunStore
+    from peftbench.bench.grid import sweep_config
+    from peftbench.core.store import COMPLETED, RunStore
 
     points = launch_points(sweep, overrides)
     cfg = sweep_config(sweep, [f"{k}={v}" for k, v in points[0].items()])

@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
-
-from bench.record import scrub_secrets
+from peftbench.bench.record import scrub_secrets
 
 log = logging.getLogger("peftbench")
 

@@ -1,7 +1,7 @@
 """Train one model with transformers' Trainer, plus the method's hooks, and evaluate it.
 
 The method contributes optimizer parameter groups, callbacks and an auxiliary loss through its
-interface (`methods.base.Method`); this module never names a method. A NaN/inf training loss stops
+interface (`peftbench.methods.base.Method`); this module never names a method. A NaN/inf training loss stops
 training and makes the run `diverged` (it is recorded, never dropped).
 
 `trainer.val_loss_every: N` (with `task.held_out` rows) is LLM-Adapters' and DoRA's checkpoint choice, done by the
@@ -22,14 +22,13 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from peftbench.bench.checkpoints import MarkCompleteCheckpoints
+from peftbench.bench.console import quiet_progress
+from peftbench.core.errors import ConfigError
+from peftbench.methods.base import Method, RunContext
+from peftbench.tasks.base import Task, TaskData
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.loss.loss_utils import LOSS_MAPPING, ForCausalLMLoss
-
-from bench.checkpoints import MarkCompleteCheckpoints
-from bench.console import quiet_progress
-from core.errors import ConfigError
-from methods.base import Method, RunContext
-from tasks.base import Task, TaskData
 
 PASSED_THROUGH = (
     "num_train_epochs",
@@ -298,7 +297,7 @@ def training_arguments(trainer: DictConfig, axes: dict[str, Any], output_dir: st
             "prediction_loss_only": True}  # fmt: skip
     checkpoints = {
         "eval_strategy": "no",
-        # checkpoints for resuming a preempted run (bench.checkpoints); two kept, so a kill during the
+        # checkpoints for resuming a preempted run (peftbench.bench.checkpoints); two kept, so a kill during the
         # newest save still leaves a complete one
         "save_strategy": "steps" if trainer.checkpoint_steps > 0 else "no",
         "save_steps": max(int(trainer.checkpoint_steps), 1),

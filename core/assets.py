@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from core.errors import ConfigError
+from peftbench.core.errors import ConfigError
 
 # package import name -> the PyPI distribution that carries it (for the error message)
 DISTRIBUTIONS = {

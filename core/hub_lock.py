@@ -22,10 +22,9 @@ from typing import Any, Protocol
 
 import yaml
 from omegaconf import DictConfig
-
-from core.errors import ConfigError
-from core.paths import CONF_DIR
-from core.provenance import note_read
+from peftbench.core.errors import ConfigError
+from peftbench.core.paths import CONF_DIR
+from peftbench.core.provenance import note_read
 
 
 class HubLoad(Protocol):
@@ -38,7 +37,7 @@ class HubLoad(Protocol):
 
 
 class Task(Protocol):
-    """A task (tasks.base.Task) as the lock sees it: the hub loads it makes."""
+    """A task (peftbench.tasks.base.Task) as the lock sees it: the hub loads it makes."""
 
     def hub_loads(self) -> list[HubLoad]: ...
 
@@ -238,7 +237,7 @@ def read_dataset(load: HubLoad, revision: str | None) -> Any:
     """`load_dataset(path, name, split=, revision=)`, noted for the record. With the hub off, `datasets` ignores
     `revision` and reads the newest prepared copy; a commit is then read from its own copy (the same `Cache`
     builder an offline `load_dataset` uses, given the commit instead of "the newest")."""
-    from core.assets import hub_offline
+    from peftbench.core.assets import hub_offline
 
     data = None
     if revision and _COMMIT.match(revision) and hub_offline():

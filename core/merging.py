@@ -21,9 +21,8 @@ from collections.abc import Iterator
 
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
+from peftbench.core.errors import NotMergeable
 from torch import nn
-
-from core.errors import NotMergeable
 
 
 def _saved(layer: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -36,7 +35,7 @@ def _fp32(layer: nn.Module) -> bool:
 
 
 def _own_adapter(module: nn.Module) -> bool:
-    """An adapter layer of ours (methods.injection.AdapterLayer): it can fold itself into its base weight."""
+    """An adapter layer of ours (peftbench.methods.injection.AdapterLayer): it can fold itself into its base weight."""
     return (
         callable(getattr(module, "merged_weight", None))
         and hasattr(module, "base_layer")

@@ -15,7 +15,7 @@ import types
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-from core.errors import ConfigError, one_line
+from peftbench.core.errors import ConfigError, one_line
 
 T = TypeVar("T")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from core.errors import ConfigError
+from peftbench.core.errors import ConfigError
 
 
 def check_choice(kind: str, value: Any, choices: Iterable[str]) -> None:

@@ -1,4 +1,4 @@
-"""Fine-tuning methods, one module each, registered by name (see `methods.base`).
+"""Fine-tuning methods, one module each, registered by name (see `peftbench.methods.base`).
 
 Adding a method: a module here with a `@register`ed `Method` subclass and a `conf/method/<name>.yaml`.
 Every module in this package is imported by the registry (`methods.base.METHODS`), so the runner needs no edit.

@@ -22,13 +22,12 @@ from typing import Any, Literal
 
 import torch
 from peft import AdaLoraConfig, get_peft_model
+from peftbench.core.errors import ConfigError
+from peftbench.methods.base import Method, RunContext, register
+from peftbench.methods.lora import LoraParams
+from peftbench.methods.lowrank import orth_reg
+from peftbench.methods.targets import check_rank, require_targets
 from transformers import TrainerCallback
-
-from core.errors import ConfigError
-from methods.base import Method, RunContext, register
-from methods.lora import LoraParams
-from methods.lowrank import orth_reg
-from methods.targets import check_rank, require_targets
 
 
 @dataclass

@@ -13,10 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from peft import AdaLoraConfig
-
-from core.errors import ConfigError
-from methods.adalora import AdaLora, AdaLoraParams
-from methods.base import RunContext, register
+from peftbench.core.errors import ConfigError
+from peftbench.methods.adalora import AdaLora, AdaLoraParams
+from peftbench.methods.base import RunContext, register
 
 
 @dataclass

@@ -13,7 +13,7 @@ summed over layers, weight `aux_loss_coef` (1e-3). Defaults are AdaMoLE's `train
 r_e = r/E (`lora_rank // num_experts`: 32 / 8 = 4, also GOAT's budget), α 16, dropout 0.05 (one mask per expert);
 `full`, r_e = r, is an extension (E times the parameters), not the original. Trainable: E·r_e·(in + out) + E·in +
 in + 1 per layer.
-Routed by the input: cannot merge. Built on `methods.moe` (its `route` hook).
+Routed by the input: cannot merge. Built on `peftbench.methods.moe` (its `route` hook).
 Reference: zefang-liu/AdaMoLE `src/adamole/layer.py` (AdaMoeLayer, AdaMoleLayer), `src/peft_model.py` (get_aux_loss).
 """
 
@@ -23,12 +23,11 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+from peftbench.core.errors import ConfigError
+from peftbench.methods.base import RunContext, register
+from peftbench.methods.moe import MoeLoraLayer, MoeMethod
+from peftbench.methods.targets import check_rank, require_targets
 from torch import nn
-
-from core.errors import ConfigError
-from methods.base import RunContext, register
-from methods.moe import MoeLoraLayer, MoeMethod
-from methods.targets import check_rank, require_targets
 
 
 @dataclass
@@ -61,7 +60,7 @@ class AdamoleParams:
 
 
 class AdaMoleLayer(MoeLoraLayer):
-    """The MoE layer of `methods.moe` with AdaMoLE's threshold router in place of top-k."""
+    """The MoE layer of `peftbench.methods.moe` with AdaMoLE's threshold router in place of top-k."""
 
     def __init__(
         self, base_layer: nn.Linear, experts: int, expert_rank: int, scale: float, tau_max: float, dropout: float

@@ -34,12 +34,11 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Union
 
 import torch
+from peftbench.core.context import RunContext
+from peftbench.core.errors import ConfigError
+from peftbench.core.registry import Registry
+from peftbench.methods.targets import check_rank, require_targets
 from transformers import TrainerCallback
-
-from core.context import RunContext
-from core.errors import ConfigError
-from core.registry import Registry
-from methods.targets import check_rank, require_targets
 
 
 @dataclass
@@ -196,7 +195,7 @@ METHODS: Registry[Method] = Registry(
     kind="method",
     base=Method,
     key="name",
-    package="methods",
+    package="peftbench.methods",
     skip={"base", "targets"},
     group="peftbench.methods",
     make=lambda cls: cls(),

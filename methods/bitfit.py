@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peftbench.core.errors import ConfigError
+from peftbench.methods.base import Method, RunContext, register
+from peftbench.methods.targets import in_head
 from safetensors.torch import load_file, save_file
-
-from core.errors import ConfigError
-from methods.base import Method, RunContext, register
-from methods.targets import in_head
 
 WEIGHTS = "bitfit.safetensors"
 

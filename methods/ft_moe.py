@@ -28,14 +28,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from peftbench.core.errors import ConfigError
+from peftbench.methods.base import Method, RunContext, register
+from peftbench.methods.injection import linear_features
+from peftbench.methods.targets import in_head
 from safetensors.torch import load_model, save_model
 from torch import nn
 from transformers.pytorch_utils import Conv1D
-
-from core.errors import ConfigError
-from methods.base import Method, RunContext, register
-from methods.injection import linear_features
-from methods.targets import in_head
 
 WEIGHTS = "model.safetensors"
 # The rule, read off CPU measurements (scripts/moe_paths.py, docs/perf/2026-12-04_cpu_moe_paths.md; GPUs: not

@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peftbench.methods.base import Method, RunContext, register
 from safetensors.torch import load_model, save_model
-
-from methods.base import Method, RunContext, register
 
 WEIGHTS = "model.safetensors"
 

@@ -7,7 +7,7 @@ A_i = diag(√(S_seg/(s·ρ)))·V_segᵀ,  B_i = U_seg·diag(√(S_seg/(s·ρ)))
 Weight alignment: W_res = W0 − (1/E)·Σ_i s·B_i·A_i, so under uniform routing the model equals W0.
 Scale: `alpha_over_r` s = α/r_e (what the released scripts run) or `gradient_aligned`
 s = √(3·η·in/r_e) (the paper's derivation; η = full-FT lr / LoRA lr, default 1).
-Router, top-k and load balancing: `methods.moe`. Trainable: E·r_e·(in + out) + in·E per layer.
+Router, top-k and load balancing: `peftbench.methods.moe`. Trainable: E·r_e·(in + out) + in·E per layer.
 """
 
 from __future__ import annotations
@@ -17,11 +17,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+from peftbench.core.errors import ConfigError
+from peftbench.methods.base import RunContext, register
+from peftbench.methods.moe import MoeLoraLayer, MoeMethod, MoeParams
 from torch import nn
-
-from core.errors import ConfigError
-from methods.base import RunContext, register
-from methods.moe import MoeLoraLayer, MoeMethod, MoeParams
 
 
 @dataclass

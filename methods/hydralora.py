@@ -9,14 +9,14 @@ is GOAT's split of the total rank, r_A = r/E (GOAT `goat/peta/src/goat/layer.py:
 from the r/E experts, keeping one A; its `scaling` is α/(r/E) too, `:142`), which GOAT Table 4's params column
 confirms (2.75% at r 32, E 8 on RoBERTa-large = r_A·in + E·r_A·out + in·E per layer). So s = α/r_e, E times
 α/r. GOAT Table 3 prints LoRA's 0.84% for HydraLoRA; this layout trains 0.57% there (no integer r_A gives
-0.84%: r_A ≈ 6.2), as in Table 4's own count. See `methods.moe`.
+0.84%: r_A ≈ 6.2), as in Table 4's own count. See `peftbench.methods.moe`.
 Trainable: r_e·in + E·out·r_e + in·E per layer.
 """
 
 from __future__ import annotations
 
-from methods.base import register
-from methods.moe import MoeMethod, MoeParams
+from peftbench.methods.base import register
+from peftbench.methods.moe import MoeMethod, MoeParams
 
 
 @register

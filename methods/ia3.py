@@ -11,9 +11,8 @@ from dataclasses import dataclass, field
 
 import torch
 from peft import IA3Config, get_peft_model
-
-from methods.base import Method, RunContext, register
-from methods.targets import require_targets
+from peftbench.methods.base import Method, RunContext, register
+from peftbench.methods.targets import require_targets
 
 
 @dataclass

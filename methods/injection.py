@@ -4,7 +4,7 @@ It mirrors PEFT's semantics: wrap the target `nn.Linear`s, freeze everything but
 task head, `merge_and_unload()`, `disable_adapter()`, and save/load adapter weights as safetensors plus
 a JSON config. Usable outside the harness:
 
-    from methods.base import get_method
+    from peftbench.methods.base import get_method
     singlora = get_method("singlora")
     model = singlora.wrap(base_model, rank=8, target_modules=["query", "value"], head_modules=["classifier"])
 """
@@ -20,13 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peftbench.core.context import RunContext
+from peftbench.core.errors import ConfigError, NotMergeable
+from peftbench.methods.targets import in_head, matches
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers.pytorch_utils import Conv1D
-
-from core.context import RunContext
-from core.errors import ConfigError, NotMergeable
-from methods.targets import in_head, matches
 
 WEIGHTS = "adapter_model.safetensors"
 CONFIG = "adapter_config.json"
@@ -206,7 +205,7 @@ def install(
 class NativeMethod:
     """Mixin for methods built on this injection layer: `apply`, `save`, `load` and a standalone `wrap`.
 
-    Subclasses (also `methods.base.Method`s) implement `make_layer(name, linear, params, ctx)`.
+    Subclasses (also `peftbench.methods.base.Method`s) implement `make_layer(name, linear, params, ctx)`.
     """
 
     saves_base_weights = False  # True when the method rewrites W0 (its residual must travel with it)

@@ -39,11 +39,10 @@ import torch
 from peft import KasaConfig, PeftModel
 from peft.tuners.lora import LoraLayer
 from peft.tuners.lora.variants import KasaLinearVariant
-
-from core.errors import ConfigError
-from methods.base import RunContext, register
-from methods.lora import Lora, LoraParams
-from methods.targets import require_targets
+from peftbench.core.errors import ConfigError
+from peftbench.methods.base import RunContext, register
+from peftbench.methods.lora import Lora, LoraParams
+from peftbench.methods.targets import require_targets
 
 
 @dataclass

@@ -16,11 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from peftbench.methods.base import Method, RunContext, register
+from peftbench.methods.injection import AdapterLayer, NativeMethod
+from peftbench.methods.lowrank import LowRankParams, kaiming_
 from torch import nn
-
-from methods.base import Method, RunContext, register
-from methods.injection import AdapterLayer, NativeMethod
-from methods.lowrank import LowRankParams, kaiming_
 
 
 @dataclass

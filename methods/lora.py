@@ -16,10 +16,9 @@ from typing import Any, Literal
 import torch
 from peft import LoraConfig, get_peft_model
 from peft.utils import SAFETENSORS_WEIGHTS_NAME, get_peft_model_state_dict
+from peftbench.core.errors import ConfigError
+from peftbench.methods.base import Method, RunContext, register
 from safetensors.torch import save_file
-
-from core.errors import ConfigError
-from methods.base import Method, RunContext, register
 
 
 @dataclass

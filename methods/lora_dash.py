@@ -32,14 +32,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from peftbench.core.errors import ConfigError
+from peftbench.methods.base import Method, RunContext, register
+from peftbench.methods.injection import AdapterLayer, NativeMethod, adapter_layers_of
+from peftbench.methods.targets import check_rank, require_targets
 from torch import nn
 from transformers import TrainerCallback
 from transformers.pytorch_utils import Conv1D
-
-from core.errors import ConfigError
-from methods.base import Method, RunContext, register
-from methods.injection import AdapterLayer, NativeMethod, adapter_layers_of
-from methods.targets import check_rank, require_targets
 
 log = logging.getLogger("peftbench")
 

@@ -23,10 +23,9 @@ from typing import Any, Literal
 import torch
 from peft import LoraGAConfig, get_peft_model
 from peft.tuners.lora import LoraLayer, preprocess_loraga
-
-from core.errors import ConfigError
-from methods.base import RunContext, register
-from methods.lora import LoraParams, ResidualInitLora, lora_config
+from peftbench.core.errors import ConfigError
+from peftbench.methods.base import RunContext, register
+from peftbench.methods.lora import LoraParams, ResidualInitLora, lora_config
 
 
 @dataclass

@@ -28,10 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import DictConfig
-
-from core.errors import ConfigError
-from core.store import RunStore
-from methods.base import Method, RunContext, register
+from peftbench.core.errors import ConfigError
+from peftbench.core.store import RunStore
+from peftbench.methods.base import Method, RunContext, register
 
 L1_WEIGHT = 0.05  # algorithm.py:142
 BOUND = 1.5  # algorithm.py:274-278: ng.p.Array(init=0, lower=-1.5, upper=1.5)

@@ -12,10 +12,9 @@ from typing import Any
 
 import torch
 from peft.optimizers import create_loraplus_optimizer
-
-from core.errors import ConfigError
-from methods.base import RunContext, register
-from methods.lora import Lora, LoraParams
+from peftbench.core.errors import ConfigError
+from peftbench.methods.base import RunContext, register
+from peftbench.methods.lora import Lora, LoraParams
 
 
 @dataclass

@@ -16,9 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
+from peftbench.core.errors import ConfigError
 from torch import nn
-
-from core.errors import ConfigError
 
 
 @dataclass

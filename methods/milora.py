@@ -18,9 +18,8 @@ from typing import Any, Literal
 
 import torch
 from peft.tuners.lora import LoraLayer
-
-from methods.base import RunContext, register
-from methods.lora import LoraParams, ResidualInitLora
+from peftbench.methods.base import RunContext, register
+from peftbench.methods.lora import LoraParams, ResidualInitLora
 
 GOAT_RHO = 10.0  # GOAT's layer.py: `rho = 10`
 

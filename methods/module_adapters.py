@@ -44,13 +44,12 @@ from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
+from peftbench.core.errors import ConfigError
+from peftbench.methods.base import Method, RunContext, register
+from peftbench.methods.injection import AdapterLayer, InjectedModel, NativeMethod, NotMergeable, inject, install
+from peftbench.methods.targets import matches, require_targets
 from torch import nn
 from transformers.pytorch_utils import Conv1D
-
-from core.errors import ConfigError
-from methods.base import Method, RunContext, register
-from methods.injection import AdapterLayer, InjectedModel, NativeMethod, NotMergeable, inject, install
-from methods.targets import matches, require_targets
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "silu": F.silu,

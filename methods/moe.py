@@ -8,7 +8,7 @@ top-k renormalised to sum to 1 (HydraLoRA: dense, no top-k):
 All experts are one batched contraction (einsum over the expert axis, no Python loop, no gather or scatter of
 tokens per expert, no host sync): with the non-selected gates at zero this is exactly the top-k sum, at the cost
 of a single rank-r LoRA. The experts are LoRA-sized (E·r_e = r), so computing every expert for every token costs
-less than a per-expert gather/scatter would save (issue 25; the full-size upcycled experts of `methods.ft_moe`
+less than a per-expert gather/scatter would save (issue 25; the full-size upcycled experts of `peftbench.methods.ft_moe`
 choose between the two by a measured rule).
 The Switch load-balancing loss E·Σ_i f_i·P_i is summed over layers and added to the training loss with
 `aux_loss_coef` (1e-3). As in GOAT's released layer, f_i = (tokens routing to expert i) / N tokens, so the
@@ -26,12 +26,11 @@ import math
 from dataclasses import dataclass, field
 
 import torch
+from peftbench.core.errors import ConfigError
+from peftbench.methods.base import Method, RunContext
+from peftbench.methods.injection import AdapterLayer, NativeMethod, NotMergeable, adapter_layers_of, linear_features
+from peftbench.methods.targets import check_rank, require_targets
 from torch import nn
-
-from core.errors import ConfigError
-from methods.base import Method, RunContext
-from methods.injection import AdapterLayer, NativeMethod, NotMergeable, adapter_layers_of, linear_features
-from methods.targets import check_rank, require_targets
 
 
 @dataclass

@@ -20,12 +20,11 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+from peftbench.core.errors import ConfigError
+from peftbench.methods.base import Method, RunContext, register
+from peftbench.methods.injection import AdapterLayer, NativeMethod
+from peftbench.methods.lora import Lora, LoraParams
 from torch import nn
-
-from core.errors import ConfigError
-from methods.base import Method, RunContext, register
-from methods.injection import AdapterLayer, NativeMethod
-from methods.lora import Lora, LoraParams
 
 
 def mpc_penalty(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]], kind: Literal["o", "d"]) -> torch.Tensor | None:

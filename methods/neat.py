@@ -14,12 +14,11 @@ from dataclasses import dataclass, field
 
 import torch
 from peft import PeanutConfig, get_peft_model
+from peftbench.core.errors import ConfigError
+from peftbench.methods.base import Method, RunContext, register
+from peftbench.methods.targets import check_rank, matches, require_targets
 from transformers.activations import ACT2FN
 from transformers.pytorch_utils import Conv1D
-
-from core.errors import ConfigError
-from methods.base import Method, RunContext, register
-from methods.targets import check_rank, matches, require_targets
 
 
 @dataclass

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from methods.base import RunContext, register
-from methods.lora import LoraParams, ResidualInitLora
+from peftbench.methods.base import RunContext, register
+from peftbench.methods.lora import LoraParams, ResidualInitLora
 
 
 @register

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from peftbench.core.errors import ConfigError
+from peftbench.methods.base import RunContext, register
+from peftbench.methods.mpc import LoraMpcn, MpcnLayer, MpcnParams
 from torch import nn
-
-from core.errors import ConfigError
-from methods.base import RunContext, register
-from methods.mpc import LoraMpcn, MpcnLayer, MpcnParams
 
 
 @dataclass

@@ -16,11 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-
-from core.errors import ConfigError
-from methods.base import RunContext, register
-from methods.lora import LoraParams, ResidualInitLora
-from methods.milora import GOAT_RHO, svd_init_all
+from peftbench.core.errors import ConfigError
+from peftbench.methods.base import RunContext, register
+from peftbench.methods.lora import LoraParams, ResidualInitLora
+from peftbench.methods.milora import GOAT_RHO, svd_init_all
 
 GOAT_PISSA_SCALE = 2.0  # GOAT's layer.py: `elif init_type == "pissa": scaling = 2`
 

@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 
 import torch
 from peft import PrefixTuningConfig, get_peft_model
-
-from core.errors import ConfigError
-from methods.base import Method, RunContext, register
+from peftbench.core.errors import ConfigError
+from peftbench.methods.base import Method, RunContext, register
 
 TASK_TYPES = {"ForCausalLM": "CAUSAL_LM", "ForSequenceClassification": "SEQ_CLS"}
 

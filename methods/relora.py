@@ -19,12 +19,11 @@ from typing import Any, Literal
 import torch
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer
+from peftbench.core.errors import ConfigError
+from peftbench.methods.base import RunContext, register
+from peftbench.methods.lora import Lora, LoraParams
 from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback
-
-from core.errors import ConfigError
-from methods.base import RunContext, register
-from methods.lora import Lora, LoraParams
 
 BASE_WEIGHTS = "relora_base_weights.safetensors"
 

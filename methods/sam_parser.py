@@ -23,11 +23,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from peftbench.methods.base import Method, RunContext, register
+from peftbench.methods.injection import AdapterLayer, InjectedModel, NativeMethod, adapter_layers_of
+from peftbench.methods.targets import require_targets
 from torch import nn
-
-from methods.base import Method, RunContext, register
-from methods.injection import AdapterLayer, InjectedModel, NativeMethod, adapter_layers_of
-from methods.targets import require_targets
 
 
 @dataclass

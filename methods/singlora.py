@@ -22,12 +22,11 @@ from typing import Literal
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from peftbench.core.errors import ConfigError
+from peftbench.methods.base import Method, RunContext, register
+from peftbench.methods.injection import AdapterLayer, InjectedModel, NativeMethod, adapter_layers_of
 from torch import nn
 from transformers import TrainerCallback
-
-from core.errors import ConfigError
-from methods.base import Method, RunContext, register
-from methods.injection import AdapterLayer, InjectedModel, NativeMethod, adapter_layers_of
 
 
 @dataclass

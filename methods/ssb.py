@@ -1,19 +1,18 @@
 """SSB from Subspace Tuning (Si et al. 2024, arXiv 2407.05417): scale both sides' subspaces.
 
 W' = diag(l_out)·W0·diag(l_in), both ones at init, computed as l_out ⊙ (W0·(l_in ⊙ x)) + b by
-`methods.ssl.scaled_linear` (one autograd function: the output scale and the bias in one op, the gradients'
-products formed once and reused, the output in the matmul's dtype under autocast; see `methods.ssl`).
+`peftbench.methods.ssl.scaled_linear` (one autograd function: the output scale and the bias in one op, the gradients'
+products formed once and reused, the output in the matmul's dtype under autocast; see `peftbench.methods.ssl`).
 Trainable: in + out per target layer. Merging rescales W0's rows and columns.
 """
 
 from __future__ import annotations
 
 import torch
+from peftbench.methods.base import register
+from peftbench.methods.injection import AdapterLayer
+from peftbench.methods.ssl import Ssl, SubspaceParams, scaled_linear
 from torch import nn
-
-from methods.base import register
-from methods.injection import AdapterLayer
-from methods.ssl import Ssl, SubspaceParams, scaled_linear
 
 
 class SsbLayer(AdapterLayer):

@@ -3,7 +3,7 @@
 W' = W0·diag(l), l ∈ R^in, l = 1 at init (the paper writes Ŵ = D1·W in x·W layout), computed as
 W0·(l ⊙ x), so no weight is copied. Trainable: `in` per target layer. Merging rescales W0's columns.
 
-SSL and SSB (`methods.ssb`, which also scales the output side) share `scaled_linear`, one autograd function
+SSL and SSB (`peftbench.methods.ssb`, which also scales the output side) share `scaled_linear`, one autograd function
 for y = l_out ⊙ (W0·(l_in ⊙ x)) + b with its backward written out. It computes what autograd computes for that
 expression — in float32 the same gradients bit for bit, the forward within one rounding (the output scale and the
 bias are one fused multiply-add) — with fewer full-size passes and buffers:
@@ -24,11 +24,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from peftbench.methods.base import Method, RunContext, register
+from peftbench.methods.injection import AdapterLayer, NativeMethod
+from peftbench.methods.targets import require_targets
 from torch import nn
-
-from methods.base import Method, RunContext, register
-from methods.injection import AdapterLayer, NativeMethod
-from methods.targets import require_targets
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:

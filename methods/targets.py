@@ -6,9 +6,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
+from peftbench.core.errors import ConfigError
 from transformers.pytorch_utils import Conv1D
-
-from core.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ Scaling: the NLU loralib adds the update unscaled (s = 1, `scale: one`, the defa
 s = α/r (`scale: alpha_over_r`; `CR_MR/peft/src/peft/tuners/trilora.py:307-310, 321-323, 355-356`).
 Trainable: r(in+out) + r per target layer. Merging adds s·B·diag(e)·A to W0.
 
-`trilora_mpco` adds the MPCo term λ·Σ_layers(‖AAᵀ − I‖_F² + ‖BᵀB − I‖_F²) to the loss (`methods.mpc`);
+`trilora_mpco` adds the MPCo term λ·Σ_layers(‖AAᵀ − I‖_F² + ‖BᵀB − I‖_F²) to the loss (`peftbench.methods.mpc`);
 `penalty: adalora_orth` uses AdaLoRA's orthogonality regulariser instead (PEFT's form, mean of unsquared
 norms; AdaLoRA weighs it 0.1), the reading of TriLoRA+MPCo as AdaLoRA's parametrisation without pruning.
 
@@ -27,13 +27,12 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+from peftbench.core.errors import ConfigError
+from peftbench.methods.base import Method, RunContext, register
+from peftbench.methods.injection import AdapterLayer, NativeMethod, adapter_layers_of
+from peftbench.methods.lowrank import LowRankParams, kaiming_, orth_reg
+from peftbench.methods.mpc import mpc_penalty
 from torch import nn
-
-from core.errors import ConfigError
-from methods.base import Method, RunContext, register
-from methods.injection import AdapterLayer, NativeMethod, adapter_layers_of
-from methods.lowrank import LowRankParams, kaiming_, orth_reg
-from methods.mpc import mpc_penalty
 
 
 @dataclass

@@ -12,10 +12,9 @@ from dataclasses import dataclass, field
 
 import torch
 from peft import VeraConfig, get_peft_model
-
-from core.errors import ConfigError
-from methods.base import Method, RunContext, register
-from methods.targets import require_targets
+from peftbench.core.errors import ConfigError
+from peftbench.methods.base import Method, RunContext, register
+from peftbench.methods.targets import require_targets
 
 
 @dataclass

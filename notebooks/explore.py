@@ -26,11 +26,10 @@ from pathlib import Path
 
 import pandas as pd
 from IPython.display import Image, Markdown, display
-
-from bench.plots import plot_intervals
-from bench.render import to_markdown
-from bench.report import build_tables, write_tables
-from bench.results import Results
+from peftbench.bench.plots import plot_intervals
+from peftbench.bench.render import to_markdown
+from peftbench.bench.report import build_tables, write_tables
+from peftbench.bench.results import Results
 
 STORE = os.environ.get("PEFTBENCH_STORE", "../results/runs")
 SWEEP = os.environ.get("PEFTBENCH_SWEEP", "demo")

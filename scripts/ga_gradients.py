@@ -25,10 +25,10 @@ from transformers import TrainerCallback, TrainingArguments
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.config import CONF_DIR  # noqa: E402
-from bench.models import load_classifier, load_model  # noqa: E402
-from bench.train import BenchTrainer  # noqa: E402
-from methods.base import RunContext, get_method  # noqa: E402
+from peftbench.bench.config import CONF_DIR  # noqa: E402
+from peftbench.bench.models import load_classifier, load_model  # noqa: E402
+from peftbench.bench.train import BenchTrainer  # noqa: E402
+from peftbench.methods.base import RunContext, get_method  # noqa: E402
 
 ROWS = 8
 # PEFT's LoRA; our MoLoRA (its balance loss off: a statistic of the micro-batch's routing, it cannot equal the

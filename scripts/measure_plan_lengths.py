@@ -18,10 +18,9 @@ import warnings
 
 import numpy as np
 from omegaconf import OmegaConf
-
-from bench.models import load_tokenizer
-from core.paths import CONF_DIR
-from tasks.base import build_task
+from peftbench.bench.models import load_tokenizer
+from peftbench.core.paths import CONF_DIR
+from peftbench.tasks.base import build_task
 
 TASKS = ["glue_sst2", "glue_mrpc", "glue_rte", "gsm8k", "commonsense"]
 TOKENIZERS = {"wordpiece": "minilm", "bpe": "smollm2-135m"}
@@ -55,7 +54,7 @@ def measure(task_name: str, tokenizer) -> dict:  # noqa: ANN001
 
 
 def _train_prompt_lengths(task, data, tokenizer) -> list[list[int]]:  # noqa: ANN001
-    from tasks.generation import PromptEncoder
+    from peftbench.tasks.generation import PromptEncoder
 
     encoder = PromptEncoder(tokenizer, 100000, True, task.cfg.get("target_separator") or "")
     train, _, _ = task.splits("offline", encoder)

@@ -23,7 +23,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from methods.ft_moe import DENSE_MAX_MACS, DENSE_MAX_TOKENS, UpcycledLinear, dense_is_faster  # noqa: E402
+from peftbench.methods.ft_moe import DENSE_MAX_MACS, DENSE_MAX_TOKENS, UpcycledLinear, dense_is_faster  # noqa: E402
 
 SHAPES = [(32, 64), (384, 384), (384, 1536), (768, 3072), (1024, 4096)]  # tiny, MiniLM, base FFN, large FFN
 TOKENS = [8, 32, 128, 512, 2048]

@@ -5,7 +5,7 @@ RoBERTa-base's and LLaMA-7B's dimensions, 4 LLaMA blocks, random tokens): each c
 under bf16 autocast with float32 trainables (as the harness trains) and records torch.cuda.max_memory_allocated and
 the median step. Writes $OUT/gpu_memory.json; tests/fixtures/plan_gpu/h200_training_memory.json is its output on
 an H200 (torch 2.11, transformers 5.17, peft as installed there), which tests/bench/test_plan.py compares with
-`bench.plan.training_memory`.
+`peftbench.bench.plan.training_memory`.
 
     OUT=/tmp python scripts/plan_gpu_memory.py   # ~2 min on an H200
 """

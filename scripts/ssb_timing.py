@@ -23,8 +23,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 import torch.nn.functional as F
-
-from methods.ssl import scaled_linear
+from peftbench.methods.ssl import scaled_linear
 
 CPU_SHAPES = [(1024, 768, 768), (1024, 768, 3072), (1024, 3072, 768)]  # tokens, in, out (RoBERTa-base's linears)
 GPU_SHAPES = [(t, i, o) for t in (8192, 2048) for i, o in ((4096, 4096), (4096, 11008), (11008, 4096))]

@@ -10,19 +10,17 @@ default) and 1e-3 (the earlier default, LoRA-MPCo's). Run: `PYTHONPATH=. .venv/b
 from __future__ import annotations
 
 import torch
-from omegaconf import OmegaConf
+from peftbench.bench.grid import sweep_config
+from peftbench.bench.param_count import meta_model
+from peftbench.methods.mpc import mpc_penalty
+from peftbench.methods.targets import target_layers
+from peftbench.methods.trilora import TriLoraLayer
 from torch import nn
-
-from bench.param_count import meta_model
-from core.paths import CONF_DIR
-from methods.mpc import mpc_penalty
-from methods.targets import target_layers
-from methods.trilora import TriLoraLayer
 
 
 def init_penalty(model_name: str, rank: int, seed: int = 0) -> float:
     """The MPCo penalty (λ = 1) of TriLoRA layers at init on every `all_linear` target of `model_name`."""
-    spec = OmegaConf.load(CONF_DIR / "model" / f"{model_name}.yaml")
+    spec = sweep_config("none", [f"model={model_name}"]).model  # composed: its target_sets come from conf/target_sets
     layers = target_layers(meta_model(spec, "sequence-classification", num_labels=2), spec.target_sets.all_linear)
     torch.manual_seed(seed)
     pairs = []

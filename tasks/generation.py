@@ -22,6 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from datasets import Dataset
+from peftbench.core.errors import ConfigError
+from peftbench.core.merging import merged_adapters
+from peftbench.core.validation import check_choice
+from peftbench.tasks.base import Evaluation, Task, TaskData
 from transformers import (
     DataCollatorForSeq2Seq,
     GenerationConfig,
@@ -29,11 +33,6 @@ from transformers import (
     StoppingCriteria,
     StoppingCriteriaList,
 )
-
-from core.errors import ConfigError
-from core.merging import merged_adapters
-from core.validation import check_choice
-from tasks.base import Evaluation, Task, TaskData
 
 if TYPE_CHECKING:
     from transformers import Trainer
@@ -128,7 +127,7 @@ def generate(
     Deterministic. Prompts are batched by length (less padding) and put back in order. With `stop` (a pattern
     and the tokenizer's decode), greedy decoding ends a batch once every sequence has finished its answer
     rather than at max_new_tokens; beam search ends at EOS (its beams would need the pattern per beam). With
-    `merge`, the adapters are folded into their fp32 base weights while generating (`core.merging`).
+    `merge`, the adapters are folded into their fp32 base weights while generating (`peftbench.core.merging`).
     """
     net = generation_model(model)
     was_training = net.training

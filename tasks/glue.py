@@ -14,13 +14,12 @@ from __future__ import annotations
 from typing import Any
 
 from datasets import Dataset
+from peftbench.core.errors import ConfigError
+from peftbench.core.validation import check_choice
+from peftbench.tasks.base import ClassificationTask, HubLoad, TaskData, classifier_head, register_family
+from peftbench.tasks.metrics import METRICS
+from peftbench.tasks.offline import load_split, require_offline, tasks_with_offline
 from transformers import PreTrainedTokenizerBase
-
-from core.errors import ConfigError
-from core.validation import check_choice
-from tasks.base import ClassificationTask, HubLoad, TaskData, classifier_head, register_family
-from tasks.metrics import METRICS
-from tasks.offline import load_split, require_offline, tasks_with_offline
 
 
 @register_family

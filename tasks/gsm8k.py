@@ -21,11 +21,10 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from datasets import Dataset
-
-from core.validation import check_choice
-from tasks.base import HubLoad, register_family
-from tasks.generation import GenerativeTask, PromptEncoder
-from tasks.offline import require_offline, shipped_requests, split_rows
+from peftbench.core.validation import check_choice
+from peftbench.tasks.base import HubLoad, register_family
+from peftbench.tasks.generation import GenerativeTask, PromptEncoder
+from peftbench.tasks.offline import require_offline, shipped_requests, split_rows
 
 NUMBER = r"-?[$]?\d[\d,]*(?:\.\d+)?|-?[$]?\.\d+"
 STRICT = re.compile(r"####\s*(" + NUMBER + ")")

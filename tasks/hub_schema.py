@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from datasets import ClassLabel, Features, Image, List, Value
-
-from core.paths import CONF_DIR
+from peftbench.core.paths import CONF_DIR
 
 DOC = CONF_DIR.parent / "docs" / "hub_assets.md"
 _ROW = re.compile(r"^\| (\S+/\S+) \| (\S+) \| (.+?) \| (.+?) \|$")

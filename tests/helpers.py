@@ -6,10 +6,9 @@ import copy
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-
-from bench.models import load_classifier, load_tokenizer
-from core.paths import CONF_DIR
-from methods.base import RunContext, get_method
+from peftbench.bench.models import load_classifier, load_tokenizer
+from peftbench.core.paths import CONF_DIR
+from peftbench.methods.base import RunContext, get_method
 
 TINY = OmegaConf.load(CONF_DIR / "model" / "tiny-roberta.yaml")
 TINY_LLAMA = OmegaConf.load(CONF_DIR / "model" / "tiny-llama.yaml")

@@ -15,6 +15,7 @@ import pytest
 from tests.conftest import REPO
 
 LAYERS = {"core": 0, "methods": 1, "tasks": 1, "bench": 2}
+NAMESPACE = "peftbench"  # the folders install as peftbench.core, peftbench.methods, ... (pyproject.toml)
 
 
 def _module_name(path: Path) -> str:
@@ -22,8 +23,8 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _imports(path: Path) -> set[str]:
-    """The product modules `path` imports (a `from pkg import name` counts `pkg.name` when that is a module)."""
+def _imported_names(path: Path) -> set[str]:
+    """Every module name `path` imports (a `from pkg import name` counts `pkg.name` too, in case it is a module)."""
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
@@ -31,7 +32,13 @@ def _imports(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.add(node.module)
             found |= {f"{node.module}.{alias.name}" for alias in node.names}
-    return {name for name in found if name.split(".")[0] in LAYERS}
+    return found
+
+
+def _imports(path: Path) -> set[str]:
+    """The product modules `path` imports, by folder (`peftbench.methods.base` -> `methods.base`)."""
+    names = {name.removeprefix(f"{NAMESPACE}.") for name in _imported_names(path) if name.startswith(f"{NAMESPACE}.")}
+    return {name for name in names if name.split(".")[0] in LAYERS}
 
 
 def _graph() -> dict[str, set[str]]:
@@ -42,8 +49,31 @@ def _graph() -> dict[str, set[str]]:
 GRAPH = _graph()
 
 
+def test_every_import_of_ours_is_namespaced() -> None:
+    """No module, test or script imports `bench`, `methods`, `tasks` or `core` as a top-level package: installed,
+    those names would collide with any other package of the same name; only peftbench.* is put on the path."""
+    files = [
+        p
+        for folder in (*LAYERS, "tests", "scripts", "notebooks", "hydra_plugins")
+        for p in (REPO / folder).rglob("*.py")
+    ]
+    bare = sorted(
+        f"{path.relative_to(REPO)}: {name}"
+        for path in files
+        for name in _imported_names(path)
+        if name.split(".")[0] in LAYERS
+    )
+    assert not bare, bare
+
+
 def test_the_packages_are_read() -> None:
-    assert {"core.errors", "core.registry", "methods.base", "tasks.base", "bench.run"} <= set(GRAPH)
+    assert {
+        "core.errors",
+        "core.registry",
+        "methods.base",
+        "tasks.base",
+        "bench.run",
+    } <= set(GRAPH)
     assert "core.errors" in GRAPH["methods.base"] and "methods.base" in GRAPH["bench.run"]
 
 

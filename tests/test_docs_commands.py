@@ -1,5 +1,5 @@
 """Every command in README.md and docs/*.md is exercised: the README's commands each state their cost; every
-`bench.run` command composes and passes the pre-training checks at every value of its grid; every `make`
+`peftbench.bench.run` command composes and passes the pre-training checks at every value of its grid; every `make`
 target exists and the cheap ones run; and (marked slow) the commands a CPU can run are run, in the order a
 reader meets them, into a temporary store with training capped at a few steps. A command the tests cannot
 run (a GPU, the hub, a cluster, the test targets themselves) is listed in NOT_RUN with its reason, so a new
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from peftbench.bench.config import CONF_DIR, check_overrides
+from peftbench.bench.grid import grid_axes, sweep_config
+from peftbench.bench.run import check_config
 
-from bench.config import CONF_DIR, check_overrides
-from bench.grid import grid_axes, sweep_config
-from bench.run import check_config
 from tests.conftest import REPO, run_cli
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -41,7 +41,7 @@ NOT_RUN = {
     f"{BENCH_RUN}method=my_method": "an outside package: tests/bench/test_outside_methods.py runs these with one",
     f"{BENCH_RUN}task=counted_rte": "an outside package: tests/bench/test_outside_tasks.py runs these with one",
 }
-# bench.run commands that name a GPU model or the hub: checked (composed and validated), not trained here
+# peftbench.bench.run commands that name a GPU model or the hub: checked (composed and validated), not trained here
 NEEDS_GPU_OR_HUB = re.compile(
     r"model=(llama|clip-vit|roberta-base|roberta-large|deberta|gpt2 )|hydra/launcher=|sweep=(goat|glue)"
 )
@@ -97,7 +97,7 @@ def _overrides(command: str) -> list[str]:
 
 
 def _check_point(overrides: list[str]) -> None:
-    """What `bench.run` checks before it loads anything (`check_config`). Not the method's inputs from another
+    """What `peftbench.bench.run` checks before it loads anything (`check_config`). Not the method's inputs from another
     sweep's records (LoRAHub's upstream): those exist once the commands before it ran, as the slow test does."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         check_config(compose("config", overrides=overrides))
@@ -178,7 +178,7 @@ def test_the_cpu_commands_of_each_doc_run_in_order(doc: Path, tmp_path: Path) ->
         elif text.startswith(PEFTBENCH):
             args = shlex.split(text.removeprefix(PEFTBENCH))
             extra = ["--store", str(store)] + (["--out", str(tmp_path / "out")] if args[0] == "report" else [])
-            done = subprocess.run([sys.executable, "-m", "bench.cli", *args, *extra], cwd=REPO,
+            done = subprocess.run([sys.executable, "-m", "peftbench.bench.cli", *args, *extra], cwd=REPO,
                                   capture_output=True, text=True, timeout=300)  # fmt: skip
             assert done.returncode == 0, f"{text}\n{done.stderr[-3000:]}"
             if args[0] == "report":

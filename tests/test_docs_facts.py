@@ -16,11 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from peftbench.bench.config import CONF_DIR, group_choices
+from peftbench.bench.grid import resolve_grid
+from peftbench.methods.base import method_names
 
-from bench.config import CONF_DIR, group_choices
-from bench.grid import grid_axes, grid_points, sweep_config
-from bench.run import check_config, identify
-from methods.base import method_names
 from tests.conftest import REPO
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -119,15 +118,14 @@ def test_every_repository_path_named_in_the_docs_exists() -> None:
 
 @functools.cache
 def runs_and_points(*sweeps: str, method: str | None = None) -> tuple[int, int]:
-    """Distinct runs (run_ids after protocol rules) and grid points of one or more sweeps (the demo is two), of one
-    method's points when `method` is given."""
+    """Distinct runs (run_ids after protocol rules, as `peftbench grid` counts them) and grid points of one or more
+    sweeps (the demo is two), of one method's points when `method` is given."""
     run_ids, points = set(), 0
     for sweep in sweeps:
-        for point in grid_points(grid_axes(sweep_config(sweep))):
-            composed = sweep_config(sweep, [f"{key}={value}" for key, value in point.items()])
-            if method is None or composed.method.name == method:
-                check_config(composed)
-                run_ids.add(identify(composed)[-1])
+        grid = resolve_grid(sweep)
+        for point, run_id in zip(grid.points, grid.run_ids, strict=True):
+            if method is None or point.get("method", grid.experiments[run_id]["method"]["name"]) == method:
+                run_ids.add(run_id)
                 points += 1
     return len(run_ids), points
 
@@ -139,7 +137,7 @@ def _demo_full() -> tuple[int, int]:
 @functools.cache
 def two_stage_demo() -> tuple[int, int]:
     """The demo's runs under strategy=lr_then_seeds (docs/sweeps.md): stage 1's, and stage 2's once stage 1 is done."""
-    from bench.strategy import launch_points, strategy_runs, sweep_identify
+    from peftbench.bench.strategy import launch_points, strategy_runs, sweep_identify
 
     points = launch_points("demo", ["strategy=lr_then_seeds"])
     runs = strategy_runs("lr_then_seeds", points, sweep_identify("demo"), REPO / "no-store", "demo")
@@ -156,6 +154,12 @@ FACTS: list[tuple[str, Callable[[], int]]] = [
     (r"full FT by a protocol rule: (\d+) runs", lambda: _demo_full()[0]),
     (r"the other (\d+) points are the same run_ids", lambda: _demo_full()[1] - _demo_full()[0]),
     (r"reproduce-glue .*\((\d+) runs", lambda: runs_and_points("glue")[0]),
+    (r"reproduce-glue .*\((\d+) points", lambda: runs_and_points("glue")[1]),
+    (r"reproduce-glue .*points, (\d+) runs", lambda: runs_and_points("glue")[0]),
+    (r"`glue` is (\d+) points", lambda: runs_and_points("glue")[1]),
+    (r"`glue` is \d+ points but (\d+) runs", lambda: runs_and_points("glue")[0]),
+    (r"`demo` (\d+) points", lambda: runs_and_points("demo")[1]),
+    (r"`demo` \d+ points but (\d+) runs", lambda: runs_and_points("demo")[0]),
     (r"reproduce-glue .*runs, (\d+) grid points", lambda: runs_and_points("glue")[1]),
     (r"^- `glue`: (\d+) grid points", lambda: runs_and_points("glue")[1]),  # docs/plan.md
     (r"^- `glue`: \d+ grid points, (\d+) runs", lambda: runs_and_points("glue")[0]),
@@ -220,7 +224,7 @@ def test_each_timing_is_stated_once_or_the_same_everywhere() -> None:
 
 
 def test_every_record_field_is_described_in_docs_results() -> None:
-    from bench.record import FIELDS
+    from peftbench.bench.record import FIELDS
 
     described = set(re.findall(r"`([a-z_]+)`", TEXTS[REPO / "docs" / "results.md"]))
     assert not [field for field in FIELDS if field not in described]

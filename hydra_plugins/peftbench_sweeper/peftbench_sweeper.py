@@ -19,8 +19,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn
 from omegaconf import OmegaConf
-
-from core.errors import ConfigError
+from peftbench.core.errors import ConfigError
 
 log = logging.getLogger("peftbench")
 
@@ -29,7 +28,7 @@ class StrategySweeper(BasicSweeper):
     """BasicSweeper with a sweep strategy (`strategy` in the sweep's config)."""
 
     def sweep(self, arguments: list[str]) -> Any:
-        from bench.strategy import check_strategy
+        from peftbench.bench.strategy import check_strategy
 
         assert self.config is not None
         try:  # a bad strategy, or a point that does not compose, stops the sweep before any run, with one line
@@ -40,9 +39,9 @@ class StrategySweeper(BasicSweeper):
             sys.exit(2)
 
     def _two_stages(self, name: str, arguments: list[str]) -> list[Sequence[JobReturn]]:
-        from bench.config import STAGE_KEY
-        from bench.strategy import expand, point_info, strategy_runs
-        from core.store import RunStore
+        from peftbench.bench.config import STAGE_KEY
+        from peftbench.bench.strategy import expand, point_info, strategy_runs
+        from peftbench.core.store import RunStore
 
         assert self.config is not None and self.hydra_context is not None
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from core.store import RunStore
+from peftbench.core.store import RunStore
 
 
 def write_run(

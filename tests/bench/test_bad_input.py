@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import peftbench.bench.run
 import pytest
+from peftbench.bench.config import check_overrides
+from peftbench.core.errors import ConfigError
 
-import bench.run
-from bench.config import check_overrides
-from core.errors import ConfigError
 from tests.conftest import compose_run, records, run_cli
 
 
@@ -81,9 +81,9 @@ def test_bad_values_fail_before_training_without_a_record(
     def never(*args: object, **kwargs: object) -> None:
         raise AssertionError("training started on bad input")
 
-    monkeypatch.setattr(bench.run, "train_and_evaluate", never)
+    monkeypatch.setattr(peftbench.bench.run, "train_and_evaluate", never)
     with pytest.raises(ConfigError, match=message) as caught:
-        bench.run.run(compose_run(store, *overrides))
+        peftbench.bench.run.run(compose_run(store, *overrides))
     assert "\n" not in str(caught.value)
     assert records(store) == []
 

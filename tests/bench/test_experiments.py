@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
-
-from bench.cli import main as cli_main
-from bench.grid import estimate_gpu_hours, grid_axes, grid_points, sweep_config
-from bench.run import identify
+from peftbench.bench.cli import main as cli_main
+from peftbench.bench.grid import estimate_gpu_hours, grid_axes, grid_points, sweep_config
+from peftbench.bench.run import identify
 
 
 @pytest.mark.parametrize(

@@ -13,8 +13,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-
-from bench.train import BenchTrainer, loss_is_token_level
+from peftbench.bench.train import BenchTrainer, loss_is_token_level
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "ga_gradients.py"
 _spec = importlib.util.spec_from_file_location("ga_gradients", SCRIPT)

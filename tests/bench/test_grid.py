@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
-
-from bench.cli import main as cli_main
-from bench.grid import _compose_combinations, resolve_grid, sweep_config
-from bench.run import identify
+from peftbench.bench.cli import main as cli_main
+from peftbench.bench.grid import _compose_combinations, resolve_grid, sweep_config
+from peftbench.bench.run import identify
 
 
 def _run_id(sweep: str, point: dict[str, str]) -> str:

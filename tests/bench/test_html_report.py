@@ -16,11 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from bench.cli import main as cli_main
-from bench.html_report import build_page
-from bench.render import Table, Text, sort_value, to_html
-from bench.results import Cell
+from peftbench.bench.cli import main as cli_main
+from peftbench.bench.html_report import build_page
+from peftbench.bench.render import Table, Text, sort_value, to_html
+from peftbench.bench.results import Cell
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 PAPER_TABLE = "goat_t4_roberta_large_glue"
@@ -290,7 +289,8 @@ def test_page_in_the_browser_has_its_tables_and_no_console_errors(report: tuple[
 
 
 def test_best_tied_and_significant_cells_of_the_main_table(tmp_path: Path) -> None:
-    from core.store import RunStore
+    from peftbench.core.store import RunStore
+
     from tests.bench.records import write_run
 
     store = RunStore(tmp_path / "runs")

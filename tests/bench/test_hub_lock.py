@@ -19,22 +19,22 @@ import datasets.config
 import httpx2
 import huggingface_hub
 import huggingface_hub.constants
+import peftbench.bench.run
 import pytest
 import yaml
 from datasets import ClassLabel, Features, Value
 from huggingface_hub.errors import GatedRepoError
 from huggingface_hub.hf_api import BlobLfsInfo, RepoSibling
 from omegaconf import OmegaConf
+from peftbench.bench.cli import main as cli_main
+from peftbench.bench.prefetch import prefetch
+from peftbench.core.errors import ConfigError
+from peftbench.core.hub_lock import LOCK_ENV, Asset, HubLock, cached_commits
+from peftbench.core.paths import CONF_DIR
+from peftbench.core.provenance import differing
+from peftbench.tasks.base import HubLoad
+from peftbench.tasks.hub_schema import HubDataset, find
 
-import bench.run
-from bench.cli import main as cli_main
-from bench.prefetch import prefetch
-from core.errors import ConfigError
-from core.hub_lock import LOCK_ENV, Asset, HubLock, cached_commits
-from core.paths import CONF_DIR
-from core.provenance import differing
-from tasks.base import HubLoad
-from tasks.hub_schema import HubDataset, find
 from tests.conftest import compose_run, records
 from tests.hub.fixtures import model_commit, write_dataset, write_model
 
@@ -165,7 +165,7 @@ def _locked(path: Path, dataset_commit: str, model: str | None = None) -> None:
 def test_a_stale_lock_is_refused_in_one_line_before_anything_loads(offline_cache: Path, store: Path) -> None:
     _locked(offline_cache, "c" * 40)
     with pytest.raises(ConfigError) as refused:
-        bench.run.run(compose_run(store, *RUN))
+        peftbench.bench.run.run(compose_run(store, *RUN))
     assert str(refused.value) == (
         f"dataset nyu-mll/glue: the hub lock {offline_cache} is at revision {'c' * 40}, the local cache holds "
         f"{DRIFT}, {OLD}, {NEW}; run `peftbench prefetch none <your overrides>` to fetch the locked revision, or "
@@ -174,15 +174,15 @@ def test_a_stale_lock_is_refused_in_one_line_before_anything_loads(offline_cache
     _locked(offline_cache, OLD, model="e" * 40)
     with pytest.raises(ConfigError, match=rf"^model {ROBERTA}: the hub lock .* is at revision e{{40}}, the local "
                                           rf"cache holds {model_commit(ROBERTA)}; run"):  # fmt: skip
-        bench.run.run(compose_run(store, *RUN))
+        peftbench.bench.run.run(compose_run(store, *RUN))
     with pytest.raises(ConfigError, match=r"its config pins revision 'v2', the hub lock .* None; run .* --update"):
-        bench.run.run(compose_run(store, *RUN, "+model.revision=v2"))
+        peftbench.bench.run.run(compose_run(store, *RUN, "+model.revision=v2"))
     assert records(store) == []
 
 
 def test_a_run_reads_the_lock_and_its_record_carries_the_revisions(offline_cache: Path, store: Path) -> None:
     _locked(offline_cache, OLD)
-    record = bench.run.run(compose_run(store, *RUN, "trainer.max_steps=1", "task.max_eval_samples=2"))
+    record = peftbench.bench.run.run(compose_run(store, *RUN, "trainer.max_steps=1", "task.max_eval_samples=2"))
     assert record["status"] == "ok", record["error"]
     assert json.loads(records(store)[0].read_text())["revisions"] == record["revisions"]
     lock = offline_cache
@@ -260,7 +260,7 @@ def test_no_route_to_the_hub_is_one_line(
 
 
 def test_schema_differences_name_types_and_label_names() -> None:
-    from tasks.hub_schema import differences
+    from peftbench.tasks.hub_schema import differences
 
     def labels(first: list[str], second: list[str]) -> Features:
         return Features({"label": ClassLabel(names=first), "y": ClassLabel(names=second)})

@@ -9,11 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import peftbench.bench.run
 import pytest
+from peftbench.bench.config import check_overrides
+from peftbench.core.errors import ConfigError
 
-import bench.run
-from bench.config import check_overrides
-from core.errors import ConfigError
 from tests.conftest import REPO, SMOKE, compose_run, records, run_cli
 
 # docs/methods.md's example package, as a researcher writes it.
@@ -21,8 +21,8 @@ MY_METHOD = '''"""LoRA with a Gaussian-initialised A (PEFT's init_lora_weights="
 
 from typing import Any
 
-from methods.base import RunContext, register
-from methods.lora import Lora
+from peftbench.methods.base import RunContext, register
+from peftbench.methods.lora import Lora
 
 
 @register
@@ -36,7 +36,7 @@ MY_YAML = "name: my_method\nlora_alpha: 16\nlora_dropout: 0.0\ntarget_modules: n
 # an entry point may also name a Method subclass that no decorator registered
 OTHER = '''"""A method class registered by its entry point (no decorator)."""
 
-from methods.lora import Lora
+from peftbench.methods.lora import Lora
 
 
 class OtherMethod(Lora):
@@ -82,7 +82,7 @@ def test_an_entry_point_method_runs_with_its_yaml_on_the_search_path(installed: 
 
 def test_entry_points_register_modules_and_classes(installed: Path) -> None:
     code = (
-        "from methods.base import get_method, method_names; "
+        "from peftbench.methods.base import get_method, method_names; "
         "print(method_names()); print(type(get_method('my_other_method')).__name__)"
     )
     done = subprocess.run(
@@ -146,6 +146,8 @@ def test_an_entry_point_method_without_its_yaml_names_the_search_path(
 
 def test_a_bad_method_module_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"^method.module='no_such.module' cannot be imported: ModuleNotFoundError"):
-        bench.run.identify(compose_run(tmp_path, "+method.module=no_such.module"))
-    with pytest.raises(ConfigError, match=r"^method.module='methods.lora' registers no method 'mine'; valid choices: "):
-        bench.run.identify(compose_run(tmp_path, "+method.module=methods.lora", "method.name=mine"))
+        peftbench.bench.run.identify(compose_run(tmp_path, "+method.module=no_such.module"))
+    with pytest.raises(
+        ConfigError, match=r"^method.module='peftbench.methods.lora' registers no method 'mine'; valid choices: "
+    ):
+        peftbench.bench.run.identify(compose_run(tmp_path, "+method.module=peftbench.methods.lora", "method.name=mine"))

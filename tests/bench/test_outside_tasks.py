@@ -9,11 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import peftbench.bench.run
 import pytest
+from peftbench.core.errors import ConfigError
+from peftbench.core.paths import CONF_DIR
 
-import bench.run
-from core.errors import ConfigError
-from core.paths import CONF_DIR
 from tests.conftest import REPO, SMOKE, compose_run, records, run_cli
 
 # docs/methods.md's example ("Adding a task"): the GLUE family, scoring one more number per eval split.
@@ -21,8 +21,8 @@ MY_FAMILY = '''"""GLUE classification that also reports how many rows each eval 
 
 from typing import Any
 
-from tasks.base import register_family
-from tasks.glue import Glue
+from peftbench.tasks.base import register_family
+from peftbench.tasks.glue import Glue
 
 
 @register_family
@@ -48,6 +48,16 @@ def _write(root: Path, files: dict[str, str]) -> Path:
     return root
 
 
+def _run_counted_rte(tmp_path: Path, pythonpath: Path, *args: str) -> dict:
+    """Run task=counted_rte at smoke scale with the outside package on PYTHONPATH; its record, checked."""
+    store = tmp_path / "runs"
+    done = run_cli(
+        "task=counted_rte", *args, *SMOKE_OUTSIDE, f"store.root={store}", env={"PYTHONPATH": str(pythonpath)}
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return _check_record(store, "counted_rte")
+
+
 def _check_record(store: Path, task: str) -> dict:
     (path,) = records(store)
     record = json.loads(path.read_text())
@@ -68,14 +78,8 @@ def test_an_entry_point_task_family_runs_with_its_yaml_on_the_search_path(tmp_pa
             "my_tasks-0.1.dist-info/entry_points.txt": ENTRY_POINTS,
         },
     )
-    store = tmp_path / "runs"
-    done = run_cli(
-        "task=counted_rte", "hydra.searchpath=[pkg://my_tasks.conf]", *SMOKE_OUTSIDE, f"store.root={store}",
-        env={"PYTHONPATH": str(site)},
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
-    _check_record(store, "counted_rte")
-    code = "from tasks.base import TASKS; print(TASKS.names())"
+    _run_counted_rte(tmp_path, site, "hydra.searchpath=[pkg://my_tasks.conf]")
+    code = "from peftbench.tasks.base import TASKS; print(TASKS.names())"
     listed = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
         env={**os.environ, "PYTHONPATH": f"{site}:{REPO}"},
@@ -92,21 +96,18 @@ def test_task_module_imports_a_family_without_entry_points(tmp_path: Path) -> No
             "conf/task/counted_rte.yaml": _task_yaml("counted_rte"),
         },
     )
-    store = tmp_path / "runs"
-    done = run_cli(
-        "task=counted_rte", "task.module=their_tasks.counted", f"hydra.searchpath=[file://{plugin}/conf]",
-        *SMOKE_OUTSIDE, f"store.root={store}", env={"PYTHONPATH": str(plugin)},
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert _check_record(store, "counted_rte")["config"]["task"]["module"] == "their_tasks.counted"
+    record = _run_counted_rte(
+        tmp_path, plugin, "task.module=their_tasks.counted", f"hydra.searchpath=[file://{plugin}/conf]"
+    )
+    assert record["config"]["task"]["module"] == "their_tasks.counted"
 
 
 def test_a_bad_task_module_or_family_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"^task.module='no_such.module' cannot be imported: ModuleNotFoundError"):
-        bench.run.identify(compose_run(tmp_path, "+task.module=no_such.module"))
+        peftbench.bench.run.identify(compose_run(tmp_path, "+task.module=no_such.module"))
     with pytest.raises(
-        ConfigError, match=r"^task.module='tasks.glue' registers no task family 'mine'; valid choices: "
+        ConfigError, match=r"^task.module='peftbench.tasks.glue' registers no task family 'mine'; valid choices: "
     ):
-        bench.run.identify(compose_run(tmp_path, "+task.module=tasks.glue", "task.family=mine"))
+        peftbench.bench.run.identify(compose_run(tmp_path, "+task.module=peftbench.tasks.glue", "task.family=mine"))
     with pytest.raises(ConfigError, match=r"^unknown task family 'mine'; valid choices: commonsense, glue, "):
-        bench.run.identify(compose_run(tmp_path, "task.family=mine"))
+        peftbench.bench.run.identify(compose_run(tmp_path, "task.family=mine"))

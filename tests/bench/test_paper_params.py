@@ -5,9 +5,8 @@ rows do (so a note cannot go stale, and a target change that breaks a row fails 
 from __future__ import annotations
 
 import pytest
-
-from bench.paper_params import check_table_params
-from bench.paper_tables import load_paper_table, paper_tables
+from peftbench.bench.paper_params import check_table_params
+from peftbench.bench.paper_tables import load_paper_table, paper_tables
 
 TABLES = [name for name in paper_tables() if load_paper_table(name).get("params")]
 

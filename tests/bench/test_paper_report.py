@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from bench.cli import main as cli_main
-from bench.paper import paper_report, write_paper_report
+from peftbench.bench.cli import main as cli_main
+from peftbench.bench.paper import paper_report, write_paper_report
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 STORE, GOLDEN = FIXTURES / "records", FIXTURES / "golden"
@@ -64,7 +63,7 @@ def _commonsense_record(lr: float, seed: int, per_set: dict[str, float] | None, 
 
 
 def test_one_record_per_commonsense_run_fills_eight_columns_at_one_lr(tmp_path: Path) -> None:
-    from core.store import RunStore
+    from peftbench.core.store import RunStore
 
     store = RunStore(tmp_path)
     # lr 1e-4 has the better mean over the 8 sets; lr 3e-4 the better BoolQ: the paper picks one lr per run
@@ -86,7 +85,8 @@ def test_one_record_per_commonsense_run_fills_eight_columns_at_one_lr(tmp_path: 
 def singlora(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """SingLoRA Table 1's two models on QQP, two seeds, 200 examples: on RoBERTa-base LoRA 90% right and SingLoRA
     89% (the same answers but two); on GPT-2 LoRA 60% and SingLoRA 90%. The RoBERTa LoRA runs record their counts."""
-    from core.store import RunStore
+    from peftbench.core.store import RunStore
+
     from tests.bench.records import write_run
 
     root = tmp_path_factory.mktemp("singlora")

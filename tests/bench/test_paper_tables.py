@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import pytest
 import yaml
-
-from bench.config import CONF_DIR, group_choices
-from methods.base import method_names
+from peftbench.bench.config import CONF_DIR, group_choices
+from peftbench.methods.base import method_names
 
 PAPER_DIR = CONF_DIR / "paper"
 # rows and non-empty cells per table, as transcribed: a dropped or added row or cell fails here

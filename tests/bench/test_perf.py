@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from bench.perf import harness_overhead, run_perf, write_table
+from peftbench.bench.perf import harness_overhead, run_perf, write_table
 
 
 def test_perf_table_shape_and_ratios(tmp_path: Path) -> None:
@@ -34,9 +33,8 @@ def test_perf_table_shape_and_ratios(tmp_path: Path) -> None:
 
 def test_cpu_clock_times_the_process_and_is_refused_on_a_gpu(tmp_path: Path) -> None:
     import torch
-
-    from bench.perf import check_clock
-    from core.errors import ConfigError
+    from peftbench.bench.perf import check_clock
+    from peftbench.core.errors import ConfigError
 
     table = run_perf("tiny-roberta", ["pissa"], 8, 2, 8, steps=2, warmup=1, device="cpu", rounds=1, clock="cpu")
     assert table.attrs["clock"] == "cpu" and (table["step_ms"] > 0).all()
@@ -47,8 +45,7 @@ def test_cpu_clock_times_the_process_and_is_refused_on_a_gpu(tmp_path: Path) -> 
 
 def test_the_floor_backpropagates_through_every_layer_without_weight_gradients() -> None:
     import torch
-
-    from bench.perf import load_base, perf_context, prepare, synthetic_batch
+    from peftbench.bench.perf import load_base, perf_context, prepare, synthetic_batch
 
     spec, base = load_base("tiny-roberta")
     batch = synthetic_batch(base.config.vocab_size, 2, 8, torch.device("cpu"))

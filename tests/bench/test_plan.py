@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
-
-from bench.cli import main as cli_main
-from bench.config import CONF_DIR, group_choices
-from bench.grid import resolve_grid
-from bench.plan import (
+from peftbench.bench.cli import main as cli_main
+from peftbench.bench.config import CONF_DIR, group_choices
+from peftbench.bench.grid import resolve_grid
+from peftbench.bench.plan import (
     GIB,
     Lengths,
     RunCost,
@@ -41,7 +40,7 @@ MATMUL = L * (4 * H * H + 2 * H * F)  # the weights a token multiplies through (
 
 
 def _experiment(*overrides: str) -> dict:
-    """The one run of `bench.run` with these overrides (sweep none: no grid)."""
+    """The one run of `peftbench.bench.run` with these overrides (sweep none: no grid)."""
     grid = resolve_grid("none", list(overrides))
     (experiment,) = grid.experiments.values()
     return experiment

@@ -6,28 +6,28 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import peftbench.bench.run
 import pytest
 import torch
 import yaml
 from datasets import Dataset
 from omegaconf import OmegaConf
 from peft import get_peft_model_state_dict
+from peftbench.bench.config import CONF_DIR, compute_run_id, experiment_config, group_choices
+from peftbench.bench.grid import grid_axes, grid_points, sweep_config
+from peftbench.bench.models import load_classifier, load_model, load_tokenizer
+from peftbench.bench.paper import paper_report
+from peftbench.bench.paper_tables import load_paper_table
+from peftbench.bench.run import check_config, identify
+from peftbench.bench.train import BenchTrainer, optimizer_steps
+from peftbench.core.errors import ConfigError
+from peftbench.core.store import RunStore
+from peftbench.methods.base import RunContext
+from peftbench.methods.injection import WEIGHTS, InjectedModel
+from peftbench.tasks.base import build_task
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-import bench.run
-from bench.config import CONF_DIR, compute_run_id, experiment_config, group_choices
-from bench.grid import grid_axes, grid_points, sweep_config
-from bench.models import load_classifier, load_model, load_tokenizer
-from bench.paper import paper_report
-from bench.paper_tables import load_paper_table
-from bench.run import check_config, identify
-from bench.train import BenchTrainer, optimizer_steps
-from core.errors import ConfigError
-from core.store import RunStore
-from methods.base import RunContext
-from methods.injection import WEIGHTS, InjectedModel
-from tasks.base import build_task
 from tests.conftest import compose_run
 from tests.helpers import TINY, TINY_LLAMA
 
@@ -113,7 +113,7 @@ def test_rank_and_model_rules_pick_a_printed_rows_settings(sweep: str, point: li
 
 
 def test_a_run_that_evaluates_during_training_records_best_and_final(store: Path) -> None:
-    record = bench.run.run(compose_run(store, "trainer.eval_every=2", "trainer.max_steps=6", "lr=5e-3"))
+    record = peftbench.bench.run.run(compose_run(store, "trainer.eval_every=2", "trainer.max_steps=6", "lr=5e-3"))
     assert record["status"] == "ok", record["error"]
     history = record["eval_history"]
     assert [h["step"] for h in history] == [2, 4, 6]
@@ -121,7 +121,7 @@ def test_a_run_that_evaluates_during_training_records_best_and_final(store: Path
     best = max(history, key=lambda h: (h["accuracy"], -h["step"]))
     assert record["best_step"] == best["step"]
     assert record["best_metrics"]["primary"] == record["best_metrics"]["accuracy"] == best["accuracy"]
-    once = bench.run.run(compose_run(store, "trainer.max_steps=6", "lr=5e-3"))
+    once = peftbench.bench.run.run(compose_run(store, "trainer.max_steps=6", "lr=5e-3"))
     assert once["eval_history"] is None and once["best_metrics"] is None  # evaluated once: final only
 
 
@@ -180,8 +180,9 @@ def test_goat_t3_dora_row_is_the_r16_run(tmp_path: Path) -> None:
 
 
 def test_glue_input_template_makes_one_sequence() -> None:
-    from bench.models import load_tokenizer
-    from tasks.base import build_task
+    from peftbench.bench.models import load_tokenizer
+    from peftbench.tasks.base import build_task
+
     from tests.helpers import TINY
 
     tokenizer = load_tokenizer(TINY)
@@ -196,9 +197,8 @@ def test_glue_input_template_makes_one_sequence() -> None:
 
 def test_vit_holdout_is_torch_random_split_and_the_crop_is_random_resized() -> None:
     import numpy as np
+    from peftbench.tasks.image import holdout_indices, random_resized_crop
     from PIL import Image
-
-    from tasks.image import holdout_indices, random_resized_crop
 
     kept = holdout_indices(100, 0.1, 5000, 0)
     train, _ = torch.utils.data.random_split(range(100), [90, 10], generator=torch.Generator().manual_seed(0))
@@ -214,7 +214,7 @@ def test_vit_holdout_is_torch_random_split_and_the_crop_is_random_resized() -> N
 
 
 def test_image_run_with_goats_holdout_and_augmentation(store: Path) -> None:
-    record = bench.run.run(
+    record = peftbench.bench.run.run(
         compose_run(
             store, "model=tiny-clip", "task=img_digits", "task.max_train_samples=200", "task.max_eval_samples=20",
             "task.train_holdout={fraction: 0.1, max_rows: 5000, seed: 0}",
@@ -347,7 +347,7 @@ def test_held_out_loss_restores_the_lowest_loss_checkpoint(
     store: Path, monkeypatch: pytest.MonkeyPatch, method: str
 ) -> None:
     seen: dict = {}
-    real = bench.run.train_and_evaluate
+    real = peftbench.bench.run.train_and_evaluate
 
     def capture(model, collate, task, data, meth, params, ctx, args, *rest):  # noqa: ANN001, ANN002
         callbacks = meth.callbacks
@@ -367,8 +367,8 @@ def test_held_out_loss_restores_the_lowest_loss_checkpoint(
         )
         return outcome
 
-    monkeypatch.setattr(bench.run, "train_and_evaluate", capture)
-    record = bench.run.run(compose_run(store, *HELD_OUT_RUN, f"method={method}"))
+    monkeypatch.setattr(peftbench.bench.run, "train_and_evaluate", capture)
+    record = peftbench.bench.run.run(compose_run(store, *HELD_OUT_RUN, f"method={method}"))
     assert record["status"] == "ok", record["error"]
     held = record["protocol"]["held_out"]
     losses = {entry["step"]: entry["loss"] for entry in held["losses"]}

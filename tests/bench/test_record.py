@@ -8,9 +8,8 @@ from pathlib import Path
 import accelerate
 import pytest
 import torch
-
-from bench.record import FIELDS, new_record, scrub_secrets
-from core.provenance import cuda_versions
+from peftbench.bench.record import FIELDS, new_record, scrub_secrets
+from peftbench.core.provenance import cuda_versions
 
 
 def test_new_record_has_every_field_and_environment() -> None:
@@ -20,7 +19,7 @@ def test_new_record_has_every_field_and_environment() -> None:
     libraries = {"torch", "transformers", "peft", "datasets", "accelerate", "huggingface_hub"}
     assert set(record["versions"]) == {"python", *libraries}  # no GPU here: no CUDA keys
     assert record["versions"]["accelerate"] == accelerate.__version__
-    assert record["revisions"] is None  # filled by bench.run: the hub assets the run read
+    assert record["revisions"] is None  # filled by peftbench.bench.run: the hub assets the run read
 
 
 def test_unknown_field_is_refused() -> None:

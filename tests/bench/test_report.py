@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from peftbench.bench.cli import main as cli_main
+from peftbench.bench.plots import pareto_front
+from peftbench.bench.report import build_tables, write_report
+from peftbench.bench.results import Results
+from peftbench.core.store import RunStore
 
-from bench.cli import main as cli_main
-from bench.plots import pareto_front
-from bench.report import build_tables, write_report
-from bench.results import Results
-from core.store import RunStore
 from tests.bench.records import write_run
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -184,8 +184,7 @@ def test_the_interval_plot_takes_a_mean_outside_its_interval(tmp_path: Path) -> 
     """A percentile interval of Matthews corr. or Pearson need not contain the seeds' mean (they are not means of
     the examples): the plot draws the interval and the point apart instead of failing on a negative error bar."""
     import pandas as pd
-
-    from bench.plots import plot_intervals
+    from peftbench.bench.plots import plot_intervals
 
     intervals = pd.DataFrame([
         {"method": "lora", "model": "m", "rank": 8, "column": "glue_cola", "mean": 61.0, "ci_low": 55.0,

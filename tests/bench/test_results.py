@@ -9,15 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from peftbench.bench.cli import main as cli_main
+from peftbench.bench.cross_paper import cross_paper_table, write_cross_paper
+from peftbench.bench.html_report import build_page
+from peftbench.bench.paper import paper_table
+from peftbench.bench.report import build_tables, write_report
+from peftbench.bench.results import Results
+from peftbench.core.store import RunStore
+from peftbench.methods.base import get_method, method_names
 
-from bench.cli import main as cli_main
-from bench.cross_paper import cross_paper_table, write_cross_paper
-from bench.html_report import build_page
-from bench.paper import paper_table
-from bench.report import build_tables, write_report
-from bench.results import Results
-from core.store import RunStore
-from methods.base import get_method, method_names
 from tests.bench.records import write_run
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -98,9 +98,9 @@ def test_revisions_enter_the_setting(tmp_path: Path) -> None:
 def test_the_report_builds_its_tables_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`peftbench report --paper`: the records read once, the sweep's tables built once, each paper table once,
     shared by the Markdown files and the page."""
-    import bench.paper
-    import bench.report
-    import bench.results
+    import peftbench.bench.paper
+    import peftbench.bench.report
+    import peftbench.bench.results
 
     calls: dict[str, int] = {}
 
@@ -113,9 +113,9 @@ def test_the_report_builds_its_tables_once(tmp_path: Path, monkeypatch: pytest.M
 
         monkeypatch.setattr(module, name, wrapper)
 
-    for module, name in ((bench.report, "build_tables"), (bench.report, "main_numbers"),
-                         (bench.report, "sensitivity_table"), (bench.paper, "paper_table"),
-                         (RunStore, "iter_records"), (bench.results.Results, "_runs_frame")):  # fmt: skip
+    for module, name in ((peftbench.bench.report, "build_tables"), (peftbench.bench.report, "main_numbers"),
+                         (peftbench.bench.report, "sensitivity_table"), (peftbench.bench.paper, "paper_table"),
+                         (RunStore, "iter_records"), (peftbench.bench.results.Results, "_runs_frame")):  # fmt: skip
         counted(module, name)
     store = FIXTURES / "records"
     # a paper table without a params column: no parameter counts on the meta device (slow, and not the point)

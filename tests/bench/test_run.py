@@ -6,18 +6,18 @@ import json
 import math
 from pathlib import Path
 
+import peftbench.bench.run
 import pytest
 import torch
+from peftbench.bench.config import compute_run_id, experiment_config, normalized_axes
+from peftbench.bench.record import FIELDS
+from peftbench.bench.train import BenchTrainer
 
-import bench.run
-from bench.config import compute_run_id, experiment_config, normalized_axes
-from bench.record import FIELDS
-from bench.train import BenchTrainer
 from tests.conftest import accuracy_of, compose_run, records, run_cli, sidecar
 
 
 def test_a_run_writes_one_complete_record(store: Path) -> None:
-    record = bench.run.run(compose_run(store, "rank=4", "lr=1e-3", "seed=3"))
+    record = peftbench.bench.run.run(compose_run(store, "rank=4", "lr=1e-3", "seed=3"))
     files = records(store)
     assert [f.stem for f in files] == [record["run_id"]]
     on_disk = json.loads(files[0].read_text())
@@ -44,19 +44,19 @@ def test_a_run_writes_one_complete_record(store: Path) -> None:
 
 def test_second_identical_launch_is_skipped(store: Path, caplog: pytest.LogCaptureFixture) -> None:
     cfg = compose_run(store)
-    first = bench.run.run(cfg)
+    first = peftbench.bench.run.run(cfg)
     mtime = records(store)[0].stat().st_mtime_ns
     with caplog.at_level("INFO", logger="peftbench"):
-        assert bench.run.run(cfg) is None
+        assert peftbench.bench.run.run(cfg) is None
     assert f"skip {first['run_id']}: already done" in caplog.text
     assert records(store)[0].stat().st_mtime_ns == mtime
     assert (store / "adhoc" / first["predictions_file"]).stat().st_mtime_ns <= mtime  # not rewritten either
 
 
 def test_same_seed_same_metrics_and_other_seed_differs(store: Path, tmp_path: Path) -> None:
-    a = bench.run.run(compose_run(store, "seed=1"))
-    b = bench.run.run(compose_run(tmp_path / "other_store", "seed=1"))
-    c = bench.run.run(compose_run(store, "seed=2"))
+    a = peftbench.bench.run.run(compose_run(store, "seed=1"))
+    b = peftbench.bench.run.run(compose_run(tmp_path / "other_store", "seed=1"))
+    c = peftbench.bench.run.run(compose_run(store, "seed=2"))
     assert a["run_id"] == b["run_id"]
     assert a["metrics"] == b["metrics"] and a["final_loss"] == b["final_loss"]
     same = [(p / "adhoc" / a["predictions_file"]).read_bytes() for p in (store, tmp_path / "other_store")]
@@ -81,9 +81,9 @@ def test_run_id_ignores_paths_loggers_and_bookkeeping(tmp_path: Path) -> None:
 
 
 def test_full_fine_tuning_ignores_rank(store: Path) -> None:
-    a = bench.run.run(compose_run(store, "method=full", "rank=4", "lr=1e-4"))
+    a = peftbench.bench.run.run(compose_run(store, "method=full", "rank=4", "lr=1e-4"))
     assert a["rank"] is None and a["config"]["rank"] is None
-    assert bench.run.run(compose_run(store, "method=full", "rank=8", "lr=1e-4")) is None  # same run_id
+    assert peftbench.bench.run.run(compose_run(store, "method=full", "rank=8", "lr=1e-4")) is None  # same run_id
 
 
 def test_nan_loss_gives_a_diverged_record(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -94,7 +94,7 @@ def test_nan_loss_gives_a_diverged_record(store: Path, monkeypatch: pytest.Monke
         return loss * torch.tensor(float("nan")) if self.state.global_step >= 1 else loss
 
     monkeypatch.setattr(BenchTrainer, "compute_loss", poisoned)
-    record = bench.run.run(compose_run(store))
+    record = peftbench.bench.run.run(compose_run(store))
     assert record["status"] == "diverged"
     assert record["error"] == "loss became NaN/inf at step 2"
     assert record["metrics"] == {} and record["steps"] == 2
@@ -106,13 +106,13 @@ def test_exception_gives_failed_record_and_the_next_point_runs(store: Path, monk
         raise RuntimeError("CUDA out of memory.\nTried to allocate 2 GiB")
 
     with monkeypatch.context() as patch:
-        patch.setattr(bench.run, "train_and_evaluate", explode)
-        failed = bench.run.run(compose_run(store, "lr=1e-3"))
+        patch.setattr(peftbench.bench.run, "train_and_evaluate", explode)
+        failed = peftbench.bench.run.run(compose_run(store, "lr=1e-3"))
     assert failed["status"] == "failed"
     assert failed["error"] == "RuntimeError: CUDA out of memory. Tried to allocate 2 GiB"
-    ok = bench.run.run(compose_run(store, "lr=2e-3"))
+    ok = peftbench.bench.run.run(compose_run(store, "lr=2e-3"))
     assert ok["status"] == "ok"
-    assert bench.run.run(compose_run(store, "lr=1e-3"))["status"] == "ok"  # failed points are re-run
+    assert peftbench.bench.run.run(compose_run(store, "lr=1e-3"))["status"] == "ok"  # failed points are re-run
     assert {json.loads(p.read_text())["status"] for p in records(store)} == {"ok"}
 
 

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from bench.significance import (
+from peftbench.bench.significance import (
     RECOMPUTED,
     RESAMPLES,
     Bootstrap,
@@ -21,7 +20,7 @@ from bench.significance import (
     percentile_interval,
     read_sidecar,
 )
-from tasks.metrics import METRICS
+from peftbench.tasks.metrics import METRICS
 
 N = 200
 

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
+from peftbench.core.store import TEMP_PREFIX, RunStore
 
-from core.store import TEMP_PREFIX, RunStore
 from tests.conftest import REPO
 
 
@@ -56,7 +56,7 @@ def test_writer_killed_during_write_leaves_no_record_and_is_redone(tmp_path: Pat
     script = textwrap.dedent(
         f"""
         import os, sys, time
-        from core.store import RunStore
+        from peftbench.core.store import RunStore
         def hang(fd):
             print("writing", flush=True)
             time.sleep(60)
@@ -104,7 +104,7 @@ def test_corrupted_and_foreign_files_are_reported_not_counted(tmp_path: Path) ->
 
 
 def test_predictions_sidecars_and_their_orphans(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from bench.cli import main as cli_main
+    from peftbench.bench.cli import main as cli_main
 
     store = RunStore(tmp_path)
     rows = [{"split": "eval", "id": i, "prediction": i % 2, "reference": 1, "correct": i % 2 == 1} for i in range(5)]

@@ -9,16 +9,16 @@ import runpy
 import sys
 from pathlib import Path
 
+import peftbench.bench.run
+import peftbench.bench.train
 import pytest
 from hydra.core.global_hydra import GlobalHydra
+from peftbench.bench.cli import main as cli_main
+from peftbench.bench.config import STAGE_KEY, sweep_strategy
+from peftbench.bench.strategy import PointInfo, strategy_runs
+from peftbench.core.errors import ConfigError
+from peftbench.core.store import RunStore
 
-import bench.run
-import bench.train
-from bench.cli import main as cli_main
-from bench.config import STAGE_KEY, sweep_strategy
-from bench.strategy import PointInfo, strategy_runs
-from core.errors import ConfigError
-from core.store import RunStore
 from tests.conftest import compose_run
 
 M, T = "m", "t"  # one model, one task: the cells differ by method and rank
@@ -90,19 +90,19 @@ def test_the_record_field_names_the_strategy_and_the_stage_the_sweeper_gave(tmp_
     cfg = compose_run(tmp_path, "strategy=lr_then_seeds", f"++{STAGE_KEY}=2")
     assert sweep_strategy(cfg) == {"name": "lr_then_seeds", "stage": 2}
     with pytest.raises(ConfigError, match=r"^unknown sweep strategy 'x'; valid choices: grid, lr_then_seeds$"):
-        bench.run.check_config(compose_run(tmp_path, "strategy=x"))
+        peftbench.bench.run.check_config(compose_run(tmp_path, "strategy=x"))
 
 
-# runpy's note that bench.run is already imported (by this file): the launch runs a fresh copy, as `-m` does
-RUNPY_NOTE = "ignore:'bench.run' found in sys.modules:RuntimeWarning"
+# runpy's note that peftbench.bench.run is already imported (by this file): the launch runs a fresh copy, as `-m` does
+RUNPY_NOTE = "ignore:'peftbench.bench.run' found in sys.modules:RuntimeWarning"
 
 
 def launch(monkeypatch: pytest.MonkeyPatch, *args: str) -> None:
     """`python -m bench.run args...`, in this process (the libraries imported once, not per launch)."""
-    monkeypatch.setattr(sys, "argv", [bench.run.__file__, *args])
+    monkeypatch.setattr(sys, "argv", [peftbench.bench.run.__file__, *args])
     GlobalHydra.instance().clear()
     try:
-        runpy.run_module("bench.run", run_name="__main__")  # as `-m` does: Hydra finds conf/ beside the file
+        runpy.run_module("peftbench.bench.run", run_name="__main__")  # as `-m` does: Hydra finds conf/ beside the file
     finally:
         GlobalHydra.instance().clear()
 
@@ -134,14 +134,14 @@ def test_a_killed_two_stage_sweep_is_finished_by_a_relaunch(
 ) -> None:
     store = tmp_path / "runs"
     args = ["sweep=demo", *TINY, f"store.root={store}", f"hydra.sweep.dir={tmp_path}/hydra"]
-    train = bench.train.train_and_evaluate
+    train = peftbench.bench.train.train_and_evaluate
 
     def killed_at_stage_two(*a, **k):  # noqa: ANN002, ANN003
         if a[6].seed == 1:  # the first run of stage 2: the process dies (Ctrl-C, a kill) mid-run, no record
             raise KeyboardInterrupt
         return train(*a, **k)
 
-    monkeypatch.setattr(bench.train, "train_and_evaluate", killed_at_stage_two)  # what the launch imports
+    monkeypatch.setattr(peftbench.bench.train, "train_and_evaluate", killed_at_stage_two)  # what the launch imports
     with pytest.raises(KeyboardInterrupt):
         launch(monkeypatch, *args)
     first = {r["run_id"]: r for r in RunStore(store).iter_records("demo")}
@@ -161,7 +161,7 @@ def test_a_killed_two_stage_sweep_is_finished_by_a_relaunch(
     ]
     assert out[-1].startswith("  stage 2: ") and out[-1].endswith(f" lr={best:g} seed=1")
 
-    monkeypatch.setattr(bench.train, "train_and_evaluate", train)
+    monkeypatch.setattr(peftbench.bench.train, "train_and_evaluate", train)
     launch(monkeypatch, *args)
     after = {r["run_id"]: r for r in RunStore(store).iter_records("demo")}
     assert {i: after[i]["finished_at"] for i in first} == {i: r["finished_at"] for i, r in first.items()}  # not re-run

@@ -33,10 +33,9 @@ from typing import Any
 import numpy as np
 from datasets import ClassLabel, Dataset, Features, Image, List, Value
 from omegaconf import OmegaConf
+from peftbench.core.paths import CONF_DIR
+from peftbench.tasks.hub_schema import HubDataset, hub_datasets
 from PIL import Image as PilImage
-
-from core.paths import CONF_DIR
-from tasks.hub_schema import HubDataset, hub_datasets
 
 ROWS_PER_SPLIT = 8
 IMAGE_MODES = ("RGB", "L", "RGBA")

@@ -13,11 +13,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from peftbench.bench.cli import main as cli_main
+from peftbench.bench.config import group_choices
+from peftbench.bench.grid import grid_axes, sweep_config
+from peftbench.bench.paper_tables import load_paper_table, paper_tables
 
-from bench.cli import main as cli_main
-from bench.config import group_choices
-from bench.grid import grid_axes, sweep_config
-from bench.paper_tables import load_paper_table, paper_tables
 from tests.conftest import REPO, sidecar
 from tests.hub.fixtures import build_hub_cache, model_commit
 
@@ -56,7 +56,7 @@ def test_sweep_runs_through_the_hub_path(sweep: str, hf_home: Path, tmp_path: Pa
            "TRANSFORMERS_VERBOSITY": "error"}  # fmt: skip
     store = tmp_path / "runs"
     command = [
-        sys.executable, "-m", "bench.run", f"sweep={sweep}", *_one_of_each(sweep), *SMOKE,
+        sys.executable, "-m", "peftbench.bench.run", f"sweep={sweep}", *_one_of_each(sweep), *SMOKE,
         *(GENERATION if generative else []), *held_out, f"store.root={store}", f"hydra.sweep.dir={tmp_path}/hydra",
     ]  # fmt: skip
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)

@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 import torch
+from peftbench.methods.base import RunContext, get_method, method_names
+from peftbench.methods.ft_moe import UpcycledLinear
+from peftbench.methods.injection import NativeMethod
 from torch import nn
 from torch.utils._pytree import tree_leaves
 
-from methods.base import RunContext, get_method, method_names
-from methods.ft_moe import UpcycledLinear
-from methods.injection import NativeMethod
 from tests.helpers import TINY, TINY_LLAMA, perturb
 
 NATIVE = sorted(n for n in method_names() if isinstance(get_method(n), NativeMethod))
@@ -33,7 +33,7 @@ def _batch() -> dict[str, torch.Tensor]:
 def adapted_model(name: str, **values: Any) -> tuple[nn.Module, Any, Any]:
     """(model, method, params): the method on a tiny model (RoBERTa for the encoder-only adapters, else LLaMA),
     every trainable weight moved off its init (a zero factor would hide a wrong gradient)."""
-    from bench.models import load_model
+    from peftbench.bench.models import load_model
 
     spec = TINY if name in ENCODER_ONLY else TINY_LLAMA
     torch.manual_seed(0)
@@ -133,9 +133,8 @@ def test_trainer_compile_trains_through_the_compiled_model(tmp_path) -> None:  #
     """`trainer.compile=true` is TrainingArguments.torch_compile: the Trainer trains the compiled model, with the
     method's auxiliary loss; the step equals the eager one (here on aot_eager, the backend a test can afford)."""
     from omegaconf import OmegaConf
-
-    from bench.train import BenchTrainer, training_arguments
-    from core.paths import CONF_DIR
+    from peftbench.bench.train import BenchTrainer, training_arguments
+    from peftbench.core.paths import CONF_DIR
 
     cfg = OmegaConf.create(
         {"trainer": {**OmegaConf.to_container(OmegaConf.load(CONF_DIR / "trainer" / "default.yaml")),

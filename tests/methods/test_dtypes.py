@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import peftbench.bench.run
 import pytest
 import torch
 from omegaconf import OmegaConf
+from peftbench.bench.models import load_model
+from peftbench.core.paths import CONF_DIR
+from peftbench.methods.base import RunContext, get_method, method_names
 
-import bench.run
-from bench.models import load_model
-from core.paths import CONF_DIR
-from methods.base import RunContext, get_method, method_names
 from tests.conftest import compose_run
 
 TINY_LLAMA_BF16 = OmegaConf.merge(OmegaConf.load(CONF_DIR / "model" / "tiny-llama.yaml"), {"cpu_dtype": "bfloat16"})
@@ -51,7 +51,7 @@ def test_trainable_parameters_are_float32_on_a_bf16_base_and_a_step_runs(name: s
         assert any(p.dtype == torch.bfloat16 for p in adapted.parameters() if not p.requires_grad)
     if name == "singlora":
         get_method("singlora")  # u(0) = 0 gives no gradient to A: look mid-ramp
-        from methods.singlora import set_ramp
+        from peftbench.methods.singlora import set_ramp
 
         set_ramp(adapted, 0.5)
     before = {n: p.detach().clone() for n, p in trainable.items()}
@@ -68,8 +68,10 @@ def test_trainable_parameters_are_float32_on_a_bf16_base_and_a_step_runs(name: s
 
 
 def test_record_states_the_base_and_trainable_dtypes(store: Path) -> None:
-    record = bench.run.run(compose_run(store, "model=tiny-llama", "+model.cpu_dtype=bfloat16", "method=goat", "rank=8"))
+    record = peftbench.bench.run.run(
+        compose_run(store, "model=tiny-llama", "+model.cpu_dtype=bfloat16", "method=goat", "rank=8")
+    )
     assert record["status"] == "ok", record["error"]
     assert record["dtypes"] == {"base": "bfloat16", "trainable": ["float32"], "autocast": "bfloat16"}
-    plain = bench.run.run(compose_run(store, "model=tiny-llama", "method=goat", "rank=8"))
+    plain = peftbench.bench.run.run(compose_run(store, "model=tiny-llama", "method=goat", "rank=8"))
     assert plain["dtypes"] == {"base": "float32", "trainable": ["float32"], "autocast": None}

@@ -3,16 +3,15 @@ classifier from their configs' targets, trains only adapters (+ the image head),
 
 from __future__ import annotations
 
+import peftbench.methods.singlora
 import pytest
 import torch
 from omegaconf import OmegaConf
-
-import methods.singlora
-from bench.measure import count_params
-from bench.models import load_model
-from core.errors import ConfigError
-from core.paths import CONF_DIR
-from methods.base import RunContext, get_method, method_names
+from peftbench.bench.measure import count_params
+from peftbench.bench.models import load_model
+from peftbench.core.errors import ConfigError
+from peftbench.core.paths import CONF_DIR
+from peftbench.methods.base import RunContext, get_method, method_names
 
 TINY_LLAMA = OmegaConf.load(CONF_DIR / "model" / "tiny-llama.yaml")
 TINY_CLIP = OmegaConf.load(CONF_DIR / "model" / "tiny-clip.yaml")
@@ -71,7 +70,7 @@ def test_method_trains_on_track(name: str, kind: str) -> None:
     assert 0 < counts.trainable_params < counts.total_params or name in ("full", "ft_moe")
     assert counts.head_params == (32 * 10 + 10 if head_modules else 0)
     if name == "singlora":  # u(0) = 0 makes the first step's update and gradient zero: look mid-ramp
-        methods.singlora.set_ramp(adapted, 0.5)
+        peftbench.methods.singlora.set_ramp(adapted, 0.5)
     loss = adapted(**make_batch(99)).loss
     aux = method.aux_loss(adapted, params)
     (loss if aux is None else loss + aux).backward()

@@ -6,11 +6,11 @@ import copy
 
 import pytest
 import torch
+from peftbench.bench.measure import count_params
+from peftbench.core.errors import ConfigError
+from peftbench.methods.base import get_method, method_names
+from peftbench.methods.targets import target_layers
 
-from bench.measure import count_params
-from core.errors import ConfigError
-from methods.base import get_method, method_names
-from methods.targets import target_layers
 from tests.helpers import TINY, context, tiny_batch, tiny_classifier
 
 

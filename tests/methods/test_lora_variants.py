@@ -8,25 +8,25 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
+import peftbench.bench.param_count
+import peftbench.bench.run
 import pytest
 import torch
 from omegaconf import DictConfig, OmegaConf
+from peftbench.bench.measure import count_params
+from peftbench.core.errors import ConfigError
+from peftbench.core.paths import CONF_DIR
+from peftbench.methods.base import RunContext, get_method
+from peftbench.methods.flora import FloraLayer
+from peftbench.methods.injection import NotMergeable, adapter_layers_of
+from peftbench.methods.liera import LieraLayer
+from peftbench.methods.lowrank import orth_reg
+from peftbench.methods.mpc import mpc_penalty
+from peftbench.methods.sam_parser import SamParserLayer
+from peftbench.methods.targets import TargetLayer, target_layers
+from peftbench.methods.trilora import TriLoraLayer, trilora_factors
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
-import bench.param_count
-import bench.run
-from bench.measure import count_params
-from core.errors import ConfigError
-from core.paths import CONF_DIR
-from methods.base import RunContext, get_method
-from methods.flora import FloraLayer
-from methods.injection import NotMergeable, adapter_layers_of
-from methods.liera import LieraLayer
-from methods.lowrank import orth_reg
-from methods.mpc import mpc_penalty
-from methods.sam_parser import SamParserLayer
-from methods.targets import TargetLayer, target_layers
-from methods.trilora import TriLoraLayer, trilora_factors
 from tests.conftest import compose_run
 from tests.helpers import TINY, TINY_LLAMA, build, context, head_size, logits, perturb, tiny_batch, tiny_classifier
 
@@ -232,14 +232,15 @@ def test_trilora_mpco_is_trilora_plus_the_penalty() -> None:
 def test_trilora_mpco_default_starts_of_the_task_losss_order(rank: int) -> None:
     """At init on RoBERTa-base's six linears per block, λ·penalty with the YAML's λ is of the cross-entropy's order
     (≈ 0.7): within [0.05, 5], and equal to the closed form of Kaiming-uniform A (fan-in `in`), B (fan-in r)."""
-    spec = OmegaConf.load(CONF_DIR / "model" / "roberta-base.yaml")
-    meta = bench.param_count.meta_model(spec, "sequence-classification", num_labels=2)
-    targets = target_layers(meta, spec.target_sets.all_linear)
+    from peftbench.bench.grid import sweep_config
+
+    cfg = sweep_config("none", ["model=roberta-base", "method=trilora_mpco"])  # composed, as a run composes it
+    meta = peftbench.bench.param_count.meta_model(cfg.model, "sequence-classification", num_labels=2)
+    targets = target_layers(meta, cfg.model.target_sets.all_linear)
     assert len(targets) == 72
     method = get_method("trilora_mpco")
-    yaml = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "method" / "trilora_mpco.yaml"), resolve=True)
-    params = method.parse(yaml)
-    assert params.mpc_lambda == type(params)().mpc_lambda == 1e-7  # the YAML and the dataclass agree
+    params = method.parse(OmegaConf.to_container(cfg.method, resolve=True))
+    assert params.mpc_lambda == type(params)().mpc_lambda == 1e-7  # the composed config and the dataclass agree
     torch.manual_seed(0)
     layers = torch.nn.ModuleList(
         TriLoraLayer(torch.nn.utils.skip_init(torch.nn.Linear, t.in_features, t.out_features), rank, 1.0, 0.0)
@@ -307,8 +308,8 @@ def test_peft_adds_no_orth_reg_through_a_task_less_peft_model() -> None:
 
 
 def test_adalora_orth_reg_enters_the_runners_training_loss(store: Path, tmp_path: Path) -> None:
-    with_reg = bench.run.run(compose_run(store, "method=adalora", "rank=4"))
-    without = bench.run.run(compose_run(tmp_path / "b", "method=adalora_mpco", "rank=4"))
+    with_reg = peftbench.bench.run.run(compose_run(store, "method=adalora", "rank=4"))
+    without = peftbench.bench.run.run(compose_run(tmp_path / "b", "method=adalora_mpco", "rank=4"))
     assert with_reg["status"] == without["status"] == "ok"
     assert with_reg["final_loss"] > without["final_loss"] + 0.1  # 0.1 · R_orth ≈ 0.1 · √r at AdaLoRA's init
 

@@ -8,19 +8,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import peftbench.bench.run
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.utils import load_peft_weights
+from peftbench.bench.config import check_overrides
+from peftbench.bench.models import load_model
+from peftbench.bench.record import new_record
+from peftbench.core.errors import ConfigError
+from peftbench.core.store import RunStore
+from peftbench.methods.base import RunContext, get_method
+from peftbench.methods.lorahub import compose, few_shot_loss, l1_term, search, set_composed
 
-import bench.run
-from bench.config import check_overrides
-from bench.models import load_model
-from bench.record import new_record
-from core.errors import ConfigError
-from core.store import RunStore
-from methods.base import RunContext, get_method
-from methods.lorahub import compose, few_shot_loss, l1_term, search, set_composed
 from tests.conftest import compose_run, run_cli
 from tests.helpers import TINY, TINY_LLAMA, labelled_batches, tiny_batch, tiny_classifier
 
@@ -210,7 +210,7 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]
     store = tmp_path_factory.mktemp("lorahub") / "runs"
     started = time.perf_counter()
     runs = [
-        bench.run.run(compose_run(store, "sweep=lorahub_upstream", *MINILM, *TINY_BUDGET, f"task={task}"))
+        peftbench.bench.run.run(compose_run(store, "sweep=lorahub_upstream", *MINILM, *TINY_BUDGET, f"task={task}"))
         for task in UPSTREAM_TASKS
     ]
     return store, runs, time.perf_counter() - started
@@ -228,7 +228,7 @@ def test_lorahub_composes_the_upstream_adapters_for_rte(upstream: tuple[Path, li
     store, runs, upstream_seconds = upstream
     overrides = [*MINILM, "task=glue_rte", "method=lorahub", "method.upstream=lorahub_upstream", "method.shots=5"]
     started = time.perf_counter()
-    record = bench.run.run(compose_run(store, *overrides, "method.budget=5", "store.save_adapter=true"))
+    record = peftbench.bench.run.run(compose_run(store, *overrides, "method.budget=5", "store.save_adapter=true"))
     seconds = time.perf_counter() - started
     assert record["status"] == "ok", record["error"]
     assert record["method"] == "lorahub" and record["model"] == "minilm" and record["task"] == "glue_rte"
@@ -249,7 +249,7 @@ def test_lorahub_composes_the_upstream_adapters_for_rte(upstream: tuple[Path, li
     ]
     expected = compose(upstream_states, list(found["weights"].values()))
     assert saved.keys() == expected.keys() and all(torch.allclose(saved[k], expected[k]) for k in saved)
-    assert bench.run.run(compose_run(store, *overrides, "method.budget=5")) is None  # done: skipped
+    assert peftbench.bench.run.run(compose_run(store, *overrides, "method.budget=5")) is None  # done: skipped
     print(f"\nMiniLM: upstream 2 runs {upstream_seconds:.1f} s, LoRAHub {seconds:.1f} s")
 
 
@@ -278,7 +278,7 @@ def test_bad_lorahub_input_is_one_line_before_anything_runs(
     RunStore(store).write(new_record(run_id="0" * 12, sweep="empty", status="ok", method="lora", config={}))
     cfg = compose_run(store, *MINILM, "task=glue_rte", "method=lorahub", *overrides)
     with pytest.raises(ConfigError, match=message):
-        bench.run.identify(cfg)
+        peftbench.bench.run.identify(cfg)
 
 
 def test_an_unknown_upstream_on_the_command_line_is_one_line_and_exit_2(tmp_path: Path) -> None:
@@ -296,4 +296,4 @@ def test_the_old_save_adapter_key_names_the_new_one() -> None:
     ):
         check_overrides(["trainer.save_adapter=true"])
     with pytest.raises(ConfigError, match=r"^trainer.save_adapter is now store.save_adapter; set store.save_adapter"):
-        bench.run.identify(compose_run(Path("unused"), "+trainer.save_adapter=false"))
+        peftbench.bench.run.identify(compose_run(Path("unused"), "+trainer.save_adapter=false"))

@@ -12,10 +12,9 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
-
-from bench.method_defaults import KNOBS, method_defaults
-from core.paths import CONF_DIR
-from methods.base import get_method, method_names
+from peftbench.bench.method_defaults import KNOBS, method_defaults
+from peftbench.core.paths import CONF_DIR
+from peftbench.methods.base import get_method, method_names
 
 YAMLS = sorted((CONF_DIR / "method").glob("*.yaml"))
 

@@ -10,21 +10,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import peftbench.bench.run
 import pytest
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
+from peftbench.bench.measure import count_params
+from peftbench.bench.models import load_model
+from peftbench.bench.param_count import count_on_meta, meta_model
+from peftbench.core.errors import ConfigError
+from peftbench.core.paths import CONF_DIR
+from peftbench.methods.base import RunContext, get_method
+from peftbench.methods.injection import NotMergeable, adapter_layers_of
+from peftbench.methods.module_adapters import Bottleneck, ParallelLayer, SeriesLayer, SublayerAdapter
 
-import bench.run
-from bench.measure import count_params
-from bench.models import load_model
-from bench.param_count import count_on_meta, meta_model
-from core.errors import ConfigError
-from core.paths import CONF_DIR
-from methods.base import RunContext, get_method
-from methods.injection import NotMergeable, adapter_layers_of
-from methods.module_adapters import Bottleneck, ParallelLayer, SeriesLayer, SublayerAdapter
 from tests.conftest import compose_run
 from tests.helpers import TINY, TINY_LLAMA, build, context, logits, perturb, tiny_batch, tiny_classifier
 
@@ -402,7 +402,7 @@ def test_uses_rank() -> None:
 def test_one_run_through_the_runner_on_a_tiny_classifier(name: str, store: Path) -> None:
     """H/P on tiny-roberta; Series/Parallel refuse RoBERTa, so they run on the tiny LLaMA classifier."""
     model = [] if name in ENCODER else ["model=tiny-llama"]
-    record = bench.run.run(compose_run(store, *model, f"method={name}", "rank=2", "lr=1e-3"))
+    record = peftbench.bench.run.run(compose_run(store, *model, f"method={name}", "rank=2", "lr=1e-3"))
     assert record["status"] == "ok", record["error"]
     assert record["rank"] == (2 if name in ENCODER else None)
     assert 0 < record["head_params"] < record["trainable_params"] < record["total_params"]

@@ -6,26 +6,26 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import peftbench.bench.run
+import peftbench.methods.lora_dash
 import pytest
 import torch
 from omegaconf import DictConfig, OmegaConf
+from peftbench.bench.measure import count_params
+from peftbench.bench.models import load_model
+from peftbench.bench.param_count import meta_model
+from peftbench.core.errors import ConfigError
+from peftbench.core.paths import CONF_DIR
+from peftbench.methods.adamole import AdaMoleLayer
+from peftbench.methods.base import RunContext, get_method
+from peftbench.methods.ft_moe import UpcycledLinear, expert_linears, upcycled_layers
+from peftbench.methods.injection import NotMergeable, adapter_layers_of
+from peftbench.methods.lora_dash import LoraDashLayer
+from peftbench.methods.moe import MoeLoraLayer
+from peftbench.methods.targets import target_layers
+from peftbench.tasks.generation import generation_model
 from transformers import TrainerCallback
 
-import bench.run
-import methods.lora_dash
-from bench.measure import count_params
-from bench.models import load_model
-from bench.param_count import meta_model
-from core.errors import ConfigError
-from core.paths import CONF_DIR
-from methods.adamole import AdaMoleLayer
-from methods.base import RunContext, get_method
-from methods.ft_moe import UpcycledLinear, expert_linears, upcycled_layers
-from methods.injection import NotMergeable, adapter_layers_of
-from methods.lora_dash import LoraDashLayer
-from methods.moe import MoeLoraLayer
-from methods.targets import target_layers
-from tasks.generation import generation_model
 from tests.conftest import compose_run
 from tests.helpers import TINY, TINY_LLAMA, build, context, head_size, logits, perturb, tiny_batch, tiny_classifier
 
@@ -242,7 +242,7 @@ def test_lora_dash_switches_as_counted_in_a_real_run(
     store: Path, monkeypatch: pytest.MonkeyPatch, count_forwards: bool | None, active: list[bool], first_moved: int
 ) -> None:
     seen: list[tuple[int, bool, torch.Tensor, torch.Tensor]] = []
-    real = methods.lora_dash.LoraDash.callbacks
+    real = peftbench.methods.lora_dash.LoraDash.callbacks
 
     class Recorder(TrainerCallback):
         def __init__(self, model: torch.nn.Module) -> None:
@@ -257,10 +257,10 @@ def test_lora_dash_switches_as_counted_in_a_real_run(
     def with_recorder(self, model, params, ctx):  # noqa: ANN001, ANN202
         return [*real(self, model, params, ctx), Recorder(model)]
 
-    monkeypatch.setattr(methods.lora_dash.LoraDash, "callbacks", with_recorder)
+    monkeypatch.setattr(peftbench.methods.lora_dash.LoraDash, "callbacks", with_recorder)
     overrides = ["method=lora_dash", "method.t=2", "trainer.max_steps=4", "trainer.gradient_accumulation_steps=2"]
     overrides += [] if count_forwards is None else [f"method.count_forwards={str(count_forwards).lower()}"]
-    record = bench.run.run(compose_run(store, *overrides, "lr=1e-3"))
+    record = peftbench.bench.run.run(compose_run(store, *overrides, "lr=1e-3"))
     assert record["status"] == "ok", record["error"]
     assert record["config"]["method"]["count_forwards"] is (count_forwards is not False)
     assert [(step, on) for step, on, _, _ in seen] == list(zip([1, 2, 3, 4], active, strict=True))
@@ -518,7 +518,7 @@ def test_ft_moe_path_rule(tokens: int, in_out: tuple[int, int], dense: bool) -> 
 
 
 def test_ft_moe_record_has_an_expert_load(store: Path) -> None:
-    record = bench.run.run(compose_run(store, "method=ft_moe", "trainer.max_steps=2"))
+    record = peftbench.bench.run.run(compose_run(store, "method=ft_moe", "trainer.max_steps=2"))
     assert record["status"] == "ok", record["error"]
     assert record["trainable_params"] == record["total_params"] and record["rank"] is None
     assert len(record["metrics"]["expert_load"]) == 8 and sum(record["metrics"]["expert_load"]) == pytest.approx(1.0)

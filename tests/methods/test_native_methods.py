@@ -6,24 +6,24 @@ import math
 from pathlib import Path
 
 import numpy as np
+import peftbench.bench.run
 import pytest
 import torch
 from omegaconf import DictConfig, OmegaConf
 from peft import PeftModel
+from peftbench.bench.measure import count_params
+from peftbench.core.errors import ConfigError
+from peftbench.core.paths import CONF_DIR
+from peftbench.methods.adamole import AdaMoleLayer
+from peftbench.methods.base import get_method
+from peftbench.methods.goat import segment_indices
+from peftbench.methods.injection import NotMergeable, adapter_layers_of
+from peftbench.methods.moe import MoeLoraLayer
+from peftbench.methods.mpc import mpc_penalty
+from peftbench.methods.relora import jagged_cosine, merge_and_reset, prune_optimizer_state
+from peftbench.methods.singlora import SingLoraLayer, set_ramp
+from peftbench.methods.targets import target_layers
 
-import bench.run
-from bench.measure import count_params
-from core.errors import ConfigError
-from core.paths import CONF_DIR
-from methods.adamole import AdaMoleLayer
-from methods.base import get_method
-from methods.goat import segment_indices
-from methods.injection import NotMergeable, adapter_layers_of
-from methods.moe import MoeLoraLayer
-from methods.mpc import mpc_penalty
-from methods.relora import jagged_cosine, merge_and_reset, prune_optimizer_state
-from methods.singlora import SingLoraLayer, set_ramp
-from methods.targets import target_layers
 from tests.conftest import compose_run
 from tests.helpers import TINY, TINY_LLAMA, build, context, head_size, logits, perturb, tiny_batch, tiny_classifier
 
@@ -91,7 +91,7 @@ def test_singlora_delta_is_symmetric_on_square_layers_and_matches_its_weight() -
 
 def test_singlora_ramp_reaches_one_at_t(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     seen = {}
-    real = bench.run.train_and_evaluate
+    real = peftbench.bench.run.train_and_evaluate
 
     def capture(model, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
         values = []
@@ -107,8 +107,10 @@ def test_singlora_ramp_reaches_one_at_t(store: Path, monkeypatch: pytest.MonkeyP
         layer.forward = forward
         return real(model, *args, **kwargs)
 
-    monkeypatch.setattr(bench.run, "train_and_evaluate", capture)
-    record = bench.run.run(compose_run(store, "method=singlora", "method.ramp_steps=3", "trainer.max_steps=5"))
+    monkeypatch.setattr(peftbench.bench.run, "train_and_evaluate", capture)
+    record = peftbench.bench.run.run(
+        compose_run(store, "method=singlora", "method.ramp_steps=3", "trainer.max_steps=5")
+    )
     assert record["status"] == "ok"
     assert seen["values"] == pytest.approx([0.0, 1 / 3, 2 / 3, 1.0, 1.0])  # u(t) = min(t/T, 1), t = 0..4
 
@@ -238,7 +240,7 @@ def test_goat_variants_hold_a_tenth_of_their_svd_part(name: str, scale: float, p
 @pytest.mark.parametrize("sweep", ["goat_t1", "goat_t2", "goat_t4", "goat_t3", "subspace_t2", "commonsense"])
 def test_goat_sweeps_run_goats_own_milora_and_pissa(sweep: str) -> None:
     """GOAT ran its in-repo MiLoRA/PiSSA for Tables 1, 2, 4; Table 3's † rows are other papers' numbers."""
-    from bench.grid import sweep_config
+    from peftbench.bench.grid import sweep_config
 
     expected = sweep in ("goat_t1", "goat_t2", "goat_t4")
     for name in ("milora", "pissa"):
@@ -454,7 +456,7 @@ def test_hydralora_is_the_official_forward_with_alpha_over_a_rank() -> None:
 def test_adamole_defaults_are_adamoles_train_py_and_goat_t4_keeps_goats_alpha() -> None:
     """AdaMoLE's train.py:97-99: lora_rank // num_experts (32 / 8 = 4), α 16, dropout 0.05; its config: E 8,
     threshold 0.125 = 1/E, aux 1e-3. GOAT T4's row runs GOAT's script values (α 64, dropout 0.05)."""
-    from bench.grid import sweep_config
+    from peftbench.bench.grid import sweep_config
 
     params = get_method("adamole").parse({"name": "adamole"})
     assert (params.expert_rank, params.lora_alpha, params.lora_dropout) == ("split", 16.0, 0.05)
@@ -468,7 +470,7 @@ def test_adamole_defaults_are_adamoles_train_py_and_goat_t4_keeps_goats_alpha() 
 
 @pytest.mark.parametrize("sweep", ["goat_t1", "goat_t2", "goat_t3", "goat_t4", "goat_t6"])
 def test_goat_sweeps_give_the_moe_methods_their_dropout(sweep: str) -> None:
-    from bench.grid import sweep_config
+    from peftbench.bench.grid import sweep_config
 
     for method in ("goat", "molora", "hydralora"):
         cfg = sweep_config(sweep, [f"method={method}"])
@@ -560,7 +562,7 @@ def test_gradients_reach_only_adapter_and_head(name: str) -> None:
 
 
 def test_moe_record_has_expert_load(store: Path) -> None:
-    record = bench.run.run(compose_run(store, "method=goat", "rank=16"))
+    record = peftbench.bench.run.run(compose_run(store, "method=goat", "rank=16"))
     load = record["metrics"]["expert_load"]
     assert len(load) == 8 and sum(load) == pytest.approx(1.0, abs=1e-5)
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import DictConfig, OmegaConf
+from peftbench.bench.measure import count_params
+from peftbench.core.errors import ConfigError
+from peftbench.core.paths import CONF_DIR
+from peftbench.methods.base import get_method
+from peftbench.methods.targets import TargetLayer, target_layers
 
-from bench.measure import count_params
-from core.errors import ConfigError
-from core.paths import CONF_DIR
-from methods.base import get_method
-from methods.targets import TargetLayer, target_layers
 from tests.helpers import TINY, TINY_LLAMA, build, context, tiny_batch, tiny_classifier
 
 TINY_GPT2 = OmegaConf.load(CONF_DIR / "model" / "tiny-gpt2.yaml")
@@ -198,8 +198,7 @@ def test_kasa_reference_truncation_survives_save_and_load(tmp_path: Path) -> Non
     with torch.no_grad():
         torch.testing.assert_close(loaded(**batch).logits, expected, atol=1e-5, rtol=0)
     from peft.tuners.lora.variants import KasaLinearVariant
-
-    from methods.kasa import _reference_truncate
+    from peftbench.methods.kasa import _reference_truncate
 
     assert KasaLinearVariant.__dict__["_truncate_base_weight"].__func__ is not _reference_truncate  # restored
 
@@ -237,7 +236,7 @@ def _literal_reference_loss(factors: list, beta: float, gamma: float) -> float:
 
 
 def test_kasa_reference_aux_loss_on_hand_made_factors() -> None:
-    from methods.kasa import reference_kasa_loss
+    from peftbench.methods.kasa import reference_kasa_loss
 
     a1 = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0]])  # r = 2, in = 3
     b1 = torch.tensor([[2.0, 0.0], [0.0, 1.0], [0.0, 0.0], [1.0, 1.0]])  # out = 4
@@ -253,7 +252,7 @@ def test_kasa_reference_aux_loss_on_hand_made_factors() -> None:
 
 
 def test_kasa_aux_forms_on_a_model() -> None:
-    from methods.kasa import kasa_factors
+    from peftbench.methods.kasa import kasa_factors
 
     method = get_method("kasa")
     _, model, _, params = build("kasa", RANK, beta=0.2, gamma=0.5)
@@ -299,8 +298,7 @@ def test_layers_listing_matches_peft() -> None:
 def test_lora_ga_reference_init_on_a_known_gradient() -> None:
     """A = c·V_rᵀ, B = c·U[:, r:2r] with c = out^(1/4)/√γ and no singular values; W_res + s·B·A = W0."""
     from peft import LoraConfig, get_peft_model
-
-    from methods.lora_ga import reference_init
+    from peftbench.methods.lora_ga import reference_init
 
     torch.manual_seed(0)
     out_f, in_f, r, gamma = 48, 32, 4, 16.0
@@ -339,20 +337,21 @@ def test_lora_ga_init_forms_on_a_model(init_form: str) -> None:
 
 def test_loraplus_optimizer_takes_the_trainers_betas(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """LoRA+ sets each group's lr; Adam's betas stay the trainer's (the LoRA+ GLUE protocol runs β2 = 0.99)."""
-    import bench.run
-    import bench.train
+    import peftbench.bench.run
+    import peftbench.bench.train
+
     from tests.conftest import compose_run
 
     seen: dict = {}
-    real = bench.train.BenchTrainer.create_optimizer
+    real = peftbench.bench.train.BenchTrainer.create_optimizer
 
     def capture(self, model=None):  # noqa: ANN001
         optimizer = real(self, model)
         seen["groups"] = optimizer.param_groups
         return optimizer
 
-    monkeypatch.setattr(bench.train.BenchTrainer, "create_optimizer", capture)
-    record = bench.run.run(compose_run(tmp_path, "method=loraplus", "trainer.adam_beta2=0.99", "lr=1e-3"))
+    monkeypatch.setattr(peftbench.bench.train.BenchTrainer, "create_optimizer", capture)
+    record = peftbench.bench.run.run(compose_run(tmp_path, "method=loraplus", "trainer.adam_beta2=0.99", "lr=1e-3"))
     assert record["status"] == "ok", record["error"]
     groups = [g for g in seen["groups"] if g["params"]]
     assert {tuple(g["betas"]) for g in groups} == {(0.9, 0.99)}

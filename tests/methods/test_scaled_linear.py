@@ -7,9 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
-from methods.ssb import SsbLayer
-from methods.ssl import SslLayer, scaled_linear
+from peftbench.methods.ssb import SsbLayer
+from peftbench.methods.ssl import SslLayer, scaled_linear
 
 
 def earlier_ssb(x: torch.Tensor, layer: torch.nn.Linear, l_in: torch.Tensor, l_out: torch.Tensor) -> torch.Tensor:

@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from peftbench.bench.checkpoints import MARKER, MarkCompleteCheckpoints, latest_complete
 from transformers import TrainerControl, TrainerState, TrainingArguments
-
-from bench.checkpoints import MARKER, MarkCompleteCheckpoints, latest_complete
 
 
 def test_latest_complete_takes_the_newest_marked_checkpoint_and_removes_unmarked(tmp_path: Path) -> None:

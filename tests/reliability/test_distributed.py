@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from peftbench.core.store import RunStore
 
-from core.store import RunStore
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -22,7 +22,7 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM
 KILL_RANK_1 = """
 import os, signal, sys
 sys.path.insert(0, os.getcwd())  # the checkout under test, not an installed copy
-import bench.checkpoints as c
+import peftbench.bench.checkpoints as c
 original = c.MarkCompleteCheckpoints.on_step_end
 def on_step_end(self, args, state, control, **kwargs):
     if state.global_step == 2 and int(os.environ["RANK"]) == 1:
@@ -30,14 +30,14 @@ def on_step_end(self, args, state, control, **kwargs):
     return original(self, args, state, control, **kwargs)
 c.MarkCompleteCheckpoints.on_step_end = on_step_end
 import runpy
-runpy.run_module("bench.run", run_name="__main__")  # as `python -m bench.run` runs it
+runpy.run_module("peftbench.bench.run", run_name="__main__")  # as `python -m bench.run` runs it
 """
 
 
 def _torchrun(
     store: Path, *overrides: str, script: str | None = None, port: int = 29511
 ) -> subprocess.CompletedProcess:
-    entry = ["-m", "bench.run"]
+    entry = ["-m", "peftbench.bench.run"]
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}"]
     if script:  # torchrun runs a file or a module; a file holding the patched entry point
         path = store.parent / f"entry_{port}.py"
@@ -104,14 +104,14 @@ def train(self, *args, **kwargs):
     return result
 transformers.Trainer.train = train
 import runpy
-runpy.run_module("bench.run", run_name="__main__")  # as `python -m bench.run` runs it
+runpy.run_module("peftbench.bench.run", run_name="__main__")  # as `python -m bench.run` runs it
 """
 
 
 def test_fsdp_settings_reach_accelerate() -> None:
     """trainer=fsdp gives accelerate's FSDP plugin full sharding with one decoder layer per unit."""
-    from bench.grid import sweep_config
-    from bench.train import training_arguments
+    from peftbench.bench.grid import sweep_config
+    from peftbench.bench.train import training_arguments
 
     cfg = sweep_config("none", ["model=tiny-llama", "method=full", "trainer=fsdp", "task=gsm8k"])
     plugin = training_arguments(

@@ -14,10 +14,10 @@ import sys
 import time
 from pathlib import Path
 
+import peftbench.bench.run
 import pytest
+from peftbench.core.store import PREDICTIONS_SUFFIX, RunStore
 
-import bench.run
-from core.store import PREDICTIONS_SUFFIX, RunStore
 from tests.conftest import REPO, compose_run
 
 pytestmark = pytest.mark.slow
@@ -35,7 +35,7 @@ GRID = [
 
 def _sweep(store: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "bench.run", "-m", *GRID, f"store.root={store}",
+        [sys.executable, "-m", "peftbench.bench.run", "-m", *GRID, f"store.root={store}",
          f"hydra.sweep.dir={store.parent}/hydra"],
         cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
@@ -82,7 +82,7 @@ def test_kill_9_at_random_moments_then_relaunch_until_done(tmp_path: Path) -> No
 
 KILL_AT_SAVE = """
 import os, signal, sys
-import bench.checkpoints as c
+import peftbench.bench.checkpoints as c
 original = c.MarkCompleteCheckpoints.on_save
 def on_save(self, args, state, control, **kwargs):
     result = original(self, args, state, control, **kwargs)
@@ -91,8 +91,8 @@ def on_save(self, args, state, control, **kwargs):
     return result
 c.MarkCompleteCheckpoints.on_save = on_save
 import runpy
-sys.argv = ["bench.run", *sys.argv[1:]]
-runpy.run_module("bench.run", run_name="__main__", alter_sys=True)
+sys.argv = ["peftbench.bench.run", *sys.argv[1:]]
+runpy.run_module("peftbench.bench.run", run_name="__main__", alter_sys=True)
 """
 
 
@@ -113,7 +113,7 @@ runpy.run_module("bench.run", run_name="__main__", alter_sys=True)
 )
 def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path: Path, setup: list[str]) -> None:
     overrides = [*setup, "trainer.max_steps=8", "trainer.checkpoint_steps=2", "lr=1e-3"]
-    uninterrupted = bench.run.run(compose_run(tmp_path / "a", *overrides))
+    uninterrupted = peftbench.bench.run.run(compose_run(tmp_path / "a", *overrides))
     assert uninterrupted["resumed_from_step"] is None
 
     store = tmp_path / "b"
@@ -126,7 +126,7 @@ def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path: Path, setup: list[
     assert sorted(p.name for p in work.iterdir()) == ["checkpoint-4", "checkpoint-6"]
     (work / "checkpoint-8").mkdir()  # a checkpoint the kill interrupted: no marker, so ignored and removed
 
-    resumed = bench.run.run(compose_run(store, *overrides))
+    resumed = peftbench.bench.run.run(compose_run(store, *overrides))
     assert resumed["run_id"] == uninterrupted["run_id"]
     assert resumed["resumed_from_step"] == 6 and resumed["steps"] == 8
     assert resumed["metrics"] == uninterrupted["metrics"]

@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import peftbench.bench.run
 import pytest
 from omegaconf import OmegaConf
+from peftbench.bench.grid import sweep_config
+from peftbench.bench.prefetch import hub_assets
+from peftbench.core.errors import ConfigError
+from peftbench.core.hub_lock import Asset
+from peftbench.tasks.base import HubLoad
 
-import bench.run
-from bench.grid import sweep_config
-from bench.prefetch import hub_assets
-from core.errors import ConfigError
-from core.hub_lock import Asset
-from tasks.base import HubLoad
 from tests.conftest import compose_run, records, run_cli
 
 SECRET = "sekrit-0123456789abcdef"
@@ -30,7 +30,7 @@ def test_wandb_offline_run_has_the_record_as_summary_and_no_secret(
 ) -> None:
     monkeypatch.setenv("WANDB_API_KEY", SECRET)
     wandb_dir = tmp_path / "wandb"
-    record = bench.run.run(compose_run(store, "logger=wandb", f"logger.dir={wandb_dir}"))
+    record = peftbench.bench.run.run(compose_run(store, "logger=wandb", f"logger.dir={wandb_dir}"))
     assert record["status"] == "ok"
     runs = list((wandb_dir / "wandb").glob(f"offline-run-*-{record['run_id']}"))
     assert len(runs) == 1  # id = run_id
@@ -45,8 +45,8 @@ def test_wandb_offline_run_has_the_record_as_summary_and_no_secret(
 
 
 def test_a_second_run_in_the_same_process_is_a_new_wandb_run(store: Path, tmp_path: Path) -> None:
-    first = bench.run.run(compose_run(store, "logger=wandb", f"logger.dir={tmp_path}", "seed=0"))
-    second = bench.run.run(compose_run(store, "logger=wandb", f"logger.dir={tmp_path}", "seed=1"))
+    first = peftbench.bench.run.run(compose_run(store, "logger=wandb", f"logger.dir={tmp_path}", "seed=0"))
+    second = peftbench.bench.run.run(compose_run(store, "logger=wandb", f"logger.dir={tmp_path}", "seed=1"))
     folders = sorted(p.name.rsplit("-", 1)[1] for p in (tmp_path / "wandb").glob("offline-run-*"))
     assert folders == sorted([first["run_id"], second["run_id"]])
 
@@ -67,7 +67,7 @@ def test_prefetch_lists_every_hub_model_and_dataset_of_a_grid() -> None:
 
 
 def test_prefetch_downloads_one_weight_format() -> None:
-    from bench.prefetch import model_patterns
+    from peftbench.bench.prefetch import model_patterns
 
     both = ["config.json", "model.safetensors", "pytorch_model.bin", "tokenizer.json", "original/consolidated.00.pth"]
     assert model_patterns(both) == ["*.json", "*.model", "*.txt", "*.safetensors"]
@@ -88,7 +88,7 @@ def test_missing_dataset_names_the_task_and_its_hub_id(store: Path, monkeypatch:
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ConfigError, match=r"^the data of task 'glue_rte' \(nyu-mll/glue/rte\) is not in the local"):
-        bench.run.run(compose_run(store, "data=hub"))
+        peftbench.bench.run.run(compose_run(store, "data=hub"))
     assert records(store) == []
 
 

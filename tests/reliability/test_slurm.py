@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
+from peftbench.bench.checkpoints import MARKER
 
-from bench.checkpoints import MARKER
 from tests.conftest import REPO, records
 
 pytestmark = pytest.mark.slurm
@@ -37,8 +37,8 @@ def cluster() -> None:
 def _launch(tmp_path: Path, *overrides: str) -> subprocess.Popen:
     log = (tmp_path / "launcher.log").open("w")
     return subprocess.Popen(
-        [sys.executable, "-m", "bench.run", "-m", *SLURM, *POINT, *overrides, f"store.root={tmp_path / 'runs'}",
-         f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        [sys.executable, "-m", "peftbench.bench.run", "-m", *SLURM, *POINT, *overrides,
+         f"store.root={tmp_path / 'runs'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
         cwd=REPO, env=ENV, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
 

@@ -6,8 +6,8 @@ import json
 import multiprocessing
 from pathlib import Path
 
-from bench.record import new_record
-from core.store import RunStore
+from peftbench.bench.record import new_record
+from peftbench.core.store import RunStore
 
 WRITERS, PER_WRITER = 32, 8
 

@@ -6,9 +6,8 @@ import re
 from decimal import Decimal
 
 import pytest
-
-from tasks.commonsense import FORMATS, LLM_ADAPTERS_LABELS, extract_choice, extract_first
-from tasks.gsm8k import extract_flexible, extract_goat, extract_strict, is_correct
+from peftbench.tasks.commonsense import FORMATS, LLM_ADAPTERS_LABELS, extract_choice, extract_first
+from peftbench.tasks.gsm8k import extract_flexible, extract_goat, extract_strict, is_correct
 
 
 @pytest.mark.parametrize(
@@ -136,8 +135,7 @@ def test_instructions_are_byte_equal_to_llm_adapters(fmt: str, row: dict, instru
 def test_templates_are_llm_adapters_own() -> None:
     """commonsense_evaluate.py:121-140 (evaluation) and finetune.py:323-343 (training), whitespace included."""
     from omegaconf import OmegaConf
-
-    from core.paths import CONF_DIR
+    from peftbench.core.paths import CONF_DIR
 
     cfg = OmegaConf.load(CONF_DIR / "task" / "commonsense.yaml")
     indent = " " * 16
@@ -242,11 +240,10 @@ def test_goat_gsm8k_subset_filters_type_and_length_in_file_order() -> None:
     max_tokens tokens (BOS counted), the first `keep` rows in file order, responses untouched."""
     from datasets import Dataset
     from omegaconf import OmegaConf
-
-    from bench.models import load_tokenizer
-    from core.paths import CONF_DIR
-    from tasks.generation import PromptEncoder
-    from tasks.gsm8k import goat_subset
+    from peftbench.bench.models import load_tokenizer
+    from peftbench.core.paths import CONF_DIR
+    from peftbench.tasks.generation import PromptEncoder
+    from peftbench.tasks.gsm8k import goat_subset
 
     tokenizer = load_tokenizer(OmegaConf.load(CONF_DIR / "model" / "tiny-llama.yaml"))
     encoder = PromptEncoder(tokenizer, max_length=512, separator=" ")

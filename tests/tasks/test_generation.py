@@ -6,15 +6,15 @@ import json
 import time
 from pathlib import Path
 
+import peftbench.bench.model_cache
+import peftbench.bench.run
 import pytest
 import torch
 from omegaconf import OmegaConf
+from peftbench.bench.models import load_model, load_tokenizer
+from peftbench.core.paths import CONF_DIR
+from peftbench.tasks.generation import IGNORE_INDEX, PromptEncoder, generate
 
-import bench.model_cache
-import bench.run
-from bench.models import load_model, load_tokenizer
-from core.paths import CONF_DIR
-from tasks.generation import IGNORE_INDEX, PromptEncoder, generate
 from tests.conftest import accuracy_of, compose_run, sidecar
 
 TINY_LLAMA = OmegaConf.load(CONF_DIR / "model" / "tiny-llama.yaml")
@@ -57,7 +57,7 @@ def test_generation_prompts_are_never_cut() -> None:
 def test_goats_generation_prompt_has_no_bos_and_held_out_rows_leave_training(tmp_path: Path) -> None:
     """`generation.add_special_tokens: false` is GOAT's `tokenizer(prompts, add_special_tokens=False)`
     (llama_dataset_preprocessing.py:460); `held_out` rows leave the training rows, tokenized as training rows."""
-    from tasks.base import build_task
+    from peftbench.tasks.base import build_task
 
     tokenizer = load_tokenizer(TINY_LLAMA)
     overrides = ["task=cs_arc_c", "task.max_eval_samples=2", "task.held_out={rows: 8, seed: 42}"]
@@ -86,15 +86,15 @@ def test_greedy_generation_is_deterministic() -> None:
 
 def test_same_model_same_accuracy_twice(tmp_path: Path) -> None:
     """The whole pipeline twice with one seed: the same generations, so the same metrics."""
-    first = bench.run.run(compose_run(tmp_path / "a", *LLM_SMOKE, "task=gsm8k"))
-    second = bench.run.run(compose_run(tmp_path / "b", *LLM_SMOKE, "task=gsm8k"))
+    first = peftbench.bench.run.run(compose_run(tmp_path / "a", *LLM_SMOKE, "task=gsm8k"))
+    second = peftbench.bench.run.run(compose_run(tmp_path / "b", *LLM_SMOKE, "task=gsm8k"))
     assert first["status"] == second["status"] == "ok", first["error"]
     assert first["metrics"] == second["metrics"]
     assert first["final_loss"] == second["final_loss"]
 
 
 def test_gsm8k_pipeline_end_to_end(store: Path) -> None:
-    record = bench.run.run(compose_run(store, *LLM_SMOKE, "task=gsm8k"))
+    record = peftbench.bench.run.run(compose_run(store, *LLM_SMOKE, "task=gsm8k"))
     assert record["status"] == "ok", record["error"]
     assert set(record["metrics"]) == {"accuracy", "accuracy_flexible", "accuracy_goat", "primary"}
     assert record["metrics"]["primary"] == record["metrics"]["accuracy"]
@@ -108,7 +108,7 @@ def test_gsm8k_pipeline_end_to_end(store: Path) -> None:
 
 
 def test_commonsense_trains_once_and_records_eight_sets(store: Path) -> None:
-    record = bench.run.run(
+    record = peftbench.bench.run.run(
         compose_run(store, *LLM_SMOKE, "task=commonsense", "task.max_train_samples=64", "task.generation.num_beams=1")
     )
     assert record["status"] == "ok", record["error"]
@@ -127,7 +127,7 @@ def test_commonsense_trains_once_and_records_eight_sets(store: Path) -> None:
 
 
 def test_one_commonsense_set(store: Path) -> None:
-    record = bench.run.run(compose_run(store, *LLM_SMOKE, "task=cs_arc_c"))
+    record = peftbench.bench.run.run(compose_run(store, *LLM_SMOKE, "task=cs_arc_c"))
     assert record["status"] == "ok", record["error"]
     assert set(record["metrics"]) == {"accuracy", "accuracy_strict", "primary"}
     assert record["protocol"]["source_rows"] == {"cs_arc_c": 299}
@@ -136,7 +136,7 @@ def test_one_commonsense_set(store: Path) -> None:
 @pytest.mark.parametrize(("task", "method"), [("img_fashion_mnist", "lora"), ("img_digits", "goat")])
 def test_image_pipeline_end_to_end(store: Path, task: str, method: str) -> None:
     overrides = ["model=tiny-clip", f"task={task}", f"method={method}", "task.max_train_samples=64"]
-    record = bench.run.run(compose_run(store, *overrides, "task.max_eval_samples=40"))
+    record = peftbench.bench.run.run(compose_run(store, *overrides, "task.max_eval_samples=40"))
     assert record["status"] == "ok", record["error"]
     assert set(record["metrics"]) >= {"accuracy", "primary"}
     assert 0.0 <= record["metrics"]["accuracy"] <= 1.0
@@ -150,14 +150,14 @@ def test_image_pipeline_end_to_end(store: Path, task: str, method: str) -> None:
 @pytest.mark.slow  # ~30 s: the GGUF dequantisation and conversion into a fresh cache
 def test_smollm2_loads_from_the_package_and_is_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PEFTBENCH_CACHE", str(tmp_path))
-    folder = bench.model_cache.converted_folder(SMOLLM2)
-    assert folder.parent == tmp_path / "models" and (folder / bench.model_cache.COMPLETE).exists()
+    folder = peftbench.bench.model_cache.converted_folder(SMOLLM2)
+    assert folder.parent == tmp_path / "models" and (folder / peftbench.bench.model_cache.COMPLETE).exists()
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no staging folder left
 
     def no_gguf_parse(*args: object) -> None:
         raise AssertionError("the GGUF file was parsed again")
 
-    monkeypatch.setattr(bench.model_cache, "_convert", no_gguf_parse)
+    monkeypatch.setattr(peftbench.bench.model_cache, "_convert", no_gguf_parse)
     started = time.perf_counter()
     model = load_model(SMOLLM2, "causal-lm")
     seconds = time.perf_counter() - started

@@ -9,13 +9,13 @@ import re
 import pytest
 import torch
 from omegaconf import OmegaConf
+from peftbench.bench.models import load_model, load_tokenizer
+from peftbench.core.merging import merged_adapters
+from peftbench.core.paths import CONF_DIR
+from peftbench.methods.base import get_method
+from peftbench.tasks.generation import PromptEncoder, cut_at_stop, generate
+from peftbench.tasks.gsm8k import ANSWER_END, extract_flexible, extract_goat, extract_strict
 
-from bench.models import load_model, load_tokenizer
-from core.merging import merged_adapters
-from core.paths import CONF_DIR
-from methods.base import get_method
-from tasks.generation import PromptEncoder, cut_at_stop, generate
-from tasks.gsm8k import ANSWER_END, extract_flexible, extract_goat, extract_strict
 from tests.helpers import context, perturb
 
 TINY_LLAMA = OmegaConf.load(CONF_DIR / "model" / "tiny-llama.yaml")

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from datasets import ClassLabel
 from omegaconf import OmegaConf
+from peftbench.core.paths import CONF_DIR
+from peftbench.tasks.base import build_task
+from peftbench.tasks.commonsense import COLUMNS, FORMATS, LLM_ADAPTERS_LABELS, extract_first
+from peftbench.tasks.hub_schema import hub_datasets
 from transformers import AutoImageProcessor
 
-from core.paths import CONF_DIR
-from tasks.base import build_task
-from tasks.commonsense import COLUMNS, FORMATS, LLM_ADAPTERS_LABELS, extract_first
-from tasks.hub_schema import hub_datasets
 from tests.hub.fixtures import CLIP_PREPROCESSOR, _rows
 
 SCHEMAS = {(d.path, d.config): d for d in hub_datasets()}

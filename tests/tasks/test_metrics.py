@@ -7,10 +7,9 @@ import math
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
-
-from core.paths import CONF_DIR
-from tasks.base import build_task
-from tasks.metrics import METRICS
+from peftbench.core.paths import CONF_DIR
+from peftbench.tasks.base import build_task
+from peftbench.tasks.metrics import METRICS
 
 PREDS = np.array([1, 0, 1, 1])
 LABELS = np.array([1, 0, 0, 1])  # tp=2, tn=1, fp=1, fn=0
