@@ -495,7 +495,7 @@ def perf_tables(folder: Path = PERF_DIR) -> list[PerfTable]:
     """The published step-time tables (docs/perf/*.csv), each read with the header of its .md: the model, batch and
     length (`# Step time per method — <model>, rank R, batch B × S tokens`) and the device (`Device: ...`). A table
     of another shape, or of a model without a conf/model entry, is not a calibration source and is left out."""
-    from core.paths import CONF_DIR
+    from peftbench.core.paths import CONF_DIR
 
     tables = []
     for path in sorted(folder.glob("*.csv")):
