@@ -492,32 +492,26 @@ class PerfTable:
 
 
 def perf_tables(folder: Path = PERF_DIR) -> list[PerfTable]:
-    """The published step-time tables (docs/perf/*.csv with the device line of their .md)."""
-    tables = []
-    for path in sorted(folder.glob("*.csv")):
-        match = re.search(r"(cpu|cuda)_(.+)_b(\d+)x(\d+)$", path.stem)
-        md = path.with_suffix(".md")
-        if match is None or not md.exists():
-            continue
-        device_line = re.search(r"Device: ([^.(]+)", md.read_text())
-        device = "cpu" if match.group(1) == "cpu" else (device_line.group(1).strip() if device_line else "cuda")
-        with path.open() as handle:
-            rows = {r["method"]: (float(r["step_ms"]) / 1000, int(float(r["trainable_params"])))
-                    for r in csv.DictReader(handle)}  # fmt: skip
-        model = _table_model(match.group(2))
-        if model is not None:
-            tables.append(PerfTable(device, model, int(match.group(3)), int(match.group(4)), rows, path))
-    return tables
-
-
-def _table_model(name: str) -> str | None:
-    """The conf/model entry a table's file name names between its device and its shape (`h200_llama7b-layers`,
-    `llama7b-layers_svd-inits` → `llama7b-layers`); None when it names none."""
+    """The published step-time tables (docs/perf/*.csv), each read with the header of its .md: the model, batch and
+    length (`# Step time per method — <model>, rank R, batch B × S tokens`) and the device (`Device: ...`). A table
+    of another shape, or of a model without a conf/model entry, is not a calibration source and is left out."""
     from peftbench.core.paths import CONF_DIR
 
-    known = [p.stem for p in (CONF_DIR / "model").glob("*.yaml")]
-    found = [m for m in known if re.search(rf"(^|_){re.escape(m)}(_|$)", name)]
-    return max(found, key=len) if found else None
+    tables = []
+    for path in sorted(folder.glob("*.csv")):
+        md = path.with_suffix(".md")
+        text = md.read_text() if md.exists() else ""
+        header = re.search(r"Step time per method — ([\w.-]+), rank \d+, batch (\d+) × (\d+) tokens", text)
+        device_line = re.search(r"Device: ([^.(]+)", text)
+        if header is None or device_line is None or not (CONF_DIR / "model" / f"{header.group(1)}.yaml").exists():
+            continue
+        device = device_line.group(1).strip()
+        device = "cpu" if device.startswith("CPU") else device
+        with path.open() as handle:
+            rows = {r["method"]: (float(r["step_ms"]) / 1000, int(float(r["trainable_params"])))
+                    for r in csv.DictReader(handle) if r.get("step_ms")}  # fmt: skip
+        tables.append(PerfTable(device, header.group(1), int(header.group(2)), int(header.group(3)), rows, path))
+    return tables
 
 
 def perf_row_flops(table: PerfTable, method: str, trainable: int) -> float:
@@ -565,6 +559,8 @@ def calibrate(device: str, records: list[dict[str, Any]] | None = None, exclude:
         raise ConfigError(f"unknown GPU {device!r}; valid choices: cpu, {', '.join(data['gpus'])}")
     peak = gpu["bf16_tflops"] * 1e12 if gpu else None
     tables = [t for t in perf_tables() if _device_kind(t.device) == _device_kind(device)]
+    own = [t for t in tables if device == "cpu" or gpu_key(t.device) == device]
+    tables = own or tables  # this GPU's own tables where there are any, else every GPU's (utilisation assumed alike)
     utilisations, factors, sources = [], defaultdict(list), []
     for table in tables:
         rates = {m: perf_row_flops(table, m, p) / s for m, (s, p) in table.rows.items()}
@@ -574,7 +570,7 @@ def calibrate(device: str, records: list[dict[str, Any]] | None = None, exclude:
         utilisations.append(base if device == "cpu" else base / (table_peak * 1e12) if table_peak else None)
         for method, rate in rates.items():
             factors[method].append(base / rate)
-        sources.append(f"docs/perf/{table.path.name} ({len(table.rows)} rows)")
+        sources.append(f"docs/perf/{table.path.name} ({table.device}, {len(table.rows)} rows)")
     utilisations = [u for u in utilisations if u]
     if utilisations:
         rate = statistics.median(utilisations) * (peak or 1.0)
