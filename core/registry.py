@@ -66,8 +66,9 @@ class Registry(Generic[T]):
         registered = self._items.get(name)
         if registered is None:
             self.register(cls)
-        elif (registered if isinstance(registered, type) else type(registered)) is not cls:
-            owner = registered if isinstance(registered, type) else type(registered)
+            return
+        owner = registered if isinstance(registered, type) else type(registered)  # a task's class, a method's instance
+        if owner is not cls:
             raise ConfigError(f"{origin} registers {self.kind} {name!r}, which {owner.__module__} already has")
 
     def load_all(self) -> None:
