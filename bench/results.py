@@ -160,6 +160,11 @@ class Cell:
         return None if self.paper is None or not self.with_paper else float(f"{self.paper:.2f}")
 
 
+def strategy_name(record: dict[str, Any]) -> str | None:
+    """The sweep strategy a record names (its `strategy` is `{"name": ..., "stage": ...}`), None if it names none."""
+    return (record.get("strategy") or {}).get("name")
+
+
 def lr_cells(rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """Seed statistics of `value` per (keys, lr), failed runs left out (they are re-run). `select`: the seed-mean of
     `select_by` that chooses the lr — over every seed, or under the two-stage strategy over the first one; NaN (and
@@ -269,7 +274,7 @@ class Results:
                 "primary_metric": record.get("primary_metric"), "trainable_pct": record.get("trainable_pct"),
                 "peak_memory_bytes": record.get("peak_memory_bytes"), "train_seconds": record.get("train_seconds"),
                 "predictions_path": str(self.sweep_dir / sidecar) if sidecar else None,
-                "strategy": record.get("strategy"), "setting": setting,
+                "strategy": strategy_name(record), "setting": setting,
             })  # fmt: skip
         frame = pd.DataFrame(rows)
         if not frame.empty:
@@ -311,7 +316,7 @@ class Results:
     def strategies(self) -> list[str]:
         """The sweep strategies its completed records name, other than the full grid."""
         done = [r for r in self.records if r.get("status") in COMPLETED]
-        return sorted({str(r["strategy"]) for r in done if r.get("strategy") not in FULL_GRID})
+        return sorted({strategy_name(r) for r in done} - FULL_GRID)
 
     @functools.cached_property
     def provenance(self) -> Provenance:

@@ -163,9 +163,10 @@ def test_a_two_stage_sweep_is_stated_and_chooses_its_lr_on_the_first_seed(tmp_pa
     the full-grid rule would now prefer 1e-4 (80 > 75), a one-seed lr the second stage never ran."""
     runs = [(1e-4, 0, [i % 5 != 0 for i in range(200)]), (5e-4, 0, [i % 20 > 2 for i in range(200)]),
             (5e-4, 1, [i % 10 > 2 for i in range(200)]), (5e-4, 2, [i % 10 > 2 for i in range(200)])]  # fmt: skip
-    for root, strategy in ((tmp_path / "two", "lr_then_seeds"), (tmp_path / "grid", None)):
+    for root, name in ((tmp_path / "two", "lr_then_seeds"), (tmp_path / "grid", "grid")):
         store = RunStore(root)
         for lr, seed, correct in runs:
+            strategy = {"name": name, "stage": (2 if seed else 1) if name == "lr_then_seeds" else None}  # as recorded
             write_run(store, "s", "lora", seed, correct, run_id=f"lora-{lr}-{seed}", lr=lr, strategy=strategy)
     two = build_tables(Results.load(tmp_path / "two", "s"))
     assert two.main.frame().at[0, "glue_rte"].startswith("75.00 ± 8.66 ")

@@ -15,6 +15,7 @@ import pytest
 from hydra.core.global_hydra import GlobalHydra
 from peftbench.bench.cli import main as cli_main
 from peftbench.bench.config import STAGE_KEY, sweep_strategy
+from peftbench.bench.results import Results
 from peftbench.bench.strategy import PointInfo, strategy_runs
 from peftbench.core.errors import ConfigError
 from peftbench.core.store import RunStore
@@ -172,3 +173,5 @@ def test_a_killed_two_stage_sweep_is_finished_by_a_relaunch(
 
     assert cli_main(["status", "demo", "--store", str(store), "--grid", *TINY]) == 0
     assert "strategy lr_then_seeds: finished" in capsys.readouterr().out
+    results = Results.load(store, "demo")  # the report reads these records: it states the strategy, picks the same lr
+    assert results.strategies == ["lr_then_seeds"] and results.best["lr"].tolist() == [best]
