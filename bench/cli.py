@@ -60,7 +60,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _grid(args: argparse.Namespace) -> int:
-    from peftbench.bench.grid import describe, estimate_gpu_hours, resolve_grid, sweep_config
+    from peftbench.bench.grid import describe, resolve_grid, sweep_config
 
     cfg = sweep_config(args.sweep)
     store = args.store or cfg.store.root
@@ -69,7 +69,7 @@ def _grid(args: argparse.Namespace) -> int:
         "model": cfg.model.name,
         "data": cfg.data,
         "store": f"{store}/{cfg.sweep}",
-        "estimate": estimate_gpu_hours(store, cfg.sweep, len(grid.runs)),
+        "time": f"`peftbench plan {cfg.sweep}` (each run's GPU-hours; `--check` against the store's recorded runs)",
     }
     print(describe(grid, extra, points=args.points))
     return 0

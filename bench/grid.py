@@ -459,24 +459,3 @@ def describe(grid: ResolvedGrid, extra: dict[str, Any], points: bool = False) ->
             tail = f" {resolved}" if resolved else ""
             lines.append(f"  {run_id} {values} -> lr={experiment['lr']:g} rank={experiment['rank']}{tail}")
     return "\n".join(lines)
-
-
-def estimate_gpu_hours(store_root: str, sweep: str, runs: int) -> str:
-    """GPU-hours for the whole grid's runs from the median wall time of this sweep's runs already done on a GPU
-    (`peftbench plan` estimates before any run, from each run's FLOPs)."""
-    import statistics
-
-    from peftbench.core.store import RunStore
-
-    timed = [
-        r for r in RunStore(store_root).iter_records(sweep)
-        if r.get("status") == "ok" and r.get("device") not in (None, "cpu") and r.get("run_seconds")
-    ]  # fmt: skip
-    if not timed:
-        return "no GPU run of this sweep recorded yet: `peftbench plan` estimates from each run's FLOPs"
-    median = statistics.median(r["run_seconds"] for r in timed)
-    devices = sorted({r["device"] for r in timed})
-    return (
-        f"~{runs * median / 3600:.1f} GPU-hours for {runs} runs "
-        f"(median {median:.0f} s per run over {len(timed)} recorded runs on {', '.join(devices)})"
-    )

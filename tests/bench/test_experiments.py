@@ -4,12 +4,13 @@ reach the methods that have them (and only those)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 from peftbench.bench.cli import main as cli_main
-from peftbench.bench.grid import estimate_gpu_hours, grid_axes, grid_points, sweep_config
+from peftbench.bench.grid import grid_axes, grid_points, sweep_config
 from peftbench.bench.run import identify
 
 
@@ -62,26 +63,17 @@ def test_track_sweeps_carry_the_papers_settings() -> None:
     )  # fmt: skip
 
 
-def test_gpu_hours_estimate_from_recorded_runs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert "no GPU run of this sweep recorded yet" in estimate_gpu_hours(str(tmp_path), "goat_t4", 126)
+def test_grid_leaves_time_to_plan(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """One question, one answer: `grid` states no GPU-hours of its own (a store's recorded GPU runs included), it
+    names `plan`, whose figure comes from each run's FLOPs and is checked against recorded runs by `plan --check`."""
     folder = tmp_path / "goat_t4"
     folder.mkdir()
-    for i, seconds in enumerate([30.0, 36.0, 90.0]):
-        record = {
-            "run_id": f"r{i}",
-            "sweep": "goat_t4",
-            "status": "ok",
-            "device": "NVIDIA H100",
-            "run_seconds": seconds,
-        }
-        (folder / f"r{i}.json").write_text(json.dumps(record))
-    (folder / "cpu.json").write_text(
-        json.dumps({"run_id": "c", "sweep": "goat_t4", "status": "ok", "device": "cpu", "run_seconds": 9e9})
-    )
-    text = estimate_gpu_hours(str(tmp_path), "goat_t4", 126)
-    assert text.startswith("~1.3 GPU-hours for 126 runs (median 36 s per run over 3 recorded runs on NVIDIA H100)")
+    record = {"run_id": "r0", "sweep": "goat_t4", "status": "ok", "device": "NVIDIA H100", "run_seconds": 36.0}
+    (folder / "r0.json").write_text(json.dumps(record))
     assert cli_main(["grid", "goat_t4", "--store", str(tmp_path)]) == 0
-    assert "~0.8 GPU-hours for 77 runs" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "  time: `peftbench plan goat_t4` (each run's GPU-hours;" in out
+    assert not re.search(r"GPU-hours for|\d GPU-hours|median", out), out
 
 
 def test_status_lists_the_missing_points_once_per_run_id(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
