@@ -84,6 +84,17 @@ def narrowed_axes(axes: dict[str, list[str]], overrides: list[str]) -> dict[str,
     return axes
 
 
+def launch_grid(sweep: str, overrides: list[str]) -> tuple[DictConfig, dict[str, list[str]], list[str]]:
+    """What `python -m bench.run sweep=<sweep> <overrides>` sweeps: the sweep's config composed with the launch's
+    plain overrides, its axes (the launch's own sweep values, `seed=2,3`, narrow or add axes), and the overrides
+    that stay the same at every point."""
+    parser = OverridesParser.create()
+    plain = [o for o in overrides if not parser.parse_overrides([o])[0].is_sweep_override()]
+    base = sweep_config(sweep, plain)
+    axes = narrowed_axes(grid_axes(base), overrides)
+    return base, axes, [o for o in overrides if o.partition("=")[0] not in axes]
+
+
 def grid_points(axes: dict[str, list[str]]) -> list[dict[str, str]]:
     """The cartesian product, as override mappings, in Hydra's basic-sweeper order."""
     keys = list(axes)
@@ -365,14 +376,10 @@ def _compose_combinations(
 
 @functools.lru_cache(maxsize=16)
 def _resolve_cached(sweep: str, overrides: tuple[str, ...]) -> ResolvedGrid:
-    parser = OverridesParser.create()
-    plain = [o for o in overrides if not parser.parse_overrides([o])[0].is_sweep_override()]
-    base = sweep_config(sweep, plain)
-    axes = narrowed_axes(grid_axes(base), list(overrides))
+    base, axes, fixed = launch_grid(sweep, list(overrides))
     keys = list(axes)
     combo_keys = [k for k in keys if _group_key(k) or k in bench_config.POINT_KEYS]
     value_keys = [k for k in keys if k not in combo_keys]
-    fixed = [o for o in overrides if o.partition("=")[0] not in axes]
     results: dict[tuple[str, ...], str] = {}
     experiments: dict[str, dict[str, Any]] = {}
     rules: dict[int, RuleEffect] = {}

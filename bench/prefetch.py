@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from typing import Any
 
-from peftbench.bench.grid import grid_axes, grid_points, sweep_config
+from peftbench.bench.grid import grid_points, launch_grid, sweep_config
 from peftbench.core.hub_lock import Asset, HubLock, dataset_assets, lock_path, model_asset
 from peftbench.tasks.base import HubLoad
 
@@ -29,13 +29,9 @@ def hub_assets(sweep: str, overrides: list[str]) -> tuple[list[Asset], list[HubL
 
     models: dict[Asset, None] = {}
     datasets: dict[HubLoad, None] = {}
-    axes = grid_axes(sweep_config(sweep, overrides))
-    for override in overrides:  # `task=glue_rte` narrows the grid's task axis to that task
-        key, sep, value = override.partition("=")
-        if sep and key in axes:
-            axes[key] = value.split(",")
+    _, axes, fixed = launch_grid(sweep, overrides)  # `task=glue_rte`: that task alone
     for point in grid_points(axes):
-        cfg = sweep_config(sweep, [*overrides, *(f"{k}={v}" for k, v in point.items())])
+        cfg = sweep_config(sweep, [*fixed, *(f"{k}={v}" for k, v in point.items())])
         task = identify(cfg)[3]  # validates the point too: a bad grid fails here, before any download
         model = model_asset(cfg.model)
         if model is not None:

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from peftbench.bench.config import CONF_DIR, check_overrides
-from peftbench.bench.grid import grid_axes, narrowed_axes, sweep_config
+from peftbench.bench.grid import launch_grid
 from peftbench.bench.run import check_config
 
 from tests.conftest import REPO, run_cli
@@ -123,12 +122,8 @@ def test_every_bench_run_command_passes_its_checks_at_every_value_of_its_grid(co
     if sweep is None:
         _check_point(plain)
         return
-    parsed = OverridesParser.create().parse_overrides(plain)
-    sweeping = [o.input_line for o in parsed if o.is_sweep_override()]  # the command's own sweep values (`seed=2,3`)
-    fixed = [o for o in plain if o not in sweeping]
-    axes = narrowed_axes(grid_axes(sweep_config(sweep, overrides=fixed)), plain)
+    _, axes, fixed = launch_grid(sweep, plain)  # the command's own sweep values (`seed=2,3`) narrow its axes
     assert all(axes.values()), axes
-    fixed = [o for o in fixed if o.partition("=")[0] not in axes]  # a narrowed axis: its value comes with the point
     for point in covering_points(axes):
         _check_point([f"sweep={sweep}", *fixed, *(f"{key}={value}" for key, value in point.items())])
 

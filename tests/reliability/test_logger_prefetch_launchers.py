@@ -64,6 +64,9 @@ def test_prefetch_lists_every_hub_model_and_dataset_of_a_grid() -> None:
     assert hub_assets("demo", []) == ([], [])  # offline protocol, package model: nothing to fetch
     _, images = hub_assets("goat_t1", ["method=lora", "task=img_svhn"])
     assert images == [HubLoad("ufldl-stanford/svhn", "cropped_digits", s) for s in ("train", "test")]  # not `extra`
+    # a launch's own sweep values narrow the grid (a task axis) or add one (`task.max_eval_samples`), as Hydra would
+    _, two = hub_assets("goat_t4", ["method=lora", "task=glue_rte,glue_mrpc", "task.max_eval_samples=8,16"])
+    assert two == [HubLoad("nyu-mll/glue", "rte"), HubLoad("nyu-mll/glue", "mrpc")]
 
 
 def test_prefetch_downloads_one_weight_format() -> None:
