@@ -55,7 +55,7 @@ def _smoke_schedules(cfg: DictConfig) -> list[str]:
     """AdaLoRA's step schedule at smoke scale. The Subspace sweeps' rules set each task's script schedule (tinit
     8000 / tfinal 50000 on MNLI), which `check_config` rightly refuses in 2 steps, and a rule wins over the command
     line; so the sweep's own rules are passed on with one rule after them (a later rule wins) that fits 2 steps."""
-    rules = OmegaConf.to_container(cfg.get("protocol_rules") or [], resolve=False)
+    rules = OmegaConf.to_container(cfg.protocol_rules, resolve=False) if cfg.get("protocol_rules") else []
     if not any("tinit" in (rule["set"].get("method") or {}) for rule in rules):
         return []
     smoke = {"when": {"method": ["adalora", "adalora_mpco"]}, "set": {"method": {"tinit": 0, "tfinal": 1, "deltaT": 1}}}
